@@ -1,0 +1,75 @@
+# sidetrace: `make run` sets up and runs the agent; `make test` sets up and runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := .make
+export PATH := /usr/sbin:/sbin:$(PATH)
+
+.PHONY: all run test test-unit test-kernel bpf check-bpf setup services bench clean
+
+all: test
+
+$(STAMP):
+	mkdir -p $(STAMP)
+
+# Python environment: a venv with the project and its test dependencies.
+$(STAMP)/venv: pyproject.toml | $(STAMP)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(STAMP)/venv
+
+# Debian packages: `apt-get update` once per clone, then install what is missing.
+APT_PACKAGES := nginx curl iproute2
+$(STAMP)/apt-updated: | $(STAMP)
+	apt-get update -qq
+	touch $@
+
+$(STAMP)/services: $(STAMP)/apt-updated Makefile
+	missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	touch $@
+
+services: $(STAMP)/services
+
+test: setup services
+	$(PY) -m pytest -q tests
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+test-kernel: setup services
+	$(PY) -m pytest -q tests/kernel
+
+run: setup
+	$(VENV)/bin/sidetrace run $(ARGS)
+
+bench: setup
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+# --- BPF objects (development time only; the built objects are committed) ---
+CLANG ?= clang
+BPF_CFLAGS := -O2 -g -target bpf -Wall -Werror -Ibpfobj/bpf/include
+BPF_SOURCES := $(wildcard bpfobj/bpf/*.bpf.c tests/bpf/*.bpf.c)
+BPF_OBJECTS := $(BPF_SOURCES:.c=.o)
+
+$(STAMP)/clang: | $(STAMP)
+	command -v $(CLANG) >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang llvm; }
+	touch $@
+
+%.bpf.o: %.bpf.c $(wildcard bpfobj/bpf/include/*.h) | $(STAMP)/clang
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+bpf: $(BPF_OBJECTS)
+	$(PY) -m bpfobj.manifest write
+
+check-bpf:
+	$(PY) -m bpfobj.manifest check
+
+clean:
+	rm -rf $(STAMP) $(VENV) .pytest_cache
