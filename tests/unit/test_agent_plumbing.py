@@ -1,0 +1,128 @@
+"""Unit tests of the agent's pure plumbing: decoder derivation, CPU merge, bounded tables, targets, clock."""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+import subprocess
+import sys
+import time
+
+import construct as cs
+import pytest
+
+from agent._clock import WallClock, sample_offset
+from agent._fastdecode import FastDecoder, field_layout
+from agent._lru import BoundedTable
+from agent._merge import OUTPUT_MARGIN_NS, CpuMerger
+from agent._targets import TargetSelection, TargetTracker, matching_tgids, read_comm
+
+SAMPLE = cs.Struct(
+    "kind" / cs.Int32ul,
+    cs.Padding(4),
+    "ts" / cs.Int64ul,
+    "delta" / cs.Int32sl,
+    "port" / cs.Int16ul,
+    "flag" / cs.Int8ul,
+    "tag" / cs.Int8sl,
+    "addr" / cs.Bytes(16),
+    "pair" / cs.Array(2, cs.Int16ul),
+)
+
+
+def test_fast_decoder_matches_construct_on_random_records():
+    decoder = FastDecoder(SAMPLE)
+    assert decoder.size == SAMPLE.sizeof() == 44
+    rng = random.Random(7)
+    for _ in range(200):
+        raw = bytes(rng.getrandbits(8) for _ in range(SAMPLE.sizeof()))
+        slow = SAMPLE.parse(raw)
+        fast = dict(zip(decoder.names, decoder.unpack_from(raw)))
+        assert fast["kind"] == slow.kind and fast["ts"] == slow.ts
+        assert fast["delta"] == slow.delta and fast["tag"] == slow.tag
+        assert fast["addr"] == slow.addr
+        assert [fast["pair[0]"], fast["pair[1]"]] == list(slow.pair)
+
+
+def test_field_layout_reports_offsets_after_padding():
+    offsets = {f.name: (f.offset, f.size) for f in field_layout(SAMPLE)}
+    assert offsets["ts"] == (8, 8)
+    assert offsets["addr"] == (24, 16)
+    assert offsets["pair"] == (40, 4)
+
+
+def test_fast_decoder_rejects_big_endian_fields():
+    with pytest.raises(TypeError, match="little-endian"):
+        FastDecoder(cs.Struct("x" / cs.Int32ub))
+
+
+def test_merger_orders_across_cpus_and_waits_for_slowest_cpu():
+    merger = CpuMerger([0, 1])
+    merger.push(5_000_000, "cpu0-a")
+    merger.push(9_000_000, "cpu0-b")
+    merger.push(6_000_000, "cpu1-a")
+    merger.mark_drained(0, 20_000_000)
+    # CPU 1 has not reported a drain: nothing may leave yet.
+    assert merger.pop_ready() == []
+    merger.mark_drained(1, 9_000_000 + OUTPUT_MARGIN_NS)
+    assert merger.pop_ready() == ["cpu0-a", "cpu1-a"]
+    merger.mark_drained(1, 30_000_000)
+    assert merger.pop_ready() == ["cpu0-b"]
+    assert len(merger) == 0
+
+
+def test_merger_bounds_memory_when_a_cpu_stalls():
+    merger = CpuMerger([0, 1], max_held=3)
+    for ts in (4, 1, 3, 2, 5):
+        merger.push(ts, ts)
+    assert merger.pop_ready() == [1, 2]
+    assert merger.pop_all() == [3, 4, 5]
+
+
+def test_bounded_table_evicts_least_recently_used_and_expires_idle():
+    table: BoundedTable[int, str] = BoundedTable(2)
+    table.put(1, "a", now_ns=10)
+    table.put(2, "b", now_ns=20)
+    assert table.get(1, now_ns=30) == "a"
+    assert table.put(3, "c", now_ns=40) == [(2, "b")]
+    assert table.evicted == 1
+    assert table.expire(older_than_ns=35) == [(1, "a")]
+    assert len(table) == 1 and 3 in table
+
+
+def test_bounded_table_expire_can_keep_busy_entries():
+    table: BoundedTable[int, str] = BoundedTable(10)
+    table.put(1, "busy", now_ns=1)
+    table.put(2, "idle", now_ns=2)
+    assert table.expire(100, keep=lambda v: v == "busy") == [(2, "idle")]
+    assert 1 in table
+
+
+def test_targets_by_comm_find_a_real_process_and_notice_its_exit():
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"],
+    )
+    try:
+        comm = read_comm(child.pid)
+        added, removed = [], []
+        tracker = TargetTracker(TargetSelection(comms=frozenset({comm})), added.append, removed.append)
+        tracker.rescan()
+        assert child.pid in added
+        assert os.getpid() not in added  # the agent never traces itself
+    finally:
+        child.kill()
+        child.wait()
+    tracker.rescan()
+    assert child.pid in removed
+
+
+def test_targets_by_pid_ignore_pids_that_do_not_exist():
+    assert matching_tgids(TargetSelection(pids=frozenset({os.getpid(), 2**22 + 12345}))) == {os.getpid()}
+
+
+def test_wall_clock_conversion_is_close_to_time_time_ns():
+    clock = WallClock()
+    mono = time.monotonic_ns()
+    assert abs(clock.to_unix_ns(mono) - time.time_ns()) < 5_000_000
+    assert abs(sample_offset() - clock.offset) < 5_000_000
