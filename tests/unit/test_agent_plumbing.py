@@ -6,7 +6,6 @@ import os
 import random
 import struct
 import subprocess
-import sys
 import time
 
 import construct as cs
@@ -100,11 +99,12 @@ def test_bounded_table_expire_can_keep_busy_entries():
 
 
 def test_targets_by_comm_find_a_real_process_and_notice_its_exit():
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(30)"],
-    )
+    child = subprocess.Popen(["sleep", "30"])
     try:
-        comm = read_comm(child.pid)
+        deadline = time.monotonic() + 5
+        while read_comm(child.pid) != "sleep" and time.monotonic() < deadline:
+            time.sleep(0.01)  # until exec has renamed the forked child
+        comm = "sleep"
         added, removed = [], []
         tracker = TargetTracker(TargetSelection(comms=frozenset({comm})), added.append, removed.append)
         tracker.rescan()
