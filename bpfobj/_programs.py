@@ -1,0 +1,300 @@
+"""Live programs and the links that attach them.
+
+A :class:`Program` owns one program fd.  ``attach()`` picks the mechanism from
+the program type:
+
+* tracepoint (``tracepoint/<cat>/<name>``): a PERF_TYPE_TRACEPOINT event
+  (config = id from tracefs ``events/<cat>/<name>/id``) plus BPF_LINK_CREATE
+  (attach type BPF_PERF_EVENT), falling back to PERF_EVENT_IOC_SET_BPF +
+  PERF_EVENT_IOC_ENABLE on kernels without perf links;
+* raw tracepoint: BPF_RAW_TRACEPOINT_OPEN;
+* tp_btf / fentry / fexit (BPF_PROG_TYPE_TRACING, loaded with attach_btf_id
+  from kernel BTF): BPF_LINK_CREATE, falling back to BPF_RAW_TRACEPOINT_OPEN;
+* uprobes (BPF_PROG_TYPE_KPROBE, ``uprobe/<path>:<offset>``): a perf event of
+  the uprobe PMU plus the same link as tracepoints.
+
+A :class:`Link` holds the fds that keep the attachment alive; closing it
+detaches.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+from . import _sys
+from ._consts import PERF_TYPE_TRACEPOINT, AttachType, ProgType
+from ._errors import BpfError, NotSupportedError, SyscallError
+
+__all__ = ["Program", "Link", "kernel_btf_id", "tracepoint_id", "attach_btf_id_for"]
+
+
+def tracepoint_id(category: str, name: str) -> int:
+    """The id of tracepoint ``category:name`` from tracefs (mounting it if needed)."""
+    from ._fs import ensure_tracefs
+
+    root = ensure_tracefs().path
+    path = os.path.join(root, "events", category, name, "id")
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except FileNotFoundError:
+        raise BpfError(f"no tracepoint {category}:{name} ({path} does not exist)") from None
+
+
+def kernel_btf_id(name: str, kind: str) -> int:
+    """Id of the kernel BTF type ``name`` of ``kind`` (e.g. "FUNC", "TYPEDEF")."""
+    try:
+        from ._btf import Kind
+        from ._kernel_btf import kernel_btf
+    except ImportError as exc:  # pragma: no cover - partial checkouts only
+        raise BpfError(f"kernel BTF lookup unavailable: {exc}") from None
+
+    ids = kernel_btf().ids_by_name(name, Kind[kind])
+    if not ids:
+        raise BpfError(f"kernel BTF has no {kind} named {name!r}")
+    return ids[0]
+
+
+def attach_btf_id_for(prog_type: int, attach_type: int, target: str) -> int:
+    """attach_btf_id for a tracing program: ``btf_trace_<tp>`` or the function."""
+    if prog_type != ProgType.TRACING:
+        return 0
+    if not target:
+        raise BpfError("tracing program without an attach target")
+    if attach_type == AttachType.TRACE_RAW_TP:
+        return kernel_btf_id(f"btf_trace_{target}", "TYPEDEF")
+    return kernel_btf_id(target, "FUNC")
+
+
+class Link:
+    """An attachment.  ``close()`` detaches and releases every fd it holds.
+
+    ``kind`` is one of "perf_link", "perf_ioctl", "raw_tracepoint", "tracing".
+    ``link_fd`` is the BPF link fd when there is one (else -1).
+    """
+
+    def __init__(self, kind: str, *, link_fd: int = -1, perf_fd: int = -1,
+                 program: str = "", target: str = "") -> None:
+        self.kind = kind
+        self.link_fd = link_fd
+        self.perf_fd = perf_fd
+        self.program = program
+        self.target = target
+
+    @property
+    def closed(self) -> bool:
+        return self.link_fd < 0 and self.perf_fd < 0
+
+    def detach(self) -> None:
+        """BPF_LINK_DETACH (the link fd stays open until close)."""
+        if self.link_fd < 0:
+            raise BpfError(f"{self!r} has no BPF link to detach")
+        _sys.link_detach(self.link_fd)
+
+    def info(self) -> _sys.BpfLinkInfo:
+        if self.link_fd < 0:
+            raise BpfError(f"{self!r} has no BPF link")
+        return _sys.obj_get_info_by_fd(self.link_fd, _sys.BpfLinkInfo())
+
+    def close(self) -> None:
+        if self.link_fd >= 0:
+            fd, self.link_fd = self.link_fd, -1
+            _sys.close_fd(fd)
+        if self.perf_fd >= 0:
+            fd, self.perf_fd = self.perf_fd, -1
+            _sys.close_fd(fd)
+
+    def __enter__(self) -> "Link":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"<Link {self.kind} {self.program!r} -> {self.target!r}{' closed' if self.closed else ''}>"
+
+
+class Program:
+    """A loaded program.  ``attach()`` returns a :class:`Link`; ``close()`` drops the fd
+    (links keep the program alive in the kernel until they are closed too)."""
+
+    def __init__(self, fd: int, *, name: str, type: int,
+                 expected_attach_type: int = AttachType.NONE, attach_target: str = "",
+                 section: str = "") -> None:
+        self._fd = fd
+        self.name = name
+        try:
+            self.type: ProgType | int = ProgType(type)
+        except ValueError:
+            self.type = type
+        try:
+            self.expected_attach_type: AttachType | int = AttachType(expected_attach_type)
+        except ValueError:
+            self.expected_attach_type = expected_attach_type
+        self.attach_target = attach_target
+        self.section = section
+
+    @classmethod
+    def load(cls, type: int, instructions: bytes, license: str = "GPL", *, name: str = "",
+             expected_attach_type: int = AttachType.NONE, attach_target: str = "",
+             attach_btf_id: int | None = None, btf_fd: int = 0, func_info: bytes = b"",
+             line_info: bytes = b"", kern_version: int = 0, section: str = "") -> "Program":
+        """BPF_PROG_LOAD raw instructions.  For tracing programs ``attach_btf_id``
+        defaults to the kernel BTF id of ``attach_target``."""
+        if attach_btf_id is None:
+            attach_btf_id = attach_btf_id_for(type, expected_attach_type, attach_target)
+        fd = _sys.prog_load(type, instructions, license, name=name,
+                            expected_attach_type=expected_attach_type,
+                            attach_btf_id=attach_btf_id, btf_fd=btf_fd, func_info=func_info,
+                            line_info=line_info, kern_version=kern_version)
+        return cls(fd, name=name, type=type, expected_attach_type=expected_attach_type,
+                   attach_target=attach_target, section=section)
+
+    @property
+    def fd(self) -> int:
+        if self._fd < 0:
+            raise BpfError(f"program {self.name!r} is closed")
+        return self._fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            _sys.close_fd(fd)
+
+    def __enter__(self) -> "Program":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        t = self.type.name if isinstance(self.type, ProgType) else self.type
+        return f"<Program {self.name!r} {t} {self.attach_target!r}{' closed' if self.closed else ''}>"
+
+    def info(self) -> _sys.BpfProgInfo:
+        """The kernel's ``struct bpf_prog_info`` (id, tag, name, btf_id...)."""
+        return _sys.obj_get_info_by_fd(self.fd, _sys.BpfProgInfo())
+
+    # -- attaching ----------------------------------------------------------
+
+    def attach(self, target: str | None = None) -> Link:
+        """Attach according to the program type; ``target`` overrides the section's."""
+        target = self.attach_target if target is None else target
+        t = self.type
+        if t == ProgType.TRACEPOINT:
+            category, sep, name = target.partition("/")
+            if not sep:
+                category, sep, name = target.partition(":")
+            if not sep or not name:
+                raise BpfError(f"program {self.name!r}: tracepoint target {target!r} "
+                               "is not <category>/<name>")
+            return self.attach_tracepoint(category, name)
+        if t in (ProgType.RAW_TRACEPOINT, ProgType.RAW_TRACEPOINT_WRITABLE):
+            return self.attach_raw_tracepoint(target)
+        if t == ProgType.TRACING:
+            return self.attach_tracing()
+        if t == ProgType.KPROBE and self.section.startswith(("uprobe", "uretprobe")):
+            path, _, off = target.rpartition(":")
+            try:
+                offset = int(off, 0)
+            except ValueError:
+                raise NotSupportedError("uprobe by symbol name", "",
+                                        f"program {self.name!r}: give {path}:<offset>") from None
+            return self.attach_uprobe(path, offset, retprobe=self.section.startswith("uretprobe"))
+        if t == ProgType.KPROBE:
+            raise NotSupportedError("kprobes", "", "this kernel is built without CONFIG_KPROBES"
+                                    if not os.path.exists("/sys/bus/event_source/devices/kprobe")
+                                    else f"program {self.name!r}: kprobe attach is not implemented")
+        raise NotSupportedError(f"attaching {t!r} programs", "", f"program {self.name!r}")
+
+    def _attach_perf(self, perf_fd: int, target: str) -> Link:
+        """Run this program on a perf event (fd ownership moves into the Link)."""
+        from . import _features
+
+        try:
+            if _features.link_create_perf_event():
+                try:
+                    link_fd = _sys.link_create(self.fd, perf_fd, AttachType.PERF_EVENT)
+                    return Link("perf_link", link_fd=link_fd, perf_fd=perf_fd,
+                                program=self.name, target=target)
+                except SyscallError as exc:
+                    if exc.errno not in (22, 95, 524):  # EINVAL/EOPNOTSUPP/ENOTSUPP: fall back
+                        raise
+            _sys.perf_event_set_bpf(perf_fd, self.fd)
+            _sys.perf_event_enable(perf_fd)
+            return Link("perf_ioctl", perf_fd=perf_fd, program=self.name, target=target)
+        except BaseException:
+            _sys.close_fd(perf_fd)
+            raise
+
+    def attach_tracepoint(self, category: str, name: str) -> Link:
+        """Attach to tracepoint ``category:name`` (one event on cpu 0 covers all CPUs)."""
+        tp = tracepoint_id(category, name)
+        attr = _sys.PerfEventAttr(type=PERF_TYPE_TRACEPOINT, config=tp, sample_period=1)
+        attr.wakeup = 1
+        perf_fd = _sys.perf_event_open(attr, -1, 0, what=f"tracepoint {category}:{name}")
+        return self._attach_perf(perf_fd, f"{category}:{name}")
+
+    def attach_raw_tracepoint(self, name: str) -> Link:
+        fd = _sys.raw_tracepoint_open(name, self.fd)
+        return Link("raw_tracepoint", link_fd=fd, program=self.name, target=name)
+
+    def attach_tracing(self) -> Link:
+        """Attach an fentry/fexit/tp_btf program (its target was fixed at load time)."""
+        from . import _features
+
+        at = int(self.expected_attach_type)
+        if _features.link_create_tracing():
+            try:
+                fd = _sys.link_create(self.fd, 0, at)
+                return Link("tracing", link_fd=fd, program=self.name, target=self.attach_target)
+            except SyscallError as exc:
+                if exc.errno not in (22, 95, 524):
+                    raise
+        fd = _sys.raw_tracepoint_open(None, self.fd)
+        return Link("tracing", link_fd=fd, program=self.name, target=self.attach_target)
+
+    def attach_uprobe(self, path: str, offset: int, *, retprobe: bool = False,
+                      pid: int = -1) -> Link:
+        """Attach to the instruction at file ``offset`` of ``path`` (all processes
+        when ``pid`` is -1) through the uprobe PMU."""
+        try:
+            with open("/sys/bus/event_source/devices/uprobe/type") as f:
+                pmu = int(f.read())
+        except FileNotFoundError:
+            raise NotSupportedError("uprobe PMU", "4.17") from None
+        bit = 0
+        if retprobe:
+            with open("/sys/bus/event_source/devices/uprobe/format/retprobe") as f:
+                spec = f.read().strip()  # e.g. "config:0"
+            bit = 1 << int(spec.partition(":")[2].split("-")[0])
+        cpath = ctypes.create_string_buffer(os.fsencode(os.path.realpath(path)))
+        attr = _sys.PerfEventAttr(type=pmu, config=bit, sample_period=1)
+        attr.config1 = ctypes.addressof(cpath)
+        attr.config2 = offset
+        attr.wakeup = 1
+        cpu = 0 if pid == -1 else -1
+        perf_fd = _sys.perf_event_open(attr, pid, cpu, what=f"uprobe {path}:{offset:#x}")
+        return self._attach_perf(perf_fd, f"{path}:{offset:#x}")
+
+
