@@ -1,0 +1,125 @@
+"""Text renderings of messages for ``sidetrace tail``: JSON lines and a one-line human form."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import cbor2
+
+__all__ = ["format_json", "format_pretty"]
+
+
+def _json_default(value: Any) -> Any:
+    # Ids and captured payloads are bytes; hex keeps them greppable and
+    # matches how OpenTelemetry tools print trace and span ids.
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    if isinstance(value, cbor2.CBORTag):
+        return {"tag": value.tag, "value": value.value}
+    return str(value)
+
+
+def format_json(msg: Mapping[str, Any]) -> str:
+    """One JSON line (no newline): byte strings, ids included, as lowercase hex."""
+    return json.dumps(msg, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+
+
+def _clock(ns: Any) -> str:
+    if not isinstance(ns, int):
+        return "?"
+    moment = datetime.datetime.fromtimestamp(ns // 1_000_000_000, datetime.timezone.utc)
+    return f"{moment:%H:%M:%S}.{ns % 1_000_000_000 // 1000:06d}Z"
+
+
+def _duration(start: Any, end: Any) -> str:
+    if not isinstance(start, int) or not isinstance(end, int):
+        return "?"
+    ns = end - start
+    if abs(ns) < 1_000_000:
+        return f"{ns / 1000:.1f}us"
+    if abs(ns) < 1_000_000_000:
+        return f"{ns / 1_000_000:.2f}ms"
+    return f"{ns / 1_000_000_000:.3f}s"
+
+
+def _hex(value: Any) -> str:
+    return bytes(value).hex() if isinstance(value, (bytes, bytearray, memoryview)) else "-"
+
+
+def _endpoint(attrs: Mapping[str, Any], side: str) -> str | None:
+    address = attrs.get(f"{side}.address")
+    if address is None:
+        return None
+    port = attrs.get(f"{side}.port")
+    if isinstance(address, str) and ":" in address:  # IPv6 needs brackets before a port
+        address = f"[{address}]"
+    return f"{address}:{port}" if port is not None else str(address)
+
+
+def _format_span(span: Mapping[str, Any]) -> str:
+    attrs = span.get("attributes")
+    if not isinstance(attrs, Mapping):
+        attrs = {}
+    parts = [
+        _clock(span.get("start_time_unix_nano")),
+        _duration(span.get("start_time_unix_nano"), span.get("end_time_unix_nano")),
+        f"{span.get('protocol', '?')}/{span.get('kind', '?')}",
+        str(span.get("name", "?")),
+    ]
+    status_code = attrs.get("http.response.status_code")
+    if status_code is not None:
+        parts.append(str(status_code))
+    status = span.get("status", "unset")
+    if status != "unset":
+        parts.append(str(status).upper())
+    parts.append(f"{span.get('comm', '?')}[{span.get('pid', '?')}/{span.get('tid', '?')}]")
+    client, server = _endpoint(attrs, "client"), _endpoint(attrs, "server")
+    if client or server:
+        parts.append(f"{client or '?'} -> {server or '?'}")
+    parts.append(f"trace={_hex(span.get('trace_id'))}")
+    parts.append(f"span={_hex(span.get('span_id'))}")
+    parent = span.get("parent_span_id")
+    if parent is not None:
+        parts.append(f"parent={_hex(parent)}")
+    return "  ".join(parts)
+
+
+def _format_stats(stats: Mapping[str, Any]) -> str:
+    lost = stats.get("lost_events") or []
+    parts = [
+        f"{_clock(stats.get('time_unix_nano'))}  stats:",
+        f"events={stats.get('events', '?')}",
+        f"lost={sum(v for v in lost if isinstance(v, int))}",
+        f"spans={stats.get('spans', '?')}",
+        f"dropped={stats.get('dropped', '?')}",
+        f"subscribers={stats.get('subscribers', '?')}",
+    ]
+    for group in ("map_fill", "kernel_errors"):
+        values = stats.get(group)
+        if isinstance(values, Mapping) and values:
+            parts.append(f"{group}=" + ",".join(f"{k}:{v}" for k, v in values.items()))
+    return " ".join(parts)
+
+
+def format_pretty(msg: Mapping[str, Any]) -> str:
+    """One line for a person reading a terminal; never raises on odd messages."""
+    kind = msg.get("type")
+    try:
+        if kind == "span":
+            return _format_span(msg)
+        if kind == "stats":
+            return _format_stats(msg)
+        if kind == "hello":
+            return (f"connected to sidetrace {msg.get('agent_version', '?')} on "
+                    f"{msg.get('host_name', '?')} (boot {msg.get('boot_id', '?')}, "
+                    f"schema {msg.get('schema_version', '?')})")
+        if kind == "error":
+            return f"agent error: {msg.get('message', '?')}"
+    except Exception:  # noqa: BLE001 - a strange message still gets shown, as JSON
+        pass
+    return format_json(msg)
