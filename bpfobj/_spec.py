@@ -45,6 +45,10 @@ class MapSpec:
     initial_value: bytes | None = None
     # Map-in-map: the template inner map, if any.
     inner: "MapSpec | None" = None
+    # Name for BPF_MAP_CREATE (at most 15 of [A-Za-z0-9_.]).  ``name`` is the
+    # key users know ("events", ".rodata"); global data maps get libbpf-style
+    # kernel names ("myobj.rodata").  Empty means: use ``name``, truncated.
+    kernel_name: str = ""
 
     @property
     def is_global_data(self) -> bool:
@@ -138,6 +142,11 @@ class ProgramSpec:
     func_info: tuple[FuncInfo, ...] = ()
     line_info: tuple[LineInfo, ...] = ()
     kernel_version: int = 0
+
+    @property
+    def is_return_probe(self) -> bool:
+        """kretprobe/uretprobe: same program type as the entry probe, attached at return."""
+        return self.section.partition("/")[0] in ("kretprobe", "uretprobe")
 
     @property
     def instruction_count(self) -> int:
