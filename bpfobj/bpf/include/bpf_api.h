@@ -73,6 +73,7 @@ static void *(*bpf_task_storage_get)(void *map, void *task, void *value, __u64 f
 static long (*bpf_task_storage_delete)(void *map, void *task) = (void *)157;
 static void *(*bpf_get_current_task_btf)(void) = (void *)158;
 static long (*bpf_loop)(__u32 nr_loops, void *callback_fn, void *callback_ctx, __u64 flags) = (void *)181;
+static void *(*bpf_task_pt_regs)(void *task) = (void *)175;
 
 /* CO-RE: field and type relocations resolved by bpfobj against kernel BTF. */
 #define bpf_core_read(dst, sz, src) \

@@ -1,0 +1,231 @@
+/* sidetrace kernel -> user space event format (shared with the Python side).
+ *
+ * Every record the tracer writes to the `events` perf buffer is one
+ * `struct st_event` header (ST_EVENT_HDR_SIZE = 128 bytes) immediately
+ * followed by `payload_len` payload bytes.  Nothing else follows except the
+ * up to 7 bytes of padding perf adds to a raw sample; use payload_len, never
+ * the raw sample size, to find the end of the payload.
+ *
+ * Byte order: host (little-endian on x86_64) for every integer, INCLUDING
+ * sport and dport (converted from network order in the kernel).  Addresses are
+ * raw network-order bytes.
+ *
+ * Alignment: the struct has 4-byte alignment and its u64 members sit at
+ * offsets 4, 12, 20, 28, 36.  A perf raw sample starts 12 bytes into its
+ * record (8-byte record header + u32 size), so in the ring those members are
+ * 8-byte aligned.  The struct has no implicit padding.
+ *
+ *  off size field        meaning
+ *    0   4  kind         enum st_event_kind
+ *    4   8  ts_ns        bpf_ktime_get_ns() at the hook: CLOCK_MONOTONIC, ns
+ *   12   8  conn_id      connection id (see below); 0 for PROC_* events
+ *   20   8  ret          s64. DATA: syscall return (bytes > 0, or -errno);
+ *                        CONN_OPEN: connect() return (0 or -EINPROGRESS) or
+ *                        accept()'s new fd; CONN_CLOSE: 0;
+ *                        PROC_FORK: parent tgid; PROC_EXIT: 0
+ *   28   8  bytes_tx     DATA: egress bytes on this connection BEFORE this
+ *                        event (stream offset; gaps reveal lost records);
+ *                        CONN_CLOSE: total egress bytes; else 0
+ *   36   8  bytes_rx     same for ingress bytes
+ *   44   4  tgid         process id (PROC_FORK: the child's)
+ *   48   4  tid          thread id (PROC_FORK: the parent thread)
+ *   52   4  fd           s32 socket fd (CONN_OPEN by accept: the new fd); -1 if none
+ *   56   4  tcp_seq      TCP only, with ST_F_SEQ_VALID: egress = tcp write_seq
+ *                        at the first byte of this write; ingress = copied_seq
+ *                        at the first byte of this read.  The writer's value
+ *                        equals the reader's for the same bytes (across hosts).
+ *   60   4  payload_len  bytes of payload following the header
+ *                        (<= min(ret, max_payload) and <= ST_MAX_PAYLOAD)
+ *   64   2  syscall      enum st_syscall
+ *   66   1  direction    enum st_direction
+ *   67   1  role         enum st_role
+ *   68   2  family       AF_INET (2) or AF_INET6 (10) of the PEER address:
+ *                        an AF_INET6 socket talking to an IPv4-mapped peer is
+ *                        reported as AF_INET with ST_F_V4MAPPED set
+ *   70   2  sport        local port, host order
+ *   72   2  dport        remote port, host order
+ *   74   1  l4_proto     IPPROTO_TCP (6) or IPPROTO_UDP (17)
+ *   75   1  flags        ST_F_* bits
+ *   76  16  saddr        LOCAL address; IPv4 as IPv4-mapped IPv6
+ *                        (::ffff:a.b.c.d, bytes 12..15 are the IPv4 address)
+ *   92  16  daddr        REMOTE address, same encoding.  For UDP with a
+ *                        sockaddr argument (sendto/recvfrom/msg_name) it is
+ *                        the per-datagram peer and ST_F_PEER_FROM_ARG is set.
+ *  108  16  comm         task comm, NUL padded
+ *  124   2  app_proto    application protocol id (0 = unknown; reserved for
+ *                        in-kernel inference, always 0 today)
+ *  126   2  reserved     0
+ *  128   -  payload      first payload_len bytes of the data (DATA only)
+ *
+ * s = local end and d = remote end of the socket, whatever the direction.
+ *
+ * Connection ids: unique per loaded object (and boot): ((cpu + 1) << 48) | n,
+ * n counting per CPU.  A connection is one socket (identified in the kernel by
+ * its sockfs inode number), so threads and forked children sharing a socket
+ * share its conn_id.
+ */
+#ifndef SIDETRACE_EVENTS_H
+#define SIDETRACE_EVENTS_H
+
+/* Largest payload one event can carry; the .rodata const max_payload (default
+ * 4096) lowers it.  Must be a power of two. */
+#define ST_MAX_PAYLOAD 4096
+/* iovecs gathered by readv/writev/recvmsg/sendmsg capture. */
+#define ST_MAX_IOV 8
+
+enum st_event_kind {
+	ST_EV_DATA = 1,       /* one read/write-family syscall on a traced socket */
+	ST_EV_CONN_OPEN = 2,  /* connect() (0 or -EINPROGRESS) or accept()/accept4() succeeded */
+	ST_EV_CONN_CLOSE = 3, /* close() of a tracked socket fd */
+	ST_EV_PROC_FORK = 4,  /* traced process forked: child tgid added to `pids` */
+	ST_EV_PROC_EXIT = 5,  /* last thread of a traced process exited: tgid removed from `pids` */
+};
+
+enum st_syscall {
+	ST_SYS_NONE = 0,
+	ST_SYS_READ = 1,
+	ST_SYS_READV = 2,
+	ST_SYS_RECVFROM = 3,
+	ST_SYS_RECVMSG = 4,
+	ST_SYS_RECVMMSG = 5,
+	ST_SYS_WRITE = 6,
+	ST_SYS_WRITEV = 7,
+	ST_SYS_SENDTO = 8,
+	ST_SYS_SENDMSG = 9,
+	ST_SYS_SENDMMSG = 10,
+	ST_SYS_CONNECT = 11,
+	ST_SYS_ACCEPT = 12,
+	ST_SYS_ACCEPT4 = 13,
+	ST_SYS_CLOSE = 14,
+};
+
+enum st_direction {
+	ST_DIR_NONE = 0,
+	ST_DIR_INGRESS = 1, /* read family: bytes received */
+	ST_DIR_EGRESS = 2,  /* write family: bytes sent */
+};
+
+enum st_role {
+	ST_ROLE_UNKNOWN = 0, /* first seen mid-stream */
+	ST_ROLE_CLIENT = 1,  /* created by connect() */
+	ST_ROLE_SERVER = 2,  /* created by accept()/accept4() */
+};
+
+enum st_event_flags {
+	ST_F_SEQ_VALID = 1 << 0,     /* tcp_seq is meaningful */
+	ST_F_PEER_FROM_ARG = 1 << 1, /* daddr/dport/family come from the syscall's sockaddr */
+	ST_F_V4MAPPED = 1 << 2,      /* AF_INET6 socket, IPv4 peer (reported as AF_INET) */
+	ST_F_TRUNCATED = 1 << 3,     /* payload_len < ret */
+	ST_F_NEW_CONN = 1 << 4,      /* connection first seen by this event (no CONN_OPEN was sent) */
+	ST_F_MULTI_MSG = 1 << 5,     /* recvmmsg/sendmmsg moved more than one message; only the first is reported */
+	ST_F_PEEK = 1 << 6,          /* MSG_PEEK read: the data will be read again */
+};
+
+/* Slots of the per-CPU `counters` array (u64 each); sum over CPUs. */
+enum st_counter {
+	ST_CNT_EVENTS = 0,          /* records written to `events` */
+	ST_CNT_PERF_FAIL = 1,       /* bpf_perf_event_output failed (ring full: record lost) */
+	ST_CNT_CONN_FULL = 2,       /* conns map update failed */
+	ST_CNT_PIDS_FULL = 3,       /* pids map update failed (fork of a traced process) */
+	ST_CNT_KREAD_FAIL = 4,      /* kernel memory read failed */
+	ST_CNT_UREAD_FAIL = 5,      /* user memory read failed (payload, iovec, sockaddr, msghdr) */
+	ST_CNT_NOT_SOCKET = 6,      /* traced process I/O on a non-socket fd (skipped) */
+	ST_CNT_NOT_INET = 7,        /* socket not AF_INET/AF_INET6 TCP/UDP (skipped) */
+	ST_CNT_TRUNCATED = 8,       /* DATA events whose payload was truncated */
+	ST_CNT_NO_SCRATCH = 9,      /* per-CPU scratch lookup failed (should never happen) */
+	ST_CNT_CONN_SEQ = 10,       /* connections created on this CPU (conn_id sequence) */
+	ST_CNT_BAD_FD = 11,         /* fd out of range or not open at the hook */
+	ST_CNT_MAX = 16,
+};
+
+/* Values of the `pids` map (u32 tgid -> u32 flags). */
+enum st_pid_flags {
+	ST_PID_TRACED = 1 << 0,    /* set by the agent */
+	ST_PID_INHERITED = 1 << 1, /* added by the kernel for a child of a traced process */
+};
+
+typedef __u64 __attribute__((aligned(4))) st_u64;
+typedef __s64 __attribute__((aligned(4))) st_s64;
+
+struct st_event {
+	__u32 kind;
+	st_u64 ts_ns;
+	st_u64 conn_id;
+	st_s64 ret;
+	st_u64 bytes_tx;
+	st_u64 bytes_rx;
+	__u32 tgid;
+	__u32 tid;
+	__s32 fd;
+	__u32 tcp_seq;
+	__u32 payload_len;
+	__u16 syscall;
+	__u8 direction;
+	__u8 role;
+	__u16 family;
+	__u16 sport;
+	__u16 dport;
+	__u8 l4_proto;
+	__u8 flags;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	char comm[16];
+	__u16 app_proto;
+	__u16 reserved;
+} __attribute__((aligned(4)));
+
+#define ST_EVENT_HDR_SIZE 128
+
+_Static_assert(sizeof(struct st_event) == ST_EVENT_HDR_SIZE, "st_event size");
+_Static_assert(__builtin_offsetof(struct st_event, kind) == 0, "kind");
+_Static_assert(__builtin_offsetof(struct st_event, ts_ns) == 4, "ts_ns");
+_Static_assert(__builtin_offsetof(struct st_event, conn_id) == 12, "conn_id");
+_Static_assert(__builtin_offsetof(struct st_event, ret) == 20, "ret");
+_Static_assert(__builtin_offsetof(struct st_event, bytes_tx) == 28, "bytes_tx");
+_Static_assert(__builtin_offsetof(struct st_event, bytes_rx) == 36, "bytes_rx");
+_Static_assert(__builtin_offsetof(struct st_event, tgid) == 44, "tgid");
+_Static_assert(__builtin_offsetof(struct st_event, tid) == 48, "tid");
+_Static_assert(__builtin_offsetof(struct st_event, fd) == 52, "fd");
+_Static_assert(__builtin_offsetof(struct st_event, tcp_seq) == 56, "tcp_seq");
+_Static_assert(__builtin_offsetof(struct st_event, payload_len) == 60, "payload_len");
+_Static_assert(__builtin_offsetof(struct st_event, syscall) == 64, "syscall");
+_Static_assert(__builtin_offsetof(struct st_event, direction) == 66, "direction");
+_Static_assert(__builtin_offsetof(struct st_event, role) == 67, "role");
+_Static_assert(__builtin_offsetof(struct st_event, family) == 68, "family");
+_Static_assert(__builtin_offsetof(struct st_event, sport) == 70, "sport");
+_Static_assert(__builtin_offsetof(struct st_event, dport) == 72, "dport");
+_Static_assert(__builtin_offsetof(struct st_event, l4_proto) == 74, "l4_proto");
+_Static_assert(__builtin_offsetof(struct st_event, flags) == 75, "flags");
+_Static_assert(__builtin_offsetof(struct st_event, saddr) == 76, "saddr");
+_Static_assert(__builtin_offsetof(struct st_event, daddr) == 92, "daddr");
+_Static_assert(__builtin_offsetof(struct st_event, comm) == 108, "comm");
+_Static_assert(__builtin_offsetof(struct st_event, app_proto) == 124, "app_proto");
+_Static_assert(__builtin_offsetof(struct st_event, reserved) == 126, "reserved");
+
+/* Value of the `conns` map (key: u64 sockfs inode number of the socket). */
+struct st_conn {
+	__u64 conn_id;
+	__u64 sk;       /* struct sock * (kernel address, used for TCP sequence reads) */
+	__u64 bytes_tx; /* egress bytes so far (first message only for sendmmsg) */
+	__u64 bytes_rx; /* ingress bytes so far */
+	__u32 tgid;     /* process that created the entry */
+	__u16 family;   /* AF_INET / AF_INET6 of the peer (see st_event.family) */
+	__u16 sport;    /* host order */
+	__u16 dport;    /* host order */
+	__u8 l4_proto;  /* IPPROTO_TCP / IPPROTO_UDP; 0 = not traced (see ST_CONN_IGNORE) */
+	__u8 role;      /* enum st_role */
+	__u16 app_proto;
+	__u8 flags;     /* ST_CONN_* */
+	__u8 reserved;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+enum st_conn_flags {
+	ST_CONN_IGNORE = 1 << 0,   /* socket of another family/protocol: cached negative */
+	ST_CONN_V4MAPPED = 1 << 2, /* same bit as ST_F_V4MAPPED */
+};
+
+_Static_assert(sizeof(struct st_conn) == 80, "st_conn size");
+
+#endif

@@ -1,0 +1,858 @@
+// SPDX-License-Identifier: GPL-2.0
+/* sidetrace tracer: socket syscalls of chosen processes -> perf events.
+ *
+ * Hooks (all plain tracepoints; no kprobes on this kernel):
+ *   data:      syscalls/sys_exit_{read,readv,recvfrom,recvmsg,recvmmsg,
+ *                                 write,writev,sendto,sendmsg,sendmmsg}
+ *   lifecycle: syscalls/sys_exit_{connect,accept,accept4}, syscalls/sys_enter_close
+ *   processes: task/task_newtask (fork follow), sched/sched_process_exit
+ *
+ * Exit-only data path.  The data syscalls need no sys_enter program and no
+ * in-flight map: at sys_exit the syscall's arguments are still in the
+ * task's saved user register frame (bpf_task_pt_regs(current): di, si, dx,
+ * r10, r8, r9 are preserved across the syscall on x86_64), and the return
+ * value is in the tracepoint context.  The TCP sequence number at the start
+ * of the syscall is derived at exit: write_seq - ret for writes, copied_seq
+ * - ret for reads (copied_seq for MSG_PEEK).  This halves the tracepoint
+ * cost (one hook per syscall instead of two) and removes the in-flight map
+ * update/lookup/delete entirely.  Caveat: two threads doing I/O on the same
+ * TCP socket at the same time can skew the derived sequence number.
+ *
+ * Per syscall, in order (cheapest rejection first):
+ *   1. ret <= 0 and not a reportable error      -> return (no helper call)
+ *   2. tgid filter: trace_all ? tgid != agent_tgid : pids[tgid] exists
+ *   3. fd -> struct file: current->files->fdt->fd[fd] (BTF pointer walk + 1 read)
+ *   4. socket check: file->f_inode->i_mode is S_IFSOCK (else counted, return)
+ *   5. conns[inode number] lookup; on a miss the socket is resolved once
+ *      (file->private_data->sk, family, protocol, addresses) and cached;
+ *      non-inet or non-TCP/UDP sockets are cached as ignored.
+ *   6. header + payload into a per-CPU scratch buffer, one perf output of
+ *      exactly header + captured bytes (stale scratch bytes never leave).
+ *
+ * Connections are keyed by the socket's sockfs inode number, which is unique
+ * per socket (unlike struct sock / struct file addresses, which the slab
+ * reuses immediately after a free, so a missed close can't alias a new
+ * socket's state).
+ */
+#include "bpf_api.h"
+#include "vmlinux_min.h"
+#include "sidetrace_events.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AF_UNSPEC 0
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define SOCK_STREAM 1
+#define SOCK_DGRAM 2
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define EINTR 4
+#define EAGAIN 11
+#define EINPROGRESS 115
+#define ERESTARTSYS 512
+#define ERESTART_RESTARTBLOCK 516
+#define MSG_PEEK 2
+#define CLONE_THREAD 0x00010000
+
+/* Keep clang from folding a clamp the verifier needs to see. */
+#define barrier_var(v) asm volatile("" : "+r"(v))
+
+/* ---- configuration (.rodata, set by the loader before load) ---- */
+const volatile __u32 trace_all = 0;     /* 1: trace every process except agent_tgid */
+const volatile __u32 agent_tgid = 0;    /* never traced */
+const volatile __u32 max_payload = 4096; /* payload bytes per event, clamped to ST_MAX_PAYLOAD */
+
+/* ---- maps ---- */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);   /* tgid */
+	__type(value, __u32); /* enum st_pid_flags */
+} pids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64); /* sockfs inode number of the socket */
+	__type(value, struct st_conn);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(max_entries, 1024); /* indexed by CPU id */
+	__type(key, __u32);
+	__type(value, __u32);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ST_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64); /* enum st_counter */
+} counters SEC(".maps");
+
+/* Staging area for one record: header, then payload.  Twice ST_MAX_PAYLOAD
+ * so every bounded write the verifier can prove is in range. */
+struct st_scratch {
+	struct st_event ev;
+	__u8 payload[2 * ST_MAX_PAYLOAD];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct st_scratch);
+} scratch SEC(".maps");
+
+/* ---- tracepoint contexts (see /sys/kernel/tracing/events/.../format) ---- */
+struct st_sys_enter_ctx {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__u64 args[6];
+};
+
+struct st_sys_exit_ctx {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__s64 ret;
+};
+
+struct st_newtask_ctx {
+	__u64 common;
+	__s32 pid;
+	char comm[16];
+	__u32 pad;
+	__u64 clone_flags;
+};
+
+/* ---- user ABI structs (x86_64 UAPI, fixed layouts) ---- */
+struct st_iovec {
+	__u64 base;
+	__u64 len;
+};
+
+struct st_msghdr_head { /* first 32 bytes of struct user_msghdr */
+	__u64 name;
+	__s32 namelen;
+	__u32 pad;
+	__u64 iov;
+	__u64 iovlen;
+};
+
+struct st_mmsghdr { /* struct mmsghdr */
+	__u64 name;
+	__s32 namelen;
+	__u32 pad;
+	__u64 iov;
+	__u64 iovlen;
+	__u64 control;
+	__u64 controllen;
+	__u32 flags;
+	__u32 pad2;
+	__u32 msg_len;
+	__u32 pad3;
+};
+
+struct st_sockaddr { /* covers sockaddr_in and sockaddr_in6 */
+	__u16 family;
+	__be16 port;
+	__u32 v4_or_flowinfo;
+	__u8 v6[16];
+	__u32 scope_id;
+};
+
+/* ---- small helpers ---- */
+static __always_inline void count(__u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &slot);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline bool traced(__u32 tgid)
+{
+	if (trace_all)
+		return tgid != agent_tgid;
+	if (tgid == agent_tgid)
+		return false;
+	return bpf_map_lookup_elem(&pids, &tgid) != NULL;
+}
+
+static __always_inline __u16 bswap16(__u16 v)
+{
+	return (v >> 8) | (v << 8);
+}
+
+static __always_inline __u64 new_conn_id(void)
+{
+	__u32 slot = ST_CNT_CONN_SEQ;
+	__u64 *v = bpf_map_lookup_elem(&counters, &slot);
+	__u64 n = 0;
+
+	if (v)
+		n = ++*v;
+	return ((__u64)(bpf_get_smp_processor_id() + 1) << 48) | (n & 0xffffffffffffULL);
+}
+
+static __always_inline void set_v4mapped(__u8 *dst, __u32 be_addr)
+{
+	__u32 *w = (__u32 *)dst;
+
+	w[0] = 0;
+	w[1] = 0;
+	w[2] = 0xffff0000; /* bytes 00 00 ff ff */
+	w[3] = be_addr;
+}
+
+static __always_inline bool is_v4mapped(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return w[0] == 0 && w[1] == 0 && w[2] == 0xffff0000;
+}
+
+static __always_inline void copy16(__u8 *dst, const __u8 *src)
+{
+	((__u64 *)dst)[0] = ((const __u64 *)src)[0];
+	((__u64 *)dst)[1] = ((const __u64 *)src)[1];
+}
+
+/* fd -> struct file * of the current task, or NULL. */
+static __always_inline struct file *fd_to_file(struct task_struct *task, int fd)
+{
+	struct files_struct *files;
+	struct fdtable *fdt;
+	struct file **arr;
+	struct file *f = NULL;
+
+	files = task->files;
+	if (!files)
+		return NULL;
+	fdt = files->fdt;
+	if (!fdt)
+		return NULL;
+	if ((__u32)fd >= fdt->max_fds)
+		return NULL;
+	arr = fdt->fd;
+	if (bpf_probe_read_kernel(&f, sizeof(f), &arr[(__u32)fd]))
+		return NULL;
+	return f;
+}
+
+/* Socket inode number of `file`, or 0 if it isn't a socket (counted). */
+static __always_inline __u64 socket_ino(struct file *file)
+{
+	struct inode *inode = NULL;
+	unsigned short mode = 0;
+	unsigned long ino = 0;
+
+	if (BPF_CORE_READ_INTO(&inode, file, f_inode) || !inode) {
+		count(ST_CNT_KREAD_FAIL);
+		return 0;
+	}
+	if (BPF_CORE_READ_INTO(&mode, inode, i_mode)) {
+		count(ST_CNT_KREAD_FAIL);
+		return 0;
+	}
+	if ((mode & S_IFMT) != S_IFSOCK) {
+		count(ST_CNT_NOT_SOCKET);
+		return 0;
+	}
+	if (BPF_CORE_READ_INTO(&ino, inode, i_ino))
+		count(ST_CNT_KREAD_FAIL);
+	return ino;
+}
+
+/* Read family, protocol and both ends of `sk` into `c`. */
+static __always_inline void conn_fill_addrs(struct sock *sk, struct st_conn *c)
+{
+	unsigned short family = 0;
+	__u16 proto = 0, type = 0, num = 0;
+	__be16 dport = 0;
+
+	BPF_CORE_READ_INTO(&family, &sk->__sk_common, skc_family);
+	BPF_CORE_READ_INTO(&proto, sk, sk_protocol);
+	BPF_CORE_READ_INTO(&type, sk, sk_type);
+	if ((family != AF_INET && family != AF_INET6) ||
+	    !((proto == IPPROTO_TCP && type == SOCK_STREAM) ||
+	      (proto == IPPROTO_UDP && type == SOCK_DGRAM))) {
+		c->flags |= ST_CONN_IGNORE;
+		count(ST_CNT_NOT_INET);
+		return;
+	}
+	c->l4_proto = proto;
+	BPF_CORE_READ_INTO(&num, &sk->__sk_common, skc_num);
+	BPF_CORE_READ_INTO(&dport, &sk->__sk_common, skc_dport);
+	c->sport = num;
+	c->dport = bswap16(dport);
+	if (family == AF_INET) {
+		__be32 s = 0, d = 0;
+
+		BPF_CORE_READ_INTO(&s, &sk->__sk_common, skc_rcv_saddr);
+		BPF_CORE_READ_INTO(&d, &sk->__sk_common, skc_daddr);
+		set_v4mapped(c->saddr, s);
+		set_v4mapped(c->daddr, d);
+		c->family = AF_INET;
+		c->flags &= ~ST_CONN_V4MAPPED;
+	} else {
+		if (bpf_core_read(c->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr) ||
+		    bpf_core_read(c->daddr, 16, &sk->__sk_common.skc_v6_daddr))
+			count(ST_CNT_KREAD_FAIL);
+		if (is_v4mapped(c->daddr)) {
+			c->family = AF_INET;
+			c->flags |= ST_CONN_V4MAPPED;
+		} else {
+			c->family = AF_INET6;
+			c->flags &= ~ST_CONN_V4MAPPED;
+		}
+	}
+}
+
+/* Create (or replace) the conns entry of socket `ino` behind `file`. */
+static __always_inline struct st_conn *conn_create(struct file *file, __u64 ino, __u32 tgid, __u8 role)
+{
+	struct st_conn c = {};
+	struct socket *so = NULL;
+	struct sock *sk = NULL;
+
+	if (BPF_CORE_READ_INTO(&so, file, private_data) || !so ||
+	    BPF_CORE_READ_INTO(&sk, so, sk) || !sk) {
+		count(ST_CNT_KREAD_FAIL);
+		return NULL;
+	}
+	c.sk = (__u64)sk;
+	c.tgid = tgid;
+	c.role = role;
+	conn_fill_addrs(sk, &c);
+	if (!(c.flags & ST_CONN_IGNORE))
+		c.conn_id = new_conn_id();
+	if (bpf_map_update_elem(&conns, &ino, &c, BPF_ANY)) {
+		count(ST_CNT_CONN_FULL);
+		return NULL;
+	}
+	return bpf_map_lookup_elem(&conns, &ino);
+}
+
+static __always_inline struct st_scratch *get_scratch(void)
+{
+	__u32 zero = 0;
+	struct st_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+
+	if (!s)
+		count(ST_CNT_NO_SCRATCH);
+	return s;
+}
+
+/* Every header field is written: the scratch buffer is never zeroed. */
+static __always_inline void fill_header(struct st_event *e, __u32 kind, __u16 sys, __u8 dir,
+					__u64 pid_tgid, __s32 fd, __s64 ret, const struct st_conn *c)
+{
+	e->kind = kind;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->ret = ret;
+	e->tgid = pid_tgid >> 32;
+	e->tid = (__u32)pid_tgid;
+	e->fd = fd;
+	e->tcp_seq = 0;
+	e->payload_len = 0;
+	e->syscall = sys;
+	e->direction = dir;
+	e->app_proto = 0;
+	e->reserved = 0;
+	if (c) {
+		e->conn_id = c->conn_id;
+		e->bytes_tx = c->bytes_tx;
+		e->bytes_rx = c->bytes_rx;
+		e->role = c->role;
+		e->family = c->family;
+		e->sport = c->sport;
+		e->dport = c->dport;
+		e->l4_proto = c->l4_proto;
+		e->flags = c->flags & ST_CONN_V4MAPPED; /* == ST_F_V4MAPPED */
+		e->app_proto = c->app_proto;
+		copy16(e->saddr, c->saddr);
+		copy16(e->daddr, c->daddr);
+	} else {
+		__u64 *p;
+
+		e->conn_id = 0;
+		e->bytes_tx = 0;
+		e->bytes_rx = 0;
+		e->role = 0;
+		e->family = 0;
+		e->sport = 0;
+		e->dport = 0;
+		e->l4_proto = 0;
+		e->flags = 0;
+		p = (__u64 *)e->saddr;
+		p[0] = 0;
+		p[1] = 0;
+		p = (__u64 *)e->daddr;
+		p[0] = 0;
+		p[1] = 0;
+	}
+	/* comm: 16 bytes, NUL padded (the helper pads) */
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+}
+
+static __always_inline void emit(void *ctx, struct st_scratch *s, __u32 payload_len)
+{
+	__u64 size = sizeof(struct st_event) + (payload_len & (2 * ST_MAX_PAYLOAD - 1));
+
+	if (bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, s, size))
+		count(ST_CNT_PERF_FAIL);
+	else
+		count(ST_CNT_EVENTS);
+}
+
+static __always_inline __u32 payload_limit(__s64 ret)
+{
+	__u64 lim = max_payload;
+
+	if (lim > ST_MAX_PAYLOAD)
+		lim = ST_MAX_PAYLOAD;
+	if ((__u64)ret < lim)
+		lim = ret;
+	return lim;
+}
+
+/* Copy the first `lim` (<= ST_MAX_PAYLOAD) bytes of a user buffer. */
+static __always_inline __u32 capture_buf(struct st_scratch *s, __u64 ubuf, __u32 lim)
+{
+	__u32 n = lim;
+
+	barrier_var(n);
+	if (n > ST_MAX_PAYLOAD)
+		n = ST_MAX_PAYLOAD;
+	if (!n)
+		return 0;
+	if (bpf_probe_read_user(s->payload, n, (const void *)ubuf)) {
+		count(ST_CNT_UREAD_FAIL);
+		return 0;
+	}
+	return n;
+}
+
+/* Gather up to `lim` (<= ST_MAX_PAYLOAD) bytes across the first ST_MAX_IOV
+ * iovecs of a user iovec array. */
+static __always_inline __u32 capture_iov(struct st_scratch *s, __u64 uiov, __u64 iovcnt, __u32 lim)
+{
+	struct st_iovec iov[ST_MAX_IOV] = {};
+	__u32 cnt = iovcnt < ST_MAX_IOV ? iovcnt : ST_MAX_IOV;
+	__u32 off = 0;
+	int i;
+
+	barrier_var(cnt);
+	if (cnt > ST_MAX_IOV)
+		cnt = ST_MAX_IOV;
+	if (!cnt || !lim)
+		return 0;
+	if (bpf_probe_read_user(iov, cnt * sizeof(struct st_iovec), (const void *)uiov)) {
+		count(ST_CNT_UREAD_FAIL);
+		return 0;
+	}
+	for (i = 0; i < ST_MAX_IOV; i++) {
+		__u64 n;
+
+		if (i >= cnt || off >= lim)
+			break;
+		n = iov[i].len;
+		if (n > lim - off)
+			n = lim - off;
+		barrier_var(n);
+		if (n > ST_MAX_PAYLOAD)
+			n = ST_MAX_PAYLOAD;
+		barrier_var(off);
+		off &= ST_MAX_PAYLOAD - 1;
+		if (n && bpf_probe_read_user(&s->payload[off], n, (const void *)iov[i].base)) {
+			count(ST_CNT_UREAD_FAIL);
+			break;
+		}
+		off += n;
+	}
+	return off;
+}
+
+/* Peer address from a user sockaddr (UDP sendto/recvfrom/msg_name). */
+static __always_inline void peer_from_sockaddr(struct st_event *e, __u64 uaddr)
+{
+	struct st_sockaddr sa;
+
+	if (bpf_probe_read_user(&sa, sizeof(sa), (const void *)uaddr)) {
+		count(ST_CNT_UREAD_FAIL);
+		return;
+	}
+	if (sa.family == AF_INET) {
+		set_v4mapped(e->daddr, sa.v4_or_flowinfo);
+		e->family = AF_INET;
+	} else if (sa.family == AF_INET6) {
+		copy16(e->daddr, sa.v6);
+		if (is_v4mapped(sa.v6)) {
+			e->family = AF_INET;
+			e->flags |= ST_F_V4MAPPED;
+		} else {
+			e->family = AF_INET6;
+			e->flags &= ~ST_F_V4MAPPED;
+		}
+	} else {
+		return;
+	}
+	e->dport = bswap16(sa.port);
+	e->flags |= ST_F_PEER_FROM_ARG;
+}
+
+/* ---- data syscalls (sys_exit only) ---- */
+static __always_inline bool reportable(__s64 ret)
+{
+	if (ret > 0)
+		return true;
+	if (ret == 0 || ret == -EAGAIN || ret == -EINTR)
+		return false;
+	if (ret <= -ERESTARTSYS && ret >= -ERESTART_RESTARTBLOCK)
+		return false;
+	return true;
+}
+
+static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int sys)
+{
+	const bool egress = sys >= ST_SYS_WRITE;
+	__s64 ret = ctx->ret;
+	struct task_struct *task;
+	struct pt_regs *regs;
+	struct st_scratch *s;
+	struct st_conn *c;
+	struct file *file;
+	__u64 pid_tgid, ino, uaddr = 0, flags = 0, bytes;
+	__u32 tgid, lim, got = 0;
+	__u8 evflags = 0;
+	int fd;
+
+	if (!reportable(ret))
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	tgid = pid_tgid >> 32;
+	if (!traced(tgid))
+		return 0;
+
+	task = bpf_get_current_task_btf();
+	regs = bpf_task_pt_regs(task);
+	if (!regs)
+		return 0;
+	fd = (int)regs->di;
+	file = fd_to_file(task, fd);
+	if (!file) {
+		count(ST_CNT_BAD_FD);
+		return 0;
+	}
+	ino = socket_ino(file);
+	if (!ino)
+		return 0;
+	c = bpf_map_lookup_elem(&conns, &ino);
+	if (!c) {
+		if (ret < 0)
+			return 0;
+		c = conn_create(file, ino, tgid, ST_ROLE_UNKNOWN);
+		if (!c)
+			return 0;
+		evflags = ST_F_NEW_CONN;
+	}
+	if (c->flags & ST_CONN_IGNORE)
+		return 0;
+	s = get_scratch();
+	if (!s)
+		return 0;
+
+	fill_header(&s->ev, ST_EV_DATA, sys, egress ? ST_DIR_EGRESS : ST_DIR_INGRESS,
+		    pid_tgid, fd, ret, c);
+	s->ev.flags |= evflags;
+	if (ret < 0) {
+		emit(ctx, s, 0);
+		return 0;
+	}
+
+	bytes = ret;
+	lim = payload_limit(ret);
+	switch (sys) {
+	case ST_SYS_READ:
+	case ST_SYS_WRITE:
+		got = capture_buf(s, regs->si, lim);
+		break;
+	case ST_SYS_READV:
+	case ST_SYS_WRITEV:
+		got = capture_iov(s, regs->si, regs->dx, lim);
+		break;
+	case ST_SYS_RECVFROM:
+	case ST_SYS_SENDTO:
+		got = capture_buf(s, regs->si, lim);
+		flags = regs->r10;
+		uaddr = regs->r8;
+		break;
+	case ST_SYS_RECVMSG:
+	case ST_SYS_SENDMSG: {
+		struct st_msghdr_head m;
+
+		flags = regs->dx;
+		if (bpf_probe_read_user(&m, sizeof(m), (const void *)regs->si)) {
+			count(ST_CNT_UREAD_FAIL);
+			break;
+		}
+		got = capture_iov(s, m.iov, m.iovlen, lim);
+		uaddr = m.name;
+		break;
+	}
+	case ST_SYS_RECVMMSG:
+	case ST_SYS_SENDMMSG: {
+		struct st_mmsghdr m;
+
+		flags = regs->r10;
+		if (bpf_probe_read_user(&m, sizeof(m), (const void *)regs->si)) {
+			count(ST_CNT_UREAD_FAIL);
+			break;
+		}
+		/* ret counts messages; report the first one only */
+		if (ret > 1)
+			s->ev.flags |= ST_F_MULTI_MSG;
+		bytes = m.msg_len;
+		s->ev.ret = bytes;
+		got = capture_iov(s, m.iov, m.iovlen, payload_limit(bytes));
+		uaddr = m.name;
+		break;
+	}
+	}
+
+	if (c->l4_proto == IPPROTO_UDP && uaddr)
+		peer_from_sockaddr(&s->ev, uaddr);
+
+	if (c->l4_proto == IPPROTO_TCP && sys != ST_SYS_RECVMMSG && sys != ST_SYS_SENDMMSG) {
+		struct tcp_sock *tp = (struct tcp_sock *)c->sk;
+		__u32 seq = 0;
+		long err;
+
+		if (egress)
+			err = BPF_CORE_READ_INTO(&seq, tp, write_seq);
+		else
+			err = BPF_CORE_READ_INTO(&seq, tp, copied_seq);
+		if (!err) {
+			if (egress || !(flags & MSG_PEEK))
+				seq -= (__u32)bytes;
+			s->ev.tcp_seq = seq;
+			s->ev.flags |= ST_F_SEQ_VALID;
+		} else {
+			count(ST_CNT_KREAD_FAIL);
+		}
+	}
+	if (!egress && (flags & MSG_PEEK))
+		s->ev.flags |= ST_F_PEEK;
+
+	if (got < bytes) {
+		s->ev.flags |= ST_F_TRUNCATED;
+		count(ST_CNT_TRUNCATED);
+	}
+	s->ev.payload_len = got;
+	/* a peeked read is read again: don't advance the stream offset */
+	if (!(flags & MSG_PEEK) || egress) {
+		if (egress)
+			__sync_fetch_and_add(&c->bytes_tx, bytes);
+		else
+			__sync_fetch_and_add(&c->bytes_rx, bytes);
+	}
+	emit(ctx, s, got);
+	return 0;
+}
+
+#define DATA_EXIT(name, sys)                                            \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                      \
+	int st_exit_##name(struct st_sys_exit_ctx *ctx)                 \
+	{                                                               \
+		return on_data_exit(ctx, sys);                          \
+	}
+
+DATA_EXIT(read, ST_SYS_READ)
+DATA_EXIT(readv, ST_SYS_READV)
+DATA_EXIT(recvfrom, ST_SYS_RECVFROM)
+DATA_EXIT(recvmsg, ST_SYS_RECVMSG)
+DATA_EXIT(recvmmsg, ST_SYS_RECVMMSG)
+DATA_EXIT(write, ST_SYS_WRITE)
+DATA_EXIT(writev, ST_SYS_WRITEV)
+DATA_EXIT(sendto, ST_SYS_SENDTO)
+DATA_EXIT(sendmsg, ST_SYS_SENDMSG)
+DATA_EXIT(sendmmsg, ST_SYS_SENDMMSG)
+
+/* ---- connection lifecycle ---- */
+static __always_inline int on_open(void *ctx, __u16 sys, int fd, __s64 ret, __u8 role)
+{
+	struct task_struct *task;
+	struct st_scratch *s;
+	struct st_conn *c;
+	struct file *file;
+	__u64 pid_tgid = bpf_get_current_pid_tgid(), ino;
+	__u32 tgid = pid_tgid >> 32;
+
+	if (!traced(tgid))
+		return 0;
+	task = bpf_get_current_task_btf();
+	file = fd_to_file(task, fd);
+	if (!file) {
+		count(ST_CNT_BAD_FD);
+		return 0;
+	}
+	ino = socket_ino(file);
+	if (!ino)
+		return 0;
+	c = bpf_map_lookup_elem(&conns, &ino);
+	if (c && !(c->flags & ST_CONN_IGNORE)) {
+		/* known socket (e.g. UDP used before connect()): refresh */
+		struct sock *sk = (struct sock *)c->sk;
+
+		conn_fill_addrs(sk, c);
+		c->role = role;
+	} else {
+		c = conn_create(file, ino, tgid, role);
+		if (!c)
+			return 0;
+	}
+	if (c->flags & ST_CONN_IGNORE)
+		return 0;
+	s = get_scratch();
+	if (!s)
+		return 0;
+	fill_header(&s->ev, ST_EV_CONN_OPEN, sys, ST_DIR_NONE, pid_tgid, fd, ret, c);
+	emit(ctx, s, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int st_exit_connect(struct st_sys_exit_ctx *ctx)
+{
+	__s64 ret = ctx->ret;
+	struct pt_regs *regs;
+
+	if (ret != 0 && ret != -EINPROGRESS)
+		return 0;
+	if (!traced(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	regs = bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (!regs)
+		return 0;
+	return on_open(ctx, ST_SYS_CONNECT, (int)regs->di, ret, ST_ROLE_CLIENT);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int st_exit_accept(struct st_sys_exit_ctx *ctx)
+{
+	if (ctx->ret < 0)
+		return 0;
+	return on_open(ctx, ST_SYS_ACCEPT, (int)ctx->ret, ctx->ret, ST_ROLE_SERVER);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int st_exit_accept4(struct st_sys_exit_ctx *ctx)
+{
+	if (ctx->ret < 0)
+		return 0;
+	return on_open(ctx, ST_SYS_ACCEPT4, (int)ctx->ret, ctx->ret, ST_ROLE_SERVER);
+}
+
+/* close(): at entry, while the fd still resolves.  Closing one of several
+ * duplicates of a socket fd also ends the connection's tracking. */
+SEC("tracepoint/syscalls/sys_enter_close")
+int st_enter_close(struct st_sys_enter_ctx *ctx)
+{
+	int fd = (int)ctx->args[0];
+	struct task_struct *task;
+	struct st_scratch *s;
+	struct st_conn *c;
+	struct file *file;
+	__u64 pid_tgid = bpf_get_current_pid_tgid(), ino;
+
+	if (!traced(pid_tgid >> 32))
+		return 0;
+	task = bpf_get_current_task_btf();
+	file = fd_to_file(task, fd);
+	if (!file)
+		return 0;
+	ino = socket_ino(file);
+	if (!ino)
+		return 0;
+	c = bpf_map_lookup_elem(&conns, &ino);
+	if (!c)
+		return 0;
+	if (!(c->flags & ST_CONN_IGNORE)) {
+		s = get_scratch();
+		if (s) {
+			fill_header(&s->ev, ST_EV_CONN_CLOSE, ST_SYS_CLOSE, ST_DIR_NONE, pid_tgid, fd, 0, c);
+			emit(ctx, s, 0);
+		}
+	}
+	bpf_map_delete_elem(&conns, &ino);
+	return 0;
+}
+
+/* ---- processes ---- */
+
+/* task_newtask (not sched_process_fork): its clone_flags tell a new process
+ * from a new thread, so only real children are added to `pids`. */
+SEC("tracepoint/task/task_newtask")
+int st_task_newtask(struct st_newtask_ctx *ctx)
+{
+	struct st_scratch *s;
+	__u64 pid_tgid;
+	__u32 tgid, child, flags, *pflags;
+
+	if (trace_all)
+		return 0;
+	if (ctx->clone_flags & CLONE_THREAD)
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	tgid = pid_tgid >> 32;
+	pflags = bpf_map_lookup_elem(&pids, &tgid);
+	if (!pflags)
+		return 0;
+	flags = *pflags | ST_PID_INHERITED;
+	child = ctx->pid;
+	if (bpf_map_update_elem(&pids, &child, &flags, BPF_ANY)) {
+		count(ST_CNT_PIDS_FULL);
+		return 0;
+	}
+	s = get_scratch();
+	if (!s)
+		return 0;
+	fill_header(&s->ev, ST_EV_PROC_FORK, ST_SYS_NONE, ST_DIR_NONE, pid_tgid, -1, tgid, NULL);
+	s->ev.tgid = child;
+	emit(ctx, s, 0);
+	return 0;
+}
+
+/* Fires for every exiting thread; acts when the thread group is dead
+ * (signal->live already dropped to 0), whichever thread exits last. */
+SEC("tracepoint/sched/sched_process_exit")
+int st_sched_process_exit(void *ctx)
+{
+	struct task_struct *task;
+	struct signal_struct *sig;
+	struct st_scratch *s;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+
+	if (!traced(tgid))
+		return 0;
+	task = bpf_get_current_task_btf();
+	sig = task->signal;
+	if (!sig || sig->live.counter != 0)
+		return 0;
+	if (!trace_all)
+		bpf_map_delete_elem(&pids, &tgid);
+	s = get_scratch();
+	if (!s)
+		return 0;
+	fill_header(&s->ev, ST_EV_PROC_EXIT, ST_SYS_NONE, ST_DIR_NONE, pid_tgid, -1, 0, NULL);
+	emit(ctx, s, 0);
+	return 0;
+}
