@@ -1,0 +1,60 @@
+"""bpfobj: load precompiled BPF ELF objects from pure Python.
+
+Parsing (no syscalls) gives an :class:`ObjectSpec`; :class:`Collection` turns
+it into live maps, programs and links::
+
+    with bpfobj.Collection.load_file("prog.bpf.o", constants={"target_tgid": pid}) as coll:
+        coll.attach_all()
+        with bpfobj.PerfEventArray(coll.maps["events"]) as rings:
+            batch = rings.read_all()
+"""
+
+from . import _features as features
+from ._errors import (
+    BpfError,
+    CoreRelocationError,
+    NotSupportedError,
+    ObjectFormatError,
+    PermissionDeniedError,
+    SyscallError,
+    VerifierError,
+)
+from ._fs import MountStatus, ensure_bpffs, ensure_tracefs
+from ._loader import Collection, LoadedObject, load
+from ._maps import Map
+from ._parse import load_object_spec, parse_object
+from ._perf import (
+    PerfEventArray,
+    PerfRing,
+    RingCorruptError,
+    WalkResult,
+    online_cpus,
+    possible_cpus,
+    walk_ring,
+)
+from ._programs import Link, Program
+from ._spec import (
+    CoreRelocation,
+    FuncInfo,
+    LineInfo,
+    MapRelocation,
+    MapSpec,
+    ObjectSpec,
+    ProgramSpec,
+    VariableSpec,
+)
+
+__all__ = [
+    # errors
+    "BpfError", "CoreRelocationError", "NotSupportedError", "ObjectFormatError",
+    "PermissionDeniedError", "SyscallError", "VerifierError", "RingCorruptError",
+    # specs and parsing
+    "CoreRelocation", "FuncInfo", "LineInfo", "MapRelocation", "MapSpec", "ObjectSpec",
+    "ProgramSpec", "VariableSpec", "load_object_spec", "parse_object",
+    # live objects
+    "Collection", "LoadedObject", "load", "Map", "Program", "Link",
+    # perf rings
+    "PerfEventArray", "PerfRing", "WalkResult", "walk_ring", "online_cpus", "possible_cpus",
+    # environment
+    "features", "MountStatus", "ensure_bpffs", "ensure_tracefs",
+]

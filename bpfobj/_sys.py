@@ -598,6 +598,26 @@ def _error(command: str, err: int, what: str,
     return SyscallError(command, err, what)
 
 
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+
+
+def effective_capabilities() -> int:
+    """The CapEff mask of this process (from /proc/self/status)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def has_bpf_capabilities() -> bool:
+    """CAP_SYS_ADMIN, or CAP_BPF together with CAP_PERFMON."""
+    caps = effective_capabilities()
+    return bool(caps >> CAP_SYS_ADMIN & 1) or bool(caps >> CAP_BPF & 1 and caps >> CAP_PERFMON & 1)
+
+
 # Where a type first appeared, for NotSupportedError messages.
 _MAP_TYPE_SINCE = {
     MapType.LRU_HASH: "4.10", MapType.LPM_TRIE: "4.11", MapType.ARRAY_OF_MAPS: "4.12",
@@ -789,7 +809,15 @@ def prog_load(prog_type: int, insns: bytes, license: str, *, name: str = "",
     if fd >= 0:
         return fd
     if err == _errno.EPERM:
-        raise PermissionDeniedError("BPF_PROG_LOAD", err, f"program {label!r}: {_PERM_HINT}")
+        if has_bpf_capabilities():
+            hint = ("the process already has the BPF capabilities, so the kernel refuses "
+                    f"this program type or attach point ({_type_name(ProgType, prog_type)}, "
+                    f"attach type {_type_name(AttachType, expected_attach_type)}); "
+                    "fentry/fexit need BPF trampolines, which lockdown or a kernel without "
+                    "ftrace direct calls forbids")
+        else:
+            hint = _PERM_HINT
+        raise PermissionDeniedError("BPF_PROG_LOAD", err, f"program {label!r}: {hint}")
     # Repeat with a verifier log, growing it while the kernel says it was too small.
     level = max(level, 1)
     size = max(size, 256 * 1024)
