@@ -378,7 +378,7 @@ class PerfEventArray:
             except (BpfError, OSError):
                 pass  # the map may already be gone
             ring.close()
-        self.rings = []
+        # The closed rings stay listed so lost_total/samples totals remain readable.
 
     def __enter__(self) -> "PerfEventArray":
         return self
