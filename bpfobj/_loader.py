@@ -97,6 +97,7 @@ class Collection:
             for name, pspec in spec.programs.items():
                 self.programs[name] = self._load_program(pspec)
         except BaseException:
+            self.unpin()  # a failed load leaves no new pins behind
             self.close()
             raise
 
