@@ -19,7 +19,7 @@ from ._errors import BpfError
 __all__ = [
     "bpf_syscall", "btf", "prog_type_supported", "map_type_supported", "map_batch_ops",
     "ringbuf", "global_data", "map_freeze", "link_create_perf_event", "raw_tracepoint",
-    "tp_btf", "fentry", "fexit", "link_create_tracing", "uprobe_pmu", "summary",
+    "tp_btf", "fentry", "fexit", "link_create_tracing", "uprobe_pmu", "kprobe_pmu", "summary",
     "PROBED_PROG_TYPES", "PROBED_MAP_TYPES",
 ]
 
@@ -101,7 +101,7 @@ PROBED_PROG_TYPES = (ProgType.SOCKET_FILTER, ProgType.KPROBE, ProgType.TRACEPOIN
 def prog_type_supported(prog_type: int) -> bool:
     """A trivial program of this type loads (TRACING: an fentry program loads)."""
     if prog_type == ProgType.TRACING:
-        return fentry()
+        return tp_btf() or fentry()
     if prog_type in (ProgType.EXT, ProgType.LSM):
         return False  # needs a target; not used by bpfobj
     return _try(lambda: _sys.prog_load(prog_type, RETURN_ZERO, "GPL", check_type=False))
@@ -288,6 +288,11 @@ def _fentry_probe() -> tuple[bool, bool]:
 
 
 @functools.cache
+def _tp_btf_probe() -> tuple[bool, bool]:
+    return _tracing_probe(AttachType.TRACE_RAW_TP, "btf_trace_sys_enter", "TYPEDEF")
+
+
+@functools.cache
 def fentry() -> bool:
     """fentry programs load and attach (BPF trampolines, Linux 5.5)."""
     return _fentry_probe()[0]
@@ -302,13 +307,19 @@ def fexit() -> bool:
 @functools.cache
 def tp_btf() -> bool:
     """BTF-typed raw tracepoints (tp_btf, Linux 5.5)."""
-    return _tracing_probe(AttachType.TRACE_RAW_TP, "btf_trace_sys_enter", "TYPEDEF")[0]
+    return _tp_btf_probe()[0]
 
 
 @functools.cache
 def link_create_tracing() -> bool:
-    """BPF_LINK_CREATE for fentry/fexit programs (else RAW_TRACEPOINT_OPEN)."""
-    return _fentry_probe()[1]
+    """BPF_LINK_CREATE attaches tracing programs (else RAW_TRACEPOINT_OPEN does)."""
+    return _tp_btf_probe()[1] or _fentry_probe()[1]
+
+
+@functools.cache
+def kprobe_pmu() -> bool:
+    """The kprobe PMU exists (CONFIG_KPROBES)."""
+    return os.path.exists("/sys/bus/event_source/devices/kprobe/type")
 
 
 @functools.cache
@@ -328,6 +339,7 @@ def summary() -> dict[str, dict[str, bool]]:
         "map batch ops": map_batch_ops(),
         "ring buffer": ringbuf(),
     }
+    # Program types: whether a program of the type loads (attaching is under "attach").
     progs = {ProgType(t).name.lower(): prog_type_supported(t) for t in PROBED_PROG_TYPES}
     maps = {MapType(t).name.lower(): map_type_supported(t) for t in PROBED_MAP_TYPES}
     attach = {
@@ -338,5 +350,6 @@ def summary() -> dict[str, dict[str, bool]]:
         "fexit": fexit(),
         "tracing via link_create": link_create_tracing(),
         "uprobe PMU": uprobe_pmu(),
+        "kprobe PMU": kprobe_pmu(),
     }
     return {"basics": basics, "program types": progs, "map types": maps, "attach": attach}

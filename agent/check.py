@@ -1,0 +1,105 @@
+"""``sidetrace check``: what this kernel offers, and whether the agent can run here.
+
+Prints the kernel version, kernel BTF, tracefs/bpffs (mounting them when
+missing, and saying so), the process's capabilities, and which program types,
+map types and attach kinds really work (each probed by doing it).  Exits 0
+when the agent can run, 1 with a plain explanation when it cannot.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+CAPS = {21: "CAP_SYS_ADMIN", 38: "CAP_PERFMON", 39: "CAP_BPF"}
+
+
+def _cap_eff() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def _mark(ok: bool) -> str:
+    return "yes" if ok else "no"
+
+
+def main(argv: list[str] | None = None, out=None) -> int:
+    out = out or sys.stdout
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__.strip(), file=out)
+        return 0
+
+    from bpfobj import BpfError, features
+    from bpfobj._fs import ensure_bpffs, ensure_tracefs
+
+    def say(text: str = "") -> None:
+        print(text, file=out)
+
+    problems: list[str] = []
+
+    say(f"kernel: Linux {platform.release()} ({platform.machine()})")
+    btf_ok = os.path.exists("/sys/kernel/btf/vmlinux")
+    say(f"kernel BTF: {'/sys/kernel/btf/vmlinux' if btf_ok else 'missing'}")
+    if not btf_ok:
+        problems.append("the kernel has no BTF (/sys/kernel/btf/vmlinux); it needs "
+                        "CONFIG_DEBUG_INFO_BTF=y for CO-RE")
+
+    caps = _cap_eff()
+    held = [name for bit, name in CAPS.items() if caps >> bit & 1]
+    say(f"user: uid {os.geteuid()}; capabilities: {', '.join(held) or 'none of the BPF ones'} "
+        f"(CapEff {caps:#x})")
+    has_caps = bool(caps >> 21 & 1) or (bool(caps >> 39 & 1) and bool(caps >> 38 & 1))
+    if not has_caps:
+        problems.append("this process lacks CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN): "
+                        "run `sidetrace` as root")
+
+    for label, ensure in (("tracefs", ensure_tracefs), ("bpffs", ensure_bpffs)):
+        try:
+            status = ensure()
+            say(f"{label}: {status.path}" + (" (mounted now)" if status.mounted_now else " (mounted)"))
+        except BpfError as exc:
+            say(f"{label}: not mounted and could not mount: {exc}")
+            if label == "tracefs":
+                problems.append("tracefs is not mounted and cannot be mounted here "
+                                "(mount -t tracefs tracefs /sys/kernel/tracing)")
+
+    results = features.summary()
+    for group, items in results.items():
+        say()
+        say(f"{group}:")
+        for name, ok in items.items():
+            say(f"  {name:<40} {_mark(ok)}")
+
+    basics, progs, maps, attach = (results["basics"], results["program types"],
+                                   results["map types"], results["attach"])
+    if not basics["bpf syscall"]:
+        problems.append("the bpf() syscall is refused" + ("" if has_caps else " (not privileged)"))
+    else:
+        if not progs["tracepoint"]:
+            problems.append("tracepoint programs cannot be loaded")
+        if not maps["perf_event_array"]:
+            problems.append("perf event array maps cannot be created")
+        if not (maps["hash"] and maps["percpu_array"]):
+            problems.append("hash or per-CPU array maps cannot be created")
+        if not basics["global data"]:
+            problems.append("programs cannot use global data (.rodata); needs Linux 5.2+")
+
+    say()
+    if problems:
+        say("the agent cannot run here:")
+        for p in problems:
+            say(f"  - {p}")
+        return 1
+    say("the agent can run here.")
+    if not attach["fentry"]:
+        say("note: fentry/fexit are refused by this kernel; syscall tracepoints are used instead.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

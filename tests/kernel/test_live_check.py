@@ -1,0 +1,55 @@
+"""`sidetrace check` and the feature probes behind it."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.check import main
+from bpfobj import features
+
+pytestmark = pytest.mark.kernel
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_check_passes_as_root() -> None:
+    out = io.StringIO()
+    assert main([], out=out) == 0
+    text = out.getvalue()
+    assert "kernel: Linux" in text
+    assert "kernel BTF: /sys/kernel/btf/vmlinux" in text
+    assert "CAP_BPF" in text and "CAP_PERFMON" in text
+    assert "tracefs: /sys/kernel/tracing" in text and "bpffs: /sys/fs/bpf" in text
+    for line in ("tracepoint ", "perf_event_array ", "raw tracepoint ", "map batch ops "):
+        assert any(l.strip().startswith(line.strip()) and l.rstrip().endswith("yes")
+                   for l in text.splitlines()), line
+    assert "the agent can run here." in text
+
+
+def test_probes_are_cached_and_consistent() -> None:
+    summary = features.summary()
+    assert summary == features.summary()
+    assert summary["basics"]["bpf syscall"] is True
+    assert summary["program types"]["tracepoint"] is True
+    # A program type the kernel lacks is reported as such, not as an exception.
+    assert features.prog_type_supported(200) is False
+    assert features.map_type_supported(250) is False
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) not installed")
+def test_check_without_capabilities_explains_and_fails() -> None:
+    proc = subprocess.run(
+        ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--",
+         sys.executable, "-m", "agent.check"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "the agent cannot run here" in proc.stdout
+    assert "lacks CAP_BPF" in proc.stdout
+    assert "Traceback" not in proc.stderr
