@@ -1,0 +1,208 @@
+"""``sidetrace run``: load the tracer, read its rings, serve spans.
+
+One trio nursery holds: the span server, one reader task per online CPU
+(each waits on its ring's fd, with a timeout so quiet rings still drain), and
+a housekeeping task (target rescans, idle connections, clock drift).  SIGINT
+and SIGTERM cancel the nursery; leaving the ``with`` blocks detaches the
+programs, closes the rings and removes the socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import bpfobj
+from wire import SpanServer
+
+from ._clock import WallClock
+from ._events import COUNTER_NAMES, MalformedEvent, decode_event
+from ._merge import CpuMerger
+from ._pipeline import Pipeline
+from ._targets import TargetSelection, TargetTracker
+
+log = logging.getLogger("sidetrace")
+
+TRACER_OBJECT = Path(bpfobj.__file__).parent / "bpf" / "sidetrace.bpf.o"
+# A ring is drained at least this often even below its wake-up watermark,
+# which bounds how late a span can be.
+RING_POLL_SECONDS = 0.1
+HOUSEKEEPING_SECONDS = 1.0
+CLOCK_REFRESH_SECONDS = 10.0
+PID_TRACED = 1
+_U64 = struct.Struct("<Q")
+
+
+class AgentError(Exception):
+    """The agent cannot start; the message says why in plain words."""
+
+
+class Agent:
+    """The running agent's state: everything except the trio tasks."""
+
+    def __init__(self, collection: bpfobj.Collection, rings: bpfobj.PerfEventArray,
+                 server: SpanServer, selection: TargetSelection, max_connections: int) -> None:
+        self.collection = collection
+        self.rings = rings
+        self.server = server
+        self.clock = WallClock()
+        self.pipeline = Pipeline(server.publish, clock=self.clock, max_connections=max_connections)
+        self.merger = CpuMerger([ring.cpu for ring in rings])
+        self.lost = {ring.cpu: 0 for ring in rings}
+        self.malformed = 0
+        self.samples = 0
+        pids = collection.maps["pids"]
+        self.pids_map = pids
+        self.targets = TargetTracker(
+            selection,
+            add=lambda tgid: pids.update(tgid, PID_TRACED),
+            remove=lambda tgid: pids.delete(tgid),
+        )
+
+    def drain(self, ring: bpfobj.PerfRing) -> None:
+        started = time.monotonic_ns()
+        result = ring.read()
+        if result.lost:
+            self.lost[ring.cpu] += result.lost
+        merger = self.merger
+        for raw in result.samples:
+            try:
+                ev = decode_event(raw)
+            except MalformedEvent:
+                self.malformed += 1
+                continue
+            merger.push(ev.ts_ns, ev)
+        self.samples += len(result.samples)
+        merger.mark_drained(ring.cpu, started)
+        handle = self.pipeline.handle
+        for ev in merger.pop_ready():
+            handle(ev)
+
+    def kernel_counters(self) -> dict[str, int]:
+        counters = self.collection.maps["counters"]
+        out = {}
+        for slot, name in enumerate(COUNTER_NAMES):
+            per_cpu = counters.lookup(slot) or []
+            out[name] = sum(_U64.unpack(v)[0] for v in per_cpu)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        errors = self.kernel_counters()
+        return {
+            "events": self.pipeline.events,
+            "lost_events": [self.lost[cpu] for cpu in sorted(self.lost)],
+            "map_fill": {
+                "pids": sum(1 for _ in self.pids_map.keys()),
+                "connections": len(self.pipeline.connections),
+            },
+            "kernel_errors": {k: v for k, v in errors.items()
+                              if k not in ("events", "connections", "truncated")},
+            "kernel_events": errors.get("events", 0),
+            "malformed_events": self.malformed,
+            "parse_errors": self.pipeline.parse_errors,
+            "connections_evicted": self.pipeline.connections.evicted,
+        }
+
+
+async def _read_ring(agent: Agent, ring: bpfobj.PerfRing) -> None:
+    fd = ring.fileno()
+    while True:
+        with trio.move_on_after(RING_POLL_SECONDS):
+            await trio.lowlevel.wait_readable(fd)
+        agent.drain(ring)
+
+
+async def _housekeeping(agent: Agent) -> None:
+    last_clock = time.monotonic()
+    while True:
+        await trio.sleep(HOUSEKEEPING_SECONDS)
+        try:
+            agent.targets.rescan()
+        except (OSError, bpfobj.BpfError) as exc:
+            log.warning("target rescan failed: %s", exc)
+        agent.pipeline.expire_idle(time.monotonic_ns())
+        if time.monotonic() - last_clock > CLOCK_REFRESH_SECONDS:
+            agent.clock.refresh()
+            last_clock = time.monotonic()
+
+
+async def _until_signal(cancel_scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            cancel_scope.cancel()
+            return
+
+
+def _check_can_run() -> None:
+    if os.geteuid() != 0:
+        raise AgentError("sidetrace run needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN); "
+                         "run `sidetrace check` for details")
+    if not TRACER_OBJECT.exists():
+        raise AgentError(f"the tracer object {TRACER_OBJECT} is missing; reinstall sidetrace")
+
+
+async def serve(args: argparse.Namespace, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run the agent until cancelled (or a signal arrives)."""
+    _check_can_run()
+    selection = TargetSelection(pids=frozenset(args.pid), comms=frozenset(args.comm))
+    if not 1 <= args.payload_bytes <= 4096:
+        raise AgentError("--payload-bytes must be between 1 and 4096")
+    spec = bpfobj.load_object_spec(TRACER_OBJECT).with_constants(
+        trace_all=1 if selection.everything else 0,
+        agent_tgid=os.getpid(),
+        max_payload=args.payload_bytes,
+    )
+    bpfobj.ensure_tracefs()
+    with bpfobj.Collection(spec) as collection:
+        with bpfobj.PerfEventArray(collection.maps["events"], pages=args.ring_pages) as rings:
+            server = SpanServer(args.socket, stats_interval=args.stats_interval)
+            agent = Agent(collection, rings, server, selection, args.max_connections)
+            server.stats_source = agent.stats
+            agent.targets.rescan()
+            # Attach last: every map and ring is ready before the first event.
+            collection.attach_all()
+            log.info("tracing %s; %d programs attached, %d CPU rings; serving on %s",
+                     "every process" if selection.everything else sorted(agent.targets.tracked),
+                     len(collection.links), len(rings.rings), args.socket)
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(server.serve)
+                    for ring in rings:
+                        nursery.start_soon(_read_ring, agent, ring)
+                    nursery.start_soon(_housekeeping, agent)
+                    nursery.start_soon(_until_signal, nursery.cancel_scope)
+                    task_status.started(agent)
+            finally:
+                # Flush what is still held: a clean stop loses no finished span.
+                for ring in rings:
+                    try:
+                        agent.drain(ring)
+                    except bpfobj.BpfError:
+                        pass
+                for ev in agent.merger.pop_all():
+                    agent.pipeline.handle(ev)
+                agent.pipeline.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="sidetrace: %(message)s", stream=sys.stderr)
+    try:
+        trio.run(serve, args)
+    except AgentError as exc:
+        print(f"sidetrace: {exc}", file=sys.stderr)
+        return 2
+    except bpfobj.BpfError as exc:
+        print(f"sidetrace: cannot start tracing: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,182 @@
+"""Events from the tracer's perf rings: the record layout and its decoder.
+
+The layout is declared once, here, with construct; the hot path decodes with
+a ``struct.Struct`` derived from this declaration (see ``_fastdecode``), and
+a test compares every offset with the ``struct st_event`` the object's BTF
+describes.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import socket
+from typing import NamedTuple
+
+import construct as cs
+
+from ._fastdecode import FastDecoder
+
+EVENT_HEADER = cs.Struct(
+    "kind" / cs.Int32ul,
+    "ts_ns" / cs.Int64ul,
+    "conn_id" / cs.Int64ul,
+    "ret" / cs.Int64sl,
+    "bytes_tx" / cs.Int64ul,
+    "bytes_rx" / cs.Int64ul,
+    "tgid" / cs.Int32ul,
+    "tid" / cs.Int32ul,
+    "fd" / cs.Int32sl,
+    "tcp_seq" / cs.Int32ul,
+    "payload_len" / cs.Int32ul,
+    "syscall" / cs.Int16ul,
+    "direction" / cs.Int8ul,
+    "role" / cs.Int8ul,
+    "family" / cs.Int16ul,
+    "sport" / cs.Int16ul,
+    "dport" / cs.Int16ul,
+    "l4_proto" / cs.Int8ul,
+    "flags" / cs.Int8ul,
+    "saddr" / cs.Bytes(16),
+    "daddr" / cs.Bytes(16),
+    "comm" / cs.Bytes(16),
+    "app_proto" / cs.Int16ul,
+    "reserved" / cs.Int16ul,
+)
+EVENT_HEADER.__doc__ = """struct st_event (bpfobj/bpf/include/sidetrace_events.h), 128 bytes, packed to 4:
+
+    struct st_event {
+        __u32 kind;            st_u64 ts_ns;      st_u64 conn_id;
+        st_s64 ret;            st_u64 bytes_tx;   st_u64 bytes_rx;
+        __u32 tgid;            __u32 tid;         __s32 fd;
+        __u32 tcp_seq;         __u32 payload_len;
+        __u16 syscall;         __u8 direction;    __u8 role;
+        __u16 family;          __u16 sport;       __u16 dport;
+        __u8 l4_proto;         __u8 flags;
+        __u8 saddr[16];        __u8 daddr[16];    char comm[16];
+        __u16 app_proto;       __u16 reserved;
+    } __attribute__((aligned(4)));
+
+followed by ``payload_len`` payload bytes.
+"""
+
+HEADER = FastDecoder(EVENT_HEADER)
+HEADER_SIZE = HEADER.size  # 128
+
+
+class Kind(enum.IntEnum):
+    DATA = 1
+    CONN_OPEN = 2
+    CONN_CLOSE = 3
+    PROC_FORK = 4
+    PROC_EXIT = 5
+
+
+class Direction(enum.IntEnum):
+    NONE = 0
+    INGRESS = 1
+    EGRESS = 2
+
+
+class Role(enum.IntEnum):
+    UNKNOWN = 0
+    CLIENT = 1
+    SERVER = 2
+
+
+class Syscall(enum.IntEnum):
+    NONE = 0
+    READ = 1
+    READV = 2
+    RECVFROM = 3
+    RECVMSG = 4
+    RECVMMSG = 5
+    WRITE = 6
+    WRITEV = 7
+    SENDTO = 8
+    SENDMSG = 9
+    SENDMMSG = 10
+    CONNECT = 11
+    ACCEPT = 12
+    ACCEPT4 = 13
+    CLOSE = 14
+
+
+class Flag(enum.IntFlag):
+    SEQ_VALID = 1 << 0
+    PEER_FROM_ARG = 1 << 1
+    V4MAPPED = 1 << 2
+    TRUNCATED = 1 << 3
+    NEW_CONN = 1 << 4
+    MULTI_MSG = 1 << 5
+    PEEK = 1 << 6
+
+
+# Slots of the per-CPU `counters` map, as reported in stats.kernel_errors.
+COUNTER_NAMES = (
+    "events", "perf_output_failed", "conns_full", "pids_full", "kernel_read_failed",
+    "user_read_failed", "not_socket", "not_inet", "truncated", "no_scratch", "connections",
+    "bad_fd",
+)
+
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+
+
+class Event(NamedTuple):
+    """One decoded record; field order is the declaration's, then the payload."""
+
+    kind: int
+    ts_ns: int
+    conn_id: int
+    ret: int
+    bytes_tx: int
+    bytes_rx: int
+    tgid: int
+    tid: int
+    fd: int
+    tcp_seq: int
+    payload_len: int
+    syscall: int
+    direction: int
+    role: int
+    family: int
+    sport: int
+    dport: int
+    l4_proto: int
+    flags: int
+    saddr: bytes
+    daddr: bytes
+    comm: bytes
+    app_proto: int
+    reserved: int
+    payload: bytes
+
+
+assert Event._fields[:-1] == HEADER.names, "Event must mirror EVENT_HEADER"
+
+
+class MalformedEvent(ValueError):
+    """A record too short for its header or its declared payload."""
+
+
+def decode_event(raw: bytes | memoryview) -> Event:
+    """Decode one raw sample (perf padding allowed after the payload)."""
+    if len(raw) < HEADER_SIZE:
+        raise MalformedEvent(f"record of {len(raw)} bytes is shorter than the {HEADER_SIZE}-byte header")
+    fields = HEADER.unpack_from(raw)
+    end = HEADER_SIZE + fields[10]
+    if end > len(raw):
+        raise MalformedEvent(f"payload_len {fields[10]} overruns a {len(raw)}-byte record")
+    return Event(*fields, bytes(raw[HEADER_SIZE:end]))
+
+
+def address_text(raw16: bytes, family: int) -> str:
+    """The printable address: IPv4 dotted quad for AF_INET (mapped form), else IPv6."""
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw16[12:16])
+    return str(ipaddress.IPv6Address(raw16))
+
+
+def comm_text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")

@@ -1,0 +1,177 @@
+"""From decoded events to spans: connections, protocol detection, parsing.
+
+Pure and synchronous: readers hand it events in timestamp order (see
+``_merge``), it keeps one bounded table of connections and publishes a span
+for every completed exchange.  It never raises because of traffic: a parser
+error marks that connection unparseable and is counted.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .protocols import http1
+from ._clock import WallClock
+from ._events import Direction, Event, Kind, Role, address_text, comm_text
+from ._lru import BoundedTable
+from ._spans import http_span
+
+# Data events inspected before giving up on recognising a connection's protocol.
+DETECT_ATTEMPTS = 4
+# Connections idle this long are forgotten (their parser flushed first).
+IDLE_TIMEOUT_NS = 300 * 1_000_000_000
+# Per connection: (timestamp, tid) of recent data events, to name the thread
+# that handled an exchange.
+TID_HISTORY = 64
+
+_DIRECTION_NAME = {Direction.INGRESS: http1.INGRESS, Direction.EGRESS: http1.EGRESS}
+_ROLE_NAME = {Role.CLIENT: "client", Role.SERVER: "server", Role.UNKNOWN: "unknown"}
+
+
+class Connection:
+    """What the agent knows of one traced socket."""
+
+    __slots__ = (
+        "conn_id", "tgid", "comm", "family", "l4_proto", "role",
+        "local_address", "local_port", "remote_address", "remote_port",
+        "protocol", "parser", "detect_left", "tids", "events",
+    )
+
+    def __init__(self, ev: Event) -> None:
+        self.conn_id = ev.conn_id
+        self.tgid = ev.tgid
+        self.comm = comm_text(ev.comm)
+        self.family = ev.family
+        self.l4_proto = ev.l4_proto
+        self.role = ev.role
+        self.local_address = address_text(ev.saddr, ev.family)
+        self.local_port = ev.sport
+        self.remote_address = address_text(ev.daddr, ev.family)
+        self.remote_port = ev.dport
+        self.protocol: str | None = None
+        self.parser: Any = None
+        self.detect_left = DETECT_ATTEMPTS
+        self.tids: deque[tuple[int, int]] = deque(maxlen=TID_HISTORY)
+        self.events = 0
+
+    def tid_at(self, ts_ns: int | None, default: int) -> int:
+        if ts_ns is not None:
+            for ts, tid in self.tids:
+                if ts == ts_ns:
+                    return tid
+        return default
+
+
+class Pipeline:
+    """Feeds events to per-connection parsers and publishes spans.
+
+    ``publish(span_dict)`` is called for every span; it must not block.
+    """
+
+    def __init__(self, publish: Callable[[dict[str, Any]], None], *,
+                 clock: WallClock | None = None, max_connections: int = 65536) -> None:
+        self.publish = publish
+        self.clock = clock or WallClock()
+        self.connections: BoundedTable[int, Connection] = BoundedTable(max_connections)
+        self.events = 0
+        self.spans = 0
+        self.parse_errors = 0
+        self.unrecognised = 0
+        self.last_ts = 0
+
+    # -- events --------------------------------------------------------------
+
+    def handle(self, ev: Event) -> None:
+        self.events += 1
+        self.last_ts = ev.ts_ns
+        kind = ev.kind
+        if kind == Kind.DATA:
+            self._data(ev)
+        elif kind == Kind.CONN_OPEN:
+            self._connection(ev)
+        elif kind == Kind.CONN_CLOSE:
+            conn = self.connections.pop(ev.conn_id)
+            if conn is not None:
+                self._flush(conn, ev.ts_ns)
+
+    def _connection(self, ev: Event) -> Connection:
+        conn = self.connections.get(ev.conn_id, ev.ts_ns)
+        if conn is None:
+            conn = Connection(ev)
+            for _, old in self.connections.put(ev.conn_id, conn, ev.ts_ns):
+                self._flush(old, None)
+        return conn
+
+    def _data(self, ev: Event) -> None:
+        conn = self._connection(ev)
+        conn.events += 1
+        if conn.parser is None:
+            if conn.protocol is not None or not self._detect(conn, ev):
+                return
+        conn.tids.append((ev.ts_ns, ev.tid))
+        direction = _DIRECTION_NAME.get(ev.direction)
+        if direction is None or ev.ret <= 0:
+            return
+        try:
+            exchanges = conn.parser.feed(direction, ev.payload, ev.ret, ev.ts_ns,
+                                         ev.tcp_seq if ev.flags & 1 else None)
+        except Exception:  # a parser bug must not take the agent down
+            self.parse_errors += 1
+            conn.parser = None
+            conn.protocol = "unparseable"
+            return
+        for ex in exchanges:
+            self._emit(conn, ex, ev.tid)
+
+    def _detect(self, conn: Connection, ev: Event) -> bool:
+        payload = ev.payload
+        if not payload or ev.ret <= 0:
+            return False
+        if http1.looks_like_http1_request(payload) or http1.looks_like_http1_response(payload):
+            conn.protocol = "http"
+            conn.parser = http1.Http1Connection(_ROLE_NAME.get(conn.role, "unknown"))
+            return True
+        conn.detect_left -= 1
+        if conn.detect_left <= 0:
+            conn.protocol = "unknown"
+            self.unrecognised += 1
+        return False
+
+    def _emit(self, conn: Connection, ex: Any, fallback_tid: int) -> None:
+        request_ingress = ex.request_direction == http1.INGRESS
+        kind = "server" if request_ingress else "client"
+        tid = conn.tid_at(ex.start_ns, fallback_tid)
+        try:
+            span = http_span(ex, conn, kind, tid, self.clock)
+        except Exception:
+            self.parse_errors += 1
+            return
+        self.spans += 1
+        self.publish(span)
+
+    def _flush(self, conn: Connection, ts_ns: int | None) -> None:
+        if conn.parser is None:
+            return
+        try:
+            exchanges = conn.parser.close(ts_ns)
+        except Exception:
+            self.parse_errors += 1
+            return
+        for ex in exchanges:
+            self._emit(conn, ex, conn.tids[-1][1] if conn.tids else conn.tgid)
+
+    # -- housekeeping -----------------------------------------------------------
+
+    def expire_idle(self, now_ns: int) -> int:
+        """Forget connections idle for IDLE_TIMEOUT_NS, flushing what they hold."""
+        gone = self.connections.expire(now_ns - IDLE_TIMEOUT_NS)
+        for _, conn in gone:
+            self._flush(conn, None)
+        return len(gone)
+
+    def close(self) -> None:
+        """Flush every connection (agent shutdown)."""
+        for conn in self.connections.values():
+            self._flush(conn, None)

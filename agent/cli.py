@@ -1,0 +1,56 @@
+"""The ``sidetrace`` command: run the agent, subscribe to it, check the kernel."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEFAULT_SOCKET = "/run/sidetrace/sidetrace.sock"
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sidetrace",
+        description="Zero-instrumentation distributed tracing from socket syscalls.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="trace processes and serve spans on a Unix socket")
+    run.add_argument("--socket", default=DEFAULT_SOCKET, help="Unix socket to serve spans on (default: %(default)s)")
+    run.add_argument("--pid", type=int, action="append", default=[], help="trace this process (repeatable)")
+    run.add_argument("--comm", action="append", default=[], help="trace processes with this name (repeatable)")
+    run.add_argument("--payload-bytes", type=int, default=4096, help="bytes captured per syscall, at most 4096 (default: %(default)s)")
+    run.add_argument("--ring-pages", type=int, default=256, help="perf ring size per CPU in 4 KiB pages, a power of two (default: %(default)s)")
+    run.add_argument("--stats-interval", type=float, default=5.0, help="seconds between stats messages (default: %(default)s)")
+    run.add_argument("--max-connections", type=int, default=65536, help="connections tracked at once (default: %(default)s)")
+    run.add_argument("-v", "--verbose", action="store_true", help="log each lifecycle step to stderr")
+
+    tail = sub.add_parser("tail", help="subscribe to a running agent and print spans")
+    tail.add_argument("--socket", default=DEFAULT_SOCKET, help="agent socket (default: %(default)s)")
+    tail.add_argument("--format", choices=("jsonl", "pretty"), default="pretty")
+    tail.add_argument("--protocol", action="append", default=[], help="only spans of this protocol (repeatable)")
+    tail.add_argument("--pid", type=int, action="append", default=[], help="only spans of this process (repeatable)")
+    tail.add_argument("--stats", action="store_true", help="print stats messages too")
+    tail.add_argument("--count", type=int, default=0, help="exit after this many spans (0: never)")
+
+    sub.add_parser("check", help="report what this kernel offers and whether the agent can run")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    if args.command == "check":
+        from agent.check import main as check_main
+
+        return check_main([])
+    if args.command == "tail":
+        from agent._tail import tail
+
+        return tail(args)
+    from agent._app import run
+
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Helpers for kernel tests that start processes: every one is stopped by pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+APPS = Path(__file__).parent / "apps"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+    """Stop ``proc`` by its pid: ``sig``, then SIGKILL after ``timeout``."""
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    return proc.returncode
+
+
+@contextmanager
+def started(args: list[str], **kwargs):
+    proc = subprocess.Popen(args, **kwargs)
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def app(name: str, *args: str, **kwargs):
+    """Start tests/kernel/apps/<name>.py with pipes for stdin and stdout."""
+    return started([sys.executable, str(APPS / f"{name}.py"), *args],
+                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **kwargs)
+
+
+def agent(socket_path: Path, *extra: str):
+    """Start ``sidetrace run`` on ``socket_path``; stderr is kept for failures."""
+    return started([sys.executable, "-m", "agent.cli", "run", "--socket", str(socket_path),
+                    "--stats-interval", "0.5", *extra],
+                   cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"agent exited with {proc.returncode}: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"agent did not create {path} within {timeout}s")
+        time.sleep(0.05)
