@@ -140,8 +140,8 @@ class Pipeline:
         return False
 
     def _emit(self, conn: Connection, ex: Any, fallback_tid: int) -> None:
-        request_ingress = ex.request_direction == http1.INGRESS
-        kind = "server" if request_ingress else "client"
+        # The parser knows (or inferred) which side sent requests.
+        kind = "server" if conn.parser is not None and conn.parser.role == "server" else "client"
         tid = conn.tid_at(ex.start_ns, fallback_tid)
         try:
             span = http_span(ex, conn, kind, tid, self.clock)

@@ -1,0 +1,114 @@
+"""The agent pipeline on synthetic events: connections, detection, spans, bounds."""
+
+from __future__ import annotations
+
+import socket
+
+from agent._clock import WallClock
+from agent._events import IPPROTO_TCP, Direction, Event, Flag, Kind, Role
+from agent._pipeline import DETECT_ATTEMPTS, IDLE_TIMEOUT_NS, Pipeline
+from wire import validate
+
+V4 = lambda a: bytes(10) + b"\xff\xff" + socket.inet_aton(a)  # noqa: E731
+
+
+def event(kind=Kind.DATA, *, conn=1, ts=1_000, direction=Direction.INGRESS, payload=b"", ret=None,
+          role=Role.SERVER, tgid=100, tid=101, seq=0, sport=8080, dport=50000, family=socket.AF_INET):
+    return Event(
+        kind=kind, ts_ns=ts, conn_id=conn, ret=len(payload) if ret is None else ret, bytes_tx=0,
+        bytes_rx=0, tgid=tgid, tid=tid, fd=5, tcp_seq=seq, payload_len=len(payload), syscall=1,
+        direction=direction, role=role, family=family, sport=sport, dport=dport,
+        l4_proto=IPPROTO_TCP, flags=Flag.SEQ_VALID, saddr=V4("127.0.0.1"), daddr=V4("127.0.0.2"),
+        comm=b"server\0".ljust(16, b"\0"), app_proto=0, reserved=0, payload=payload,
+    )
+
+
+def pipeline():
+    spans = []
+    clock = WallClock()
+    clock.offset = 1_700_000_000_000_000_000
+    return Pipeline(spans.append, clock=clock, max_connections=4), spans
+
+
+REQ = b"GET /items/7?x=1 HTTP/1.1\r\nHost: shop\r\nUser-Agent: t/1\r\n\r\n"
+RESP = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy"
+
+
+def test_server_exchange_becomes_a_valid_server_span():
+    pipe, spans = pipeline()
+    pipe.handle(event(ts=1_000, payload=REQ, seq=777, tid=111))
+    pipe.handle(event(ts=5_000, direction=Direction.EGRESS, payload=RESP, seq=9000, tid=112))
+    assert len(spans) == 1
+    span = spans[0]
+    validate(span)
+    assert span["kind"] == "server" and span["name"] == "GET /items/7"
+    assert span["tid"] == 111 and span["pid"] == 100 and span["comm"] == "server"
+    assert span["status"] == "error"
+    assert span["start_time_unix_nano"] == 1_700_000_000_000_001_000
+    assert span["end_time_unix_nano"] == 1_700_000_000_000_005_000
+    attrs = span["attributes"]
+    assert attrs["http.response.status_code"] == 503
+    assert attrs["url.query"] == "x=1"
+    assert (attrs["server.address"], attrs["server.port"]) == ("127.0.0.1", 8080)
+    assert (attrs["client.address"], attrs["client.port"]) == ("127.0.0.2", 50000)
+    assert attrs["sidetrace.tcp.request_seq"] == 777
+    assert attrs["sidetrace.tcp.response_seq"] == 9000
+
+
+def test_client_side_swaps_server_and_client_endpoints():
+    pipe, spans = pipeline()
+    pipe.handle(event(role=Role.CLIENT, direction=Direction.EGRESS, payload=REQ, sport=50000, dport=80))
+    pipe.handle(event(role=Role.CLIENT, ts=2_000, payload=RESP.replace(b"503 Service Unavailable", b"200 OK"),
+                      sport=50000, dport=80))
+    assert [s["kind"] for s in spans] == ["client"]
+    attrs = spans[0]["attributes"]
+    assert (attrs["server.address"], attrs["server.port"]) == ("127.0.0.2", 80)
+    assert attrs["client.port"] == 50000
+    assert spans[0]["status"] == "unset"
+
+
+def test_role_is_inferred_for_connections_first_seen_mid_stream():
+    pipe, spans = pipeline()
+    pipe.handle(event(role=Role.UNKNOWN, direction=Direction.INGRESS, payload=REQ))
+    pipe.handle(event(role=Role.UNKNOWN, ts=2_000, direction=Direction.EGRESS, payload=RESP))
+    assert [s["kind"] for s in spans] == ["server"]
+
+
+def test_non_http_connection_is_given_up_after_a_few_events_and_costs_nothing_more():
+    pipe, spans = pipeline()
+    for i in range(DETECT_ATTEMPTS + 3):
+        pipe.handle(event(ts=i, payload=b"\x00\x01binary"))
+    assert pipe.unrecognised == 1
+    pipe.handle(event(ts=99, payload=REQ))  # too late: protocol already decided
+    pipe.handle(event(ts=100, direction=Direction.EGRESS, payload=RESP))
+    assert spans == []
+
+
+def test_close_flushes_a_response_delimited_by_close():
+    pipe, spans = pipeline()
+    pipe.handle(event(payload=REQ))
+    pipe.handle(event(ts=2_000, direction=Direction.EGRESS, payload=b"HTTP/1.0 200 OK\r\n\r\npartial body"))
+    assert spans == []
+    pipe.handle(event(Kind.CONN_CLOSE, ts=3_000))
+    assert len(spans) == 1 and spans[0]["attributes"]["http.response.status_code"] == 200
+    assert len(pipe.connections) == 0
+
+
+def test_connection_table_is_bounded_and_idle_connections_expire():
+    pipe, _ = pipeline()
+    for conn in range(10):
+        pipe.handle(event(conn=conn, ts=conn, payload=b"GET /"))
+    assert len(pipe.connections) == 4 and pipe.connections.evicted == 6
+    assert pipe.expire_idle(now_ns=IDLE_TIMEOUT_NS + 100) == 4
+    assert len(pipe.connections) == 0
+
+
+def test_malformed_traffic_never_raises():
+    pipe, spans = pipeline()
+    pipe.handle(event(payload=b"GET / HTTP/1.1\r\n" + b"X: " + b"y" * 40000))
+    pipe.handle(event(ts=2, direction=Direction.EGRESS, payload=b"HTTP/1.1 999999999999 ???\r\n\r\n"))
+    pipe.handle(event(ts=3, payload=b"\r\n\r\n\r\n", ret=-104))
+    pipe.handle(event(Kind.CONN_CLOSE, ts=4))
+    pipe.close()
+    for span in spans:
+        validate(span)
