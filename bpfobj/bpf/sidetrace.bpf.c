@@ -246,27 +246,46 @@ static __always_inline struct file *fd_to_file(struct task_struct *task, int fd)
 	return f;
 }
 
-/* Socket inode number of `file`, or 0 if it isn't a socket (counted). */
+/* Socket inode number of `file`, or 0 if it isn't a socket (counted).
+ * i_mode and i_ino both sit in the first ST_INODE_WIN bytes of struct inode
+ * (which is far larger), so one read of that window serves both; their
+ * offsets are CO-RE relocated constants, so the verifier sees fixed stack
+ * offsets. */
+#define ST_INODE_WIN 128
 static __always_inline __u64 socket_ino(struct file *file)
 {
 	struct inode *inode = NULL;
-	unsigned short mode = 0;
-	unsigned long ino = 0;
+	__u64 win[ST_INODE_WIN / 8];
+	__u32 mode_off = bpf_core_field_offset(inode->i_mode);
+	__u32 ino_off = bpf_core_field_offset(inode->i_ino);
+	unsigned short mode;
+	__u64 ino;
 
 	if (BPF_CORE_READ_INTO(&inode, file, f_inode) || !inode) {
 		count(ST_CNT_KREAD_FAIL);
 		return 0;
 	}
-	if (BPF_CORE_READ_INTO(&mode, inode, i_mode)) {
-		count(ST_CNT_KREAD_FAIL);
-		return 0;
+	if (mode_off <= ST_INODE_WIN - 2 && ino_off <= ST_INODE_WIN - 8 && !(ino_off & 7) && !(mode_off & 1)) {
+		if (bpf_probe_read_kernel(win, sizeof(win), inode)) {
+			count(ST_CNT_KREAD_FAIL);
+			return 0;
+		}
+		mode = *(unsigned short *)((__u8 *)win + mode_off);
+		ino = *(__u64 *)((__u8 *)win + ino_off);
+	} else {
+		unsigned long ino_l = 0;
+
+		mode = 0;
+		if (BPF_CORE_READ_INTO(&mode, inode, i_mode) || BPF_CORE_READ_INTO(&ino_l, inode, i_ino)) {
+			count(ST_CNT_KREAD_FAIL);
+			return 0;
+		}
+		ino = ino_l;
 	}
 	if ((mode & S_IFMT) != S_IFSOCK) {
 		count(ST_CNT_NOT_SOCKET);
 		return 0;
 	}
-	if (BPF_CORE_READ_INTO(&ino, inode, i_ino))
-		count(ST_CNT_KREAD_FAIL);
 	return ino;
 }
 
@@ -351,9 +370,13 @@ static __always_inline struct st_scratch *get_scratch(void)
 }
 
 /* Every header field is written: the scratch buffer is never zeroed. */
-static __always_inline void fill_header(struct st_event *e, __u32 kind, __u16 sys, __u8 dir,
-					__u64 pid_tgid, __s32 fd, __s64 ret, const struct st_conn *c)
+static __always_inline void fill_header(struct st_event *e, struct task_struct *task, __u32 kind,
+					__u16 sys, __u8 dir, __u64 pid_tgid, __s32 fd, __s64 ret,
+					const struct st_conn *c)
 {
+	const __u64 *comm = (const __u64 *)task->comm;
+	__u64 *dst = (__u64 *)e->comm;
+
 	e->kind = kind;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->ret = ret;
@@ -398,8 +421,10 @@ static __always_inline void fill_header(struct st_event *e, __u32 kind, __u16 sy
 		p[0] = 0;
 		p[1] = 0;
 	}
-	/* comm: 16 bytes, NUL padded (the helper pads) */
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	/* comm: 16 bytes straight from the task (BTF pointer: plain loads, no
+	 * helper call); the kernel keeps it NUL terminated and NUL padded */
+	dst[0] = comm[0];
+	dst[1] = comm[1];
 }
 
 static __always_inline void emit(void *ctx, struct st_scratch *s, __u32 payload_len)
@@ -569,7 +594,7 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 	if (!s)
 		return 0;
 
-	fill_header(&s->ev, ST_EV_DATA, sys, egress ? ST_DIR_EGRESS : ST_DIR_INGRESS,
+	fill_header(&s->ev, task, ST_EV_DATA, sys, egress ? ST_DIR_EGRESS : ST_DIR_INGRESS,
 		    pid_tgid, fd, ret, c);
 	s->ev.flags |= evflags;
 	if (ret < 0) {
@@ -723,7 +748,7 @@ static __always_inline int on_open(void *ctx, __u16 sys, int fd, __s64 ret, __u8
 	s = get_scratch();
 	if (!s)
 		return 0;
-	fill_header(&s->ev, ST_EV_CONN_OPEN, sys, ST_DIR_NONE, pid_tgid, fd, ret, c);
+	fill_header(&s->ev, task, ST_EV_CONN_OPEN, sys, ST_DIR_NONE, pid_tgid, fd, ret, c);
 	emit(ctx, s, 0);
 	return 0;
 }
@@ -787,7 +812,7 @@ int st_enter_close(struct st_sys_enter_ctx *ctx)
 	if (!(c->flags & ST_CONN_IGNORE)) {
 		s = get_scratch();
 		if (s) {
-			fill_header(&s->ev, ST_EV_CONN_CLOSE, ST_SYS_CLOSE, ST_DIR_NONE, pid_tgid, fd, 0, c);
+			fill_header(&s->ev, task, ST_EV_CONN_CLOSE, ST_SYS_CLOSE, ST_DIR_NONE, pid_tgid, fd, 0, c);
 			emit(ctx, s, 0);
 		}
 	}
@@ -824,7 +849,7 @@ int st_task_newtask(struct st_newtask_ctx *ctx)
 	s = get_scratch();
 	if (!s)
 		return 0;
-	fill_header(&s->ev, ST_EV_PROC_FORK, ST_SYS_NONE, ST_DIR_NONE, pid_tgid, -1, tgid, NULL);
+	fill_header(&s->ev, bpf_get_current_task_btf(), ST_EV_PROC_FORK, ST_SYS_NONE, ST_DIR_NONE, pid_tgid, -1, tgid, NULL);
 	s->ev.tgid = child;
 	emit(ctx, s, 0);
 	return 0;
@@ -852,7 +877,7 @@ int st_sched_process_exit(void *ctx)
 	s = get_scratch();
 	if (!s)
 		return 0;
-	fill_header(&s->ev, ST_EV_PROC_EXIT, ST_SYS_NONE, ST_DIR_NONE, pid_tgid, -1, 0, NULL);
+	fill_header(&s->ev, task, ST_EV_PROC_EXIT, ST_SYS_NONE, ST_DIR_NONE, pid_tgid, -1, 0, NULL);
 	emit(ctx, s, 0);
 	return 0;
 }

@@ -50,6 +50,7 @@ struct files_struct {
 struct task_struct {
 	int pid;
 	int tgid;
+	char comm[16];
 	struct files_struct *files;
 	struct signal_struct *signal;
 } __st_core;
