@@ -79,9 +79,16 @@ def _walk_linear(mv: memoryview, n: int) -> WalkResult:
     unpack12 = _HDR12.unpack_from
     lost = lost_records = other = 0
     off = 0
+    last_full = n - 12
     while off < n:
-        if off + 12 <= n:
+        if off <= last_full:
             rtype, _misc, size, raw = unpack12(mv, off)
+            # Fast path: a well-formed sample, the overwhelmingly common record.
+            if rtype == PERF_RECORD_SAMPLE and raw + 12 <= size and not size & 7 \
+                    and off + size <= n:
+                append(mv[off + 12:off + 12 + raw])
+                off += size
+                continue
         elif off + 8 <= n:
             rtype, _misc, size = _HDR8.unpack_from(mv, off)
             raw = 0
@@ -92,12 +99,9 @@ def _walk_linear(mv: memoryview, n: int) -> WalkResult:
             raise RingCorruptError(
                 f"record at offset {off} claims size {size} ({n - off} bytes pending)")
         if rtype == PERF_RECORD_SAMPLE:
-            start = off + 12
-            if size < 12 or start + raw > end:
-                raise RingCorruptError(
-                    f"sample at offset {off} claims {raw} raw bytes in a {size}-byte record")
-            append(mv[start:start + raw])
-        elif rtype == PERF_RECORD_LOST:
+            raise RingCorruptError(
+                f"sample at offset {off} claims {raw} raw bytes in a {size}-byte record")
+        if rtype == PERF_RECORD_LOST:
             if size < 24:
                 raise RingCorruptError(f"lost record at offset {off} has size {size}")
             lost += _U64.unpack_from(mv, off + 16)[0]
