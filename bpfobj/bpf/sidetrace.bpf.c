@@ -334,7 +334,8 @@ static __always_inline void conn_fill_addrs(struct sock *sk, struct st_conn *c)
 	}
 }
 
-/* Create (or replace) the conns entry of socket `ino` behind `file`. */
+/* Create the conns entry of socket `ino` behind `file` (or return the one
+ * a concurrent creator just inserted). */
 static __always_inline struct st_conn *conn_create(struct file *file, __u64 ino, __u32 tgid, __u8 role)
 {
 	struct st_conn c = {};
@@ -352,9 +353,13 @@ static __always_inline struct st_conn *conn_create(struct file *file, __u64 ino,
 	conn_fill_addrs(sk, &c);
 	if (!(c.flags & ST_CONN_IGNORE))
 		c.conn_id = new_conn_id();
-	if (bpf_map_update_elem(&conns, &ino, &c, BPF_ANY)) {
-		count(ST_CNT_CONN_FULL);
-		return NULL;
+	/* NOEXIST: if another CPU created the entry first, use its conn_id */
+	if (bpf_map_update_elem(&conns, &ino, &c, BPF_NOEXIST)) {
+		struct st_conn *other = bpf_map_lookup_elem(&conns, &ino);
+
+		if (!other)
+			count(ST_CNT_CONN_FULL);
+		return other;
 	}
 	return bpf_map_lookup_elem(&conns, &ino);
 }
