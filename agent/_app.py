@@ -38,6 +38,7 @@ TRACER_OBJECT = Path(bpfobj.__file__).parent / "bpf" / "sidetrace.bpf.o"
 RING_POLL_SECONDS = 0.1
 HOUSEKEEPING_SECONDS = 1.0
 CLOCK_REFRESH_SECONDS = 10.0
+SHUTDOWN_GRACE_SECONDS = 0.2
 PID_TRACED = 1
 _U64 = struct.Struct("<Q")
 
@@ -59,6 +60,7 @@ class Agent:
         self.merger = CpuMerger([ring.cpu for ring in rings])
         self.lost = {ring.cpu: 0 for ring in rings}
         self.malformed = 0
+        self.corrupt_batches = 0
         self.samples = 0
         pids = collection.maps["pids"]
         self.pids_map = pids
@@ -87,6 +89,17 @@ class Agent:
         for ev in merger.pop_ready():
             handle(ev)
 
+    def flush(self) -> None:
+        """Drain every ring and complete what can be completed (shutdown)."""
+        for ring in self.rings:
+            try:
+                self.drain(ring)
+            except bpfobj.BpfError as exc:
+                log.warning("cpu %d ring: %s", ring.cpu, exc)
+        for ev in self.merger.pop_all():
+            self.pipeline.handle(ev)
+        self.pipeline.close()
+
     def kernel_counters(self) -> dict[str, int]:
         counters = self.collection.maps["counters"]
         out = {}
@@ -108,6 +121,7 @@ class Agent:
                               if k not in ("events", "connections", "truncated")},
             "kernel_events": errors.get("events", 0),
             "malformed_events": self.malformed,
+            "corrupt_ring_batches": self.corrupt_batches,
             "parse_errors": self.pipeline.parse_errors,
             "connections_evicted": self.pipeline.connections.evicted,
         }
@@ -118,7 +132,12 @@ async def _read_ring(agent: Agent, ring: bpfobj.PerfRing) -> None:
     while True:
         with trio.move_on_after(RING_POLL_SECONDS):
             await trio.lowlevel.wait_readable(fd)
-        agent.drain(ring)
+        try:
+            agent.drain(ring)
+        except bpfobj.RingCorruptError as exc:
+            # The batch was consumed before walking; count it and carry on.
+            agent.corrupt_batches += 1
+            log.warning("cpu %d: %s", ring.cpu, exc)
 
 
 async def _housekeeping(agent: Agent) -> None:
@@ -135,10 +154,13 @@ async def _housekeeping(agent: Agent) -> None:
             last_clock = time.monotonic()
 
 
-async def _until_signal(cancel_scope: trio.CancelScope) -> None:
+async def _until_signal(agent: "Agent", cancel_scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("received %s, shutting down", signal.Signals(signum).name)
+            agent.flush()
+            # Let the subscribers' writers send what the flush queued.
+            await trio.sleep(SHUTDOWN_GRACE_SECONDS)
             cancel_scope.cancel()
             return
 
@@ -174,24 +196,13 @@ async def serve(args: argparse.Namespace, *, task_status=trio.TASK_STATUS_IGNORE
             log.info("tracing %s; %d programs attached, %d CPU rings; serving on %s",
                      "every process" if selection.everything else sorted(agent.targets.tracked),
                      len(collection.links), len(rings.rings), args.socket)
-            try:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(server.serve)
-                    for ring in rings:
-                        nursery.start_soon(_read_ring, agent, ring)
-                    nursery.start_soon(_housekeeping, agent)
-                    nursery.start_soon(_until_signal, nursery.cancel_scope)
-                    task_status.started(agent)
-            finally:
-                # Flush what is still held: a clean stop loses no finished span.
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve)
                 for ring in rings:
-                    try:
-                        agent.drain(ring)
-                    except bpfobj.BpfError:
-                        pass
-                for ev in agent.merger.pop_all():
-                    agent.pipeline.handle(ev)
-                agent.pipeline.close()
+                    nursery.start_soon(_read_ring, agent, ring)
+                nursery.start_soon(_housekeeping, agent)
+                nursery.start_soon(_until_signal, agent, nursery.cancel_scope)
+                task_status.started(agent)
 
 
 def run(args: argparse.Namespace) -> int:
