@@ -280,3 +280,24 @@ def test_full_cycle_leaves_no_fds(pin_root: str) -> None:
         rings.read_all()
         assert len(set(os.listdir("/proc/self/fd")) - before) > 5
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+TRACER_OBJ = Path(__file__).resolve().parents[2] / "bpfobj" / "bpf" / "sidetrace.bpf.o"
+
+
+def test_tracer_object_loads_and_attaches_with_one_core_pass() -> None:
+    """The project's tracing object: every program loads and attaches; the
+    loader's single combined CO-RE pass gives exactly the per-program result."""
+    from bpfobj._core import apply_core_relocations
+    from bpfobj._kernel_btf import kernel_btf
+
+    spec = load_object_spec(TRACER_OBJ)
+    with Collection(spec) as coll:
+        links = coll.attach_all()
+        assert len(links) == len(spec.programs) > 1
+        target = kernel_btf()
+        for prog in spec.programs.values():
+            if prog.core_relocations:
+                assert coll._core_code[prog.name] == apply_core_relocations(
+                    prog, spec.btf_types, target), prog.name
+    assert all(link.closed for link in links)
