@@ -12,11 +12,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .protocols import http1
 from ._clock import WallClock
-from ._events import Direction, Event, Kind, Role, address_text, comm_text
+from ._events import IPPROTO_TCP, Direction, Event, Kind, Role, address_text, comm_text
 from ._lru import BoundedTable
-from ._spans import http_span
+from ._spans import build_span
+from .protocols import EGRESS, INGRESS, REGISTRY, ConnectionHints, ProtocolHandler, SpanFacts
 
 # Data events inspected before giving up on recognising a connection's protocol.
 DETECT_ATTEMPTS = 4
@@ -26,7 +26,7 @@ IDLE_TIMEOUT_NS = 300 * 1_000_000_000
 # that handled an exchange.
 TID_HISTORY = 64
 
-_DIRECTION_NAME = {Direction.INGRESS: http1.INGRESS, Direction.EGRESS: http1.EGRESS}
+_DIRECTION_NAME = {Direction.INGRESS: INGRESS, Direction.EGRESS: EGRESS}
 _ROLE_NAME = {Role.CLIENT: "client", Role.SERVER: "server", Role.UNKNOWN: "unknown"}
 
 
@@ -51,7 +51,7 @@ class Connection:
         self.remote_address = address_text(ev.daddr, ev.family)
         self.remote_port = ev.dport
         self.protocol: str | None = None
-        self.parser: Any = None
+        self.parser: ProtocolHandler | None = None
         self.detect_left = DETECT_ATTEMPTS
         self.tids: deque[tuple[int, int]] = deque(maxlen=TID_HISTORY)
         self.events = 0
@@ -71,8 +71,10 @@ class Pipeline:
     """
 
     def __init__(self, publish: Callable[[dict[str, Any]], None], *,
-                 clock: WallClock | None = None, max_connections: int = 65536) -> None:
+                 clock: WallClock | None = None, max_connections: int = 65536,
+                 protocols: tuple[type[ProtocolHandler], ...] = REGISTRY) -> None:
         self.publish = publish
+        self.protocols = protocols
         self.clock = clock or WallClock()
         self.connections: BoundedTable[int, Connection] = BoundedTable(max_connections)
         self.events = 0
@@ -122,29 +124,39 @@ class Pipeline:
             conn.parser = None
             conn.protocol = "unparseable"
             return
-        for ex in exchanges:
-            self._emit(conn, ex, ev.tid)
+        for facts in exchanges:
+            self._emit(conn, facts, ev.tid)
 
     def _detect(self, conn: Connection, ev: Event) -> bool:
         payload = ev.payload
         if not payload or ev.ret <= 0:
             return False
-        if http1.looks_like_http1_request(payload) or http1.looks_like_http1_response(payload):
-            conn.protocol = "http"
-            conn.parser = http1.Http1Connection(_ROLE_NAME.get(conn.role, "unknown"))
-            return True
+        direction = _DIRECTION_NAME.get(ev.direction, INGRESS)
+        hints = ConnectionHints(
+            l4="tcp" if conn.l4_proto == IPPROTO_TCP else "udp",
+            local_port=conn.local_port, remote_port=conn.remote_port,
+            role=_ROLE_NAME.get(conn.role, "unknown"),
+        )
+        for handler in self.protocols:
+            try:
+                matched = handler.detect(payload, direction, hints)
+            except Exception:  # a detector bug must not take the agent down
+                self.parse_errors += 1
+                matched = False
+            if matched:
+                conn.protocol = handler.name
+                conn.parser = handler(hints.role)
+                return True
         conn.detect_left -= 1
         if conn.detect_left <= 0:
             conn.protocol = "unknown"
             self.unrecognised += 1
         return False
 
-    def _emit(self, conn: Connection, ex: Any, fallback_tid: int) -> None:
-        # The parser knows (or inferred) which side sent requests.
-        kind = "server" if conn.parser is not None and conn.parser.role == "server" else "client"
-        tid = conn.tid_at(ex.start_ns, fallback_tid)
+    def _emit(self, conn: Connection, facts: SpanFacts, fallback_tid: int) -> None:
+        tid = conn.tid_at(facts.start_ns, fallback_tid)
         try:
-            span = http_span(ex, conn, kind, tid, self.clock)
+            span = build_span(facts, conn, conn.protocol or "unknown", tid, self.clock)
         except Exception:
             self.parse_errors += 1
             return
@@ -159,8 +171,8 @@ class Pipeline:
         except Exception:
             self.parse_errors += 1
             return
-        for ex in exchanges:
-            self._emit(conn, ex, conn.tids[-1][1] if conn.tids else conn.tgid)
+        for facts in exchanges:
+            self._emit(conn, facts, conn.tids[-1][1] if conn.tids else conn.tgid)
 
     # -- housekeeping -----------------------------------------------------------
 

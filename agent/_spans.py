@@ -1,9 +1,8 @@
-"""Spans from parsed exchanges: ids, names, OpenTelemetry attributes.
+"""Span messages from protocol facts: ids, endpoints, process, wall-clock times.
 
-A span is the agent's view of one request/response on one connection of one
-traced process.  ``kind`` is ``server`` when the process received the request
-and ``client`` when it sent it.  Ids are random; linking spans into traces
-(parents) is done later in the pipeline.
+``kind`` is ``server`` when the traced process received the request and
+``client`` when it sent it.  Ids are random; linking spans into traces
+(parents) is a later stage's job.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from typing import Any
 from wire import make_span
 
 from ._events import IPPROTO_TCP
+from .protocols import SpanFacts
 
 _rand = random.SystemRandom()
 
@@ -27,15 +27,15 @@ def new_span_id() -> bytes:
     return _rand.getrandbits(64).to_bytes(8, "little")
 
 
-def network_attributes(conn: Any, kind: str) -> dict[str, Any]:
-    """server.*/client.* and network.* attributes from the connection's endpoints.
+def network_attributes(conn: Any, server_side: bool) -> dict[str, Any]:
+    """server.*, client.* and network.* attributes from the connection's endpoints.
 
     For a server span the local end is the server; for a client span the
     remote end is.
     """
     local = (conn.local_address, conn.local_port)
     remote = (conn.remote_address, conn.remote_port)
-    server, client = (local, remote) if kind == "server" else (remote, local)
+    server, client = (local, remote) if server_side else (remote, local)
     return {
         "server.address": server[0],
         "server.port": server[1],
@@ -46,65 +46,28 @@ def network_attributes(conn: Any, kind: str) -> dict[str, Any]:
     }
 
 
-def http_span(ex: Any, conn: Any, kind: str, tid: int, clock: Any) -> dict[str, Any]:
-    """One HTTP/1.x exchange as a span message (see wire/schema.cddl)."""
-    method = ex.method
-    path = ex.path
-    status = ex.status_code
-    attrs = network_attributes(conn, kind)
-    attrs["network.protocol.name"] = "http"
-    if ex.version:
-        attrs["network.protocol.version"] = ex.version.removeprefix("HTTP/")
-    if method:
-        attrs["http.request.method"] = method
-    if path is not None:
-        attrs["url.path"] = path
-    if ex.query:
-        attrs["url.query"] = ex.query
-    if status is not None:
-        attrs["http.response.status_code"] = status
-    headers = ex.request_headers
-    host = headers.get("host")
-    if host:
-        attrs["http.request.header.host"] = host
-    agent = headers.get("user-agent")
-    if agent:
-        attrs["user_agent.original"] = agent
-    if ex.request_body_size is not None:
-        attrs["http.request.body.size"] = ex.request_body_size
-    if ex.response_body_size is not None:
-        attrs["http.response.body.size"] = ex.response_body_size
-    if ex.request_seq is not None:
-        attrs["sidetrace.tcp.request_seq"] = ex.request_seq
-    if ex.response_seq is not None:
-        attrs["sidetrace.tcp.response_seq"] = ex.response_seq
-    if ex.flags:
-        attrs["sidetrace.http.flags"] = str(ex.flags)
-
-    # Server spans error on 5xx; client spans on 4xx too; otherwise the status
-    # stays unset (OpenTelemetry HTTP semantic conventions).
-    if status is None:
-        span_status = "unset"
-    elif status >= 500 or (kind == "client" and status >= 400):
-        span_status = "error"
-        attrs["error.type"] = str(status)
-    else:
-        span_status = "unset"
-    start = ex.start_ns if ex.start_ns is not None else ex.response_start_ns
-    end = ex.end_ns if ex.end_ns is not None else start
+def build_span(facts: SpanFacts, conn: Any, protocol: str, tid: int, clock: Any) -> dict[str, Any]:
+    """A wire ``span`` message (see wire/schema.cddl)."""
+    attrs = network_attributes(conn, facts.server_side)
+    attrs.update(facts.attributes)
+    if facts.request_seq is not None:
+        attrs["sidetrace.tcp.request_seq"] = facts.request_seq
+    if facts.response_seq is not None:
+        attrs["sidetrace.tcp.response_seq"] = facts.response_seq
     return make_span(
         trace_id=new_trace_id(),
         span_id=new_span_id(),
         parent_span_id=None,
-        name=f"{method or 'HTTP'} {path}" if path is not None else (method or "HTTP"),
-        kind=kind,
-        start_time_unix_nano=clock.to_unix_ns(start or 0),
-        end_time_unix_nano=clock.to_unix_ns(end or 0),
+        name=facts.name,
+        kind="server" if facts.server_side else "client",
+        start_time_unix_nano=clock.to_unix_ns(facts.start_ns),
+        end_time_unix_nano=clock.to_unix_ns(max(facts.end_ns, facts.start_ns)),
         pid=conn.tgid,
         tid=tid,
         comm=conn.comm,
-        protocol="http",
-        status=span_status,
+        protocol=protocol,
+        status=facts.status,
         attributes=attrs,
+        status_message=facts.status_message,
         conn_id=conn.conn_id,
     )
