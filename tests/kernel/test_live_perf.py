@@ -216,3 +216,76 @@ def test_program_info_names_the_program(emitter: Program) -> None:
     info = emitter.info()
     assert info.name == b"t_emit"
     assert info.type == ProgType.TRACEPOINT
+
+
+def test_unknown_program_type_is_not_supported() -> None:
+    from bpfobj import NotSupportedError
+    from bpfobj._features import RETURN_ZERO
+
+    with pytest.raises(NotSupportedError, match="program type 200"):
+        Program.load(200, RETURN_ZERO, "GPL", name="t_bogus")
+
+
+def test_btf_rejection_carries_the_btf_log() -> None:
+    from bpfobj import SyscallError
+    from bpfobj import _sys
+    from bpfobj._features import _tiny_btf
+
+    good = _tiny_btf()
+    fd = _sys.btf_load(good)
+    _sys.close_fd(fd)
+    # Make the INT 64 bits wide in a 4-byte type: the BTF verifier names the problem.
+    bad = bytearray(good)
+    bad[24 + 12:24 + 16] = struct.pack("<I", (1 << 24) | 64)
+    with pytest.raises(SyscallError) as info:
+        _sys.btf_load(bytes(bad))
+    assert info.value.command == "BPF_BTF_LOAD"
+    assert "log tail" in str(info.value)
+    assert "nr_bits" in str(info.value) or "Invalid" in str(info.value)
+
+
+def _libc_function_offset(name: str) -> tuple[str, int]:
+    """(path of the libc this process maps, file offset of ``name`` in it) from
+    .dynsym and the PT_LOAD segments."""
+    with open("/proc/self/maps") as f:
+        path = next(line.split()[-1] for line in f if "/libc.so" in line or "/libc-" in line)
+    with open(path, "rb") as f:
+        data = f.read()
+    phoff, shoff = struct.unpack_from("<QQ", data, 0x20)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", data, 0x36)
+    loads = []
+    for i in range(phnum):
+        p_type, _flags, p_offset, p_vaddr, _pa, p_filesz = struct.unpack_from(
+            "<IIQQQQ", data, phoff + i * phentsize)
+        if p_type == 1:
+            loads.append((p_vaddr, p_offset, p_filesz))
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    dynsym = next(s for s in sections if s[1] == 11)  # SHT_DYNSYM
+    strtab = sections[dynsym[6]]
+    for off in range(dynsym[4], dynsym[4] + dynsym[5], 24):
+        st_name, st_info, _other, _shndx, st_value, _size = struct.unpack_from("<IBBHQQ", data, off)
+        end = data.index(b"\0", strtab[4] + st_name)
+        if st_value and (st_info & 0xF) == 2 and data[strtab[4] + st_name:end] == name.encode():
+            for vaddr, foff, size in loads:
+                if vaddr <= st_value < vaddr + size:
+                    return path, st_value - vaddr + foff
+    raise LookupError(name)
+
+
+def test_uprobe_on_libc_function(events_map: Map) -> None:
+    from bpfobj import features
+
+    if not features.uprobe_pmu():
+        pytest.fail("uprobe PMU missing although the kernel notes say uprobes work")
+    path, offset = _libc_function_offset("getpgid")
+    prog = Program.load(ProgType.KPROBE, output_program(events_map.fd, os.getpid()), "GPL",
+                        name="t_uprobe", section="uprobe", attach_target=f"{path}:{offset:#x}")
+    with prog, PerfEventArray(events_map, pages=8, watermark=0) as rings:
+        with prog.attach() as link:
+            assert link.kind in ("perf_link", "perf_ioctl")
+            for _ in range(4):
+                os.getpgid(0)
+            got = decode(rings.read_all().samples)
+        os.getpgid(0)
+        assert rings.read_all().samples == []
+    assert len(got) == 4 and all(m == MAGIC for m, _, _ in got)
