@@ -14,21 +14,21 @@ $(STAMP):
 	mkdir -p $(STAMP)
 
 # Python environment: a venv with the project and its test dependencies.
-$(STAMP)/venv: pyproject.toml | $(STAMP)
+$(STAMP)/venv: pyproject.toml tests/requirements.txt | $(STAMP)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[test]' -r tests/requirements.txt
 	touch $@
 
 setup: $(STAMP)/venv
 
 # Debian packages: `apt-get update` once per clone, then install what is missing.
-APT_PACKAGES := nginx curl iproute2
+APT_PACKAGES = $(shell grep -v '^\#' tests/apt-packages.txt)
 $(STAMP)/apt-updated: | $(STAMP)
 	apt-get update -qq
 	touch $@
 
-$(STAMP)/services: $(STAMP)/apt-updated Makefile
+$(STAMP)/services: $(STAMP)/apt-updated Makefile tests/apt-packages.txt
 	missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
