@@ -229,17 +229,16 @@ class Program:
 
     def _attach_perf(self, perf_fd: int, target: str) -> Link:
         """Run this program on a perf event (fd ownership moves into the Link)."""
-        from . import _features
-
+        # Try the modern way first (no separate probe: a probe costs an extra
+        # load/attach/detach cycle); kernels before 5.15 answer EINVAL.
         try:
-            if _features.link_create_perf_event():
-                try:
-                    link_fd = _sys.link_create(self.fd, perf_fd, AttachType.PERF_EVENT)
-                    return Link("perf_link", link_fd=link_fd, perf_fd=perf_fd,
-                                program=self.name, target=target)
-                except SyscallError as exc:
-                    if exc.errno not in (22, 95, 524):  # EINVAL/EOPNOTSUPP/ENOTSUPP: fall back
-                        raise
+            try:
+                link_fd = _sys.link_create(self.fd, perf_fd, AttachType.PERF_EVENT)
+                return Link("perf_link", link_fd=link_fd, perf_fd=perf_fd,
+                            program=self.name, target=target)
+            except SyscallError as exc:
+                if exc.errno not in (22, 95, 524):  # EINVAL/EOPNOTSUPP/ENOTSUPP: fall back
+                    raise
             _sys.perf_event_set_bpf(perf_fd, self.fd)
             _sys.perf_event_enable(perf_fd)
             return Link("perf_ioctl", perf_fd=perf_fd, program=self.name, target=target)
@@ -261,16 +260,13 @@ class Program:
 
     def attach_tracing(self) -> Link:
         """Attach an fentry/fexit/tp_btf program (its target was fixed at load time)."""
-        from . import _features
-
         at = int(self.expected_attach_type)
-        if _features.link_create_tracing():
-            try:
-                fd = _sys.link_create(self.fd, 0, at)
-                return Link("tracing", link_fd=fd, program=self.name, target=self.attach_target)
-            except SyscallError as exc:
-                if exc.errno not in (22, 95, 524):
-                    raise
+        try:
+            fd = _sys.link_create(self.fd, 0, at)
+            return Link("tracing", link_fd=fd, program=self.name, target=self.attach_target)
+        except SyscallError as exc:
+            if exc.errno not in (22, 95, 524):  # no LINK_CREATE for tracing: fall back
+                raise
         fd = _sys.raw_tracepoint_open(None, self.fd)
         return Link("tracing", link_fd=fd, program=self.name, target=self.attach_target)
 
