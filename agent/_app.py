@@ -26,6 +26,7 @@ from wire import SpanServer
 
 from ._clock import WallClock
 from ._events import COUNTER_NAMES, MalformedEvent, decode_event
+from ._linker import SpanLinker
 from ._merge import CpuMerger
 from ._pipeline import Pipeline
 from ._targets import TargetSelection, TargetTracker
@@ -56,7 +57,8 @@ class Agent:
         self.rings = rings
         self.server = server
         self.clock = WallClock()
-        self.pipeline = Pipeline(server.publish, clock=self.clock, max_connections=max_connections)
+        self.linker = SpanLinker(server.publish)
+        self.pipeline = Pipeline(self.linker.add, clock=self.clock, max_connections=max_connections)
         self.merger = CpuMerger([ring.cpu for ring in rings])
         self.lost = {ring.cpu: 0 for ring in rings}
         self.malformed = 0
@@ -99,6 +101,7 @@ class Agent:
         for ev in self.merger.pop_all():
             self.pipeline.handle(ev)
         self.pipeline.close()
+        self.linker.flush()
 
     def kernel_counters(self) -> dict[str, int]:
         counters = self.collection.maps["counters"]
@@ -149,6 +152,7 @@ async def _housekeeping(agent: Agent) -> None:
         except (OSError, bpfobj.BpfError) as exc:
             log.warning("target rescan failed: %s", exc)
         agent.pipeline.expire_idle(time.monotonic_ns())
+        agent.linker.tick(time.monotonic_ns())
         if time.monotonic() - last_clock > CLOCK_REFRESH_SECONDS:
             agent.clock.refresh()
             last_clock = time.monotonic()
