@@ -152,7 +152,7 @@ async def _housekeeping(agent: Agent) -> None:
         except (OSError, bpfobj.BpfError) as exc:
             log.warning("target rescan failed: %s", exc)
         agent.pipeline.expire_idle(time.monotonic_ns())
-        agent.linker.tick(time.monotonic_ns())
+        agent.linker.tick(time.time_ns())
         if time.monotonic() - last_clock > CLOCK_REFRESH_SECONDS:
             agent.clock.refresh()
             last_clock = time.monotonic()

@@ -19,8 +19,9 @@ class SpanLinker:
     def add(self, span: dict[str, Any]) -> None:
         self.publish(span)
 
-    def tick(self, now_ns: int) -> None:
-        """Release spans whose hold time is over (called about once a second)."""
+    def tick(self, now_unix_ns: int) -> None:
+        """Release spans whose hold time is over (called about once a second;
+        span times are unix nanoseconds too)."""
 
     def flush(self) -> None:
         """Release everything held (shutdown)."""
