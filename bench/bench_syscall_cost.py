@@ -1,0 +1,228 @@
+"""Added cost per traced socket write and read: nothing / empty hooks / full tracer.
+
+A small C program (bench/syscall_loop.c, compiled here with gcc) runs a tight
+loop on a connected TCP loopback pair: BATCH write(64 B) calls on the client,
+then BATCH read(64 B) calls on the server, timing each phase; it reports the
+median ns per call over ROUNDS rounds.  The same loop runs under:
+
+  none        nothing attached
+  empty       empty programs on every hook sidetrace.bpf.o uses (the floor:
+              what the hooks themselves cost; data syscalls are hooked at
+              sys_exit only)
+  empty2      empty programs on sys_enter AND sys_exit of the data syscalls
+              (the floor of an enter+exit design, for comparison)
+  full-miss   sidetrace.bpf.o, loop process not traced (pid filter miss)
+  full        sidetrace.bpf.o, loop process traced: one event per call with
+              64 B of payload, drained by a reader thread (as the agent does)
+
+Conditions are interleaved over REPS repetitions and the median is kept, as
+the machine is noisy.  A second pass with kernel.bpf_stats_enabled=1 reports
+the programs' own run time (ns per run), which excludes the syscall path.
+
+Usage: python bench/bench_syscall_cost.py [--reps N] [--rounds N] [--batch N] [--size N]
+Needs root, gcc, and a kernel with syscall tracepoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bpfobj import Collection, PerfEventArray, load_object_spec  # noqa: E402
+
+FULL_OBJ = REPO / "bpfobj" / "bpf" / "sidetrace.bpf.o"
+EMPTY_OBJ = REPO / "tests" / "bpf" / "empty_hooks.bpf.o"
+LOOP_SRC = REPO / "bench" / "syscall_loop.c"
+DATA_SYSCALLS = ("read", "readv", "recvfrom", "recvmsg", "recvmmsg",
+                 "write", "writev", "sendto", "sendmsg", "sendmmsg")
+
+
+def build_loop(tmp: Path) -> Path:
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        raise SystemExit("bench_syscall_cost: needs gcc (or cc) to build bench/syscall_loop.c")
+    exe = tmp / "syscall_loop"
+    subprocess.run([gcc, "-O2", "-Wall", "-o", str(exe), str(LOOP_SRC)], check=True)
+    return exe
+
+
+def run_loop(exe: Path, args: argparse.Namespace, register=None) -> tuple[float, float]:
+    proc = subprocess.Popen([str(exe), "4", str(args.rounds), str(args.batch), str(args.size), "wait"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(proc.stdout.readline().strip().split("=")[1])
+        if register is not None:
+            register(pid)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out = proc.stdout.readline()
+    finally:
+        proc.stdin.close()
+        proc.wait()
+        proc.stdout.close()
+    if proc.returncode != 0:
+        raise SystemExit(f"syscall_loop failed ({proc.returncode})")
+    vals = dict(kv.split("=") for kv in out.split())
+    return float(vals["write_ns"]), float(vals["read_ns"])
+
+
+def empty_program_names(both_sides: bool) -> list[str]:
+    names = [p for p in load_object_spec(EMPTY_OBJ).programs]
+    if both_sides:
+        return [n for n in names if any(n in (f"empty_exit_{s}", f"empty_enter_{s}") for s in DATA_SYSCALLS)]
+    # the hooks the tracer uses: every program except the sys_enter side of data syscalls
+    return [n for n in names if not any(n == f"empty_enter_{s}" for s in DATA_SYSCALLS)]
+
+
+class Drainer:
+    """Reads the tracer's rings in a thread, as the agent would."""
+
+    def __init__(self, coll: Collection) -> None:
+        self.rings = PerfEventArray(coll.maps["events"], pages=4096)
+        self.samples = 0
+        self.lost = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            r = self.rings.read_all()
+            self.samples += len(r.samples)
+            self.lost += r.lost
+            time.sleep(0.001)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        r = self.rings.read_all()
+        self.samples += len(r.samples)
+        self.lost += r.lost
+        self.rings.close()
+
+
+def condition(name: str, exe: Path, args: argparse.Namespace, stats: dict | None = None) -> tuple[float, float]:
+    """Run the loop once under `name`; with `stats`, collect per-program run time."""
+    if name == "none":
+        return run_loop(exe, args)
+    if name in ("empty", "empty2"):
+        with Collection.load_file(EMPTY_OBJ) as coll:
+            for prog in empty_program_names(name == "empty2"):
+                coll.attach(prog)
+            result = run_loop(exe, args)
+            if stats is not None:
+                stats.update(prog_stats(coll, ("read", "write")))
+            return result
+    with Collection.load_file(FULL_OBJ) as coll:
+        coll.attach_all()
+        drainer = Drainer(coll) if name == "full" else None
+        pids = coll.maps["pids"]
+
+        def register(pid: int) -> None:
+            pids[struct.pack("<I", pid)] = struct.pack("<I", 1)
+
+        try:
+            result = run_loop(exe, args, register if name == "full" else None)
+        finally:
+            if drainer is not None:
+                drainer.close()
+        if drainer is not None:
+            expected = 2 * args.batch * args.rounds
+            if drainer.lost or drainer.samples < expected:
+                print(f"  warning: {name}{' (stats pass)' if stats is not None else ''}: {drainer.samples} samples for >= {expected} calls, "
+                      f"{drainer.lost} lost", file=sys.stderr)
+        if stats is not None:
+            stats.update(prog_stats(coll, ("read", "write")))
+        return result
+
+
+def prog_stats(coll: Collection, syscalls: tuple[str, ...]) -> dict[str, float]:
+    """ns per run of the sys_exit programs of `syscalls` (needs bpf_stats_enabled)."""
+    wanted = {}
+    for name, prog in coll.programs.items():
+        for sc in syscalls:
+            if name.endswith(f"exit_{sc}"):
+                wanted[prog.info().id] = sc
+    out = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True,
+                                    text=True, check=True).stdout)
+    result = {}
+    for p in out:
+        sc = wanted.get(p.get("id"))
+        if sc and p.get("run_cnt"):
+            result[sc] = p["run_time_ns"] / p["run_cnt"]
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--no-stats", action="store_true", help="skip the bpf_stats pass")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench_syscall_cost: needs root; skipped")
+        return 0
+    names = ["none", "empty", "empty2", "full-miss", "full"]
+    results: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build_loop(Path(tmp))
+        run_loop(exe, args)  # warm up
+        for rep in range(args.reps):
+            for n in names:
+                results[n].append(condition(n, exe, args))
+        run_stats: dict[str, dict[str, float]] = {}
+        if not args.no_stats:
+            ctl = Path("/proc/sys/kernel/bpf_stats_enabled")
+            old = ctl.read_text().strip()
+            ctl.write_text("1")
+            try:
+                for n in ("empty", "full-miss", "full"):
+                    run_stats[n] = {}
+                    condition(n, exe, args, stats=run_stats[n])
+            finally:
+                ctl.write_text(old)
+
+    med = {n: (statistics.median(w for w, _ in v), statistics.median(r for _, r in v)) for n, v in results.items()}
+    base_w, base_r = med["none"]
+    floor_w, floor_r = med["empty"][0] - base_w, med["empty"][1] - base_r
+    print(f"# syscall cost, {args.size} B TCP loopback write()/read(), {platform.node()} "
+          f"{platform.release()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}, "
+          f"median of {args.reps} interleaved runs x {args.rounds} rounds x {args.batch} calls")
+    print()
+    print("| condition | write ns/call | added | x floor | read ns/call | added | x floor |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for n in names:
+        w, r = med[n]
+        aw, ar = w - base_w, r - base_r
+        xw = f"{aw / floor_w:.2f}" if n != "none" and floor_w > 0 else "-"
+        xr = f"{ar / floor_r:.2f}" if n != "none" and floor_r > 0 else "-"
+        print(f"| {n} | {w:.0f} | {aw:+.0f} | {xw} | {r:.0f} | {ar:+.0f} | {xr} |")
+    if run_stats:
+        print()
+        print("program run time (kernel.bpf_stats_enabled; includes ~the empty program's stats overhead)")
+        print()
+        print("| condition | sys_exit_write ns/run | sys_exit_read ns/run |")
+        print("|---|---:|---:|")
+        for n, st in run_stats.items():
+            print(f"| {n} | {st.get('write', float('nan')):.0f} | {st.get('read', float('nan')):.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
