@@ -190,11 +190,6 @@ class BtfType:
 VOID = BtfType(0, Kind.UNKN, "")
 
 
-def _kind_name(kind: int) -> str:
-    try:
-        return Kind(kind).name
-    except ValueError:
-        return str(kind)
 
 
 class Btf:

@@ -292,6 +292,16 @@ class _ObjectParser:
         key_type = value_type = 0
         inner: MapSpec | None = None
         for member in definition.members:
+            if member.name == "values":
+                # __array(values, struct inner_def): map-in-map template.
+                array_type = btf.resolved(member.type)
+                if array_type.kind != Kind.ARRAY or array_type.array is None or depth:
+                    raise ObjectFormatError(f"map {name!r}: bad 'values' attribute", where=where)
+                element = btf.resolved(array_type.array.type)
+                if element.kind != Kind.PTR:
+                    raise ObjectFormatError(f"map {name!r}: 'values' is not an array of pointers", where=where)
+                inner = self._btf_map_definition(f"{name}.inner", element.ref, depth + 1)
+                continue
             pointer = btf.resolved(member.type)
             if pointer.kind != Kind.PTR:
                 raise ObjectFormatError(f"map {name!r}: attribute {member.name!r} is not a pointer", where=where)
@@ -304,15 +314,6 @@ class _ObjectParser:
                 key_type = pointer.ref
             elif member.name == "value":
                 value_type = pointer.ref
-            elif member.name == "values":
-                # __array(values, struct inner_def): map-in-map template.
-                array_type = btf.resolved(member.type)
-                if array_type.kind != Kind.ARRAY or array_type.array is None or depth:
-                    raise ObjectFormatError(f"map {name!r}: bad 'values' attribute", where=where)
-                element = btf.resolved(array_type.array.type)
-                if element.kind != Kind.PTR:
-                    raise ObjectFormatError(f"map {name!r}: 'values' is not an array of pointers", where=where)
-                inner = self._btf_map_definition(f"{name}.inner", element.ref, depth + 1)
             else:
                 raise ObjectFormatError(f"map {name!r}: unknown attribute {member.name!r}", where=where)
         key_size = values.get("key_size", 0)

@@ -234,3 +234,77 @@ def test_parse_speed(spec) -> None:
         parse_object(data)
     per_object = (time.perf_counter() - start) / 20
     assert per_object < 0.05, f"{per_object * 1000:.1f} ms per object"
+
+
+MORE = BPF_DIR / "parse_more.bpf.o"
+
+
+@pytest.fixture(scope="module")
+def more():
+    return load_object_spec(MORE)
+
+
+def test_more_section_kinds(more) -> None:
+    kinds = {name: (p.type, p.expected_attach_type, p.attach_target, p.is_return_probe)
+             for name, p in more.programs.items()}
+    assert kinds == {
+        "on_sleep": (ProgType.KPROBE, AttachType.NONE, "do_nanosleep", False),
+        "on_sleep_ret": (ProgType.KPROBE, AttachType.NONE, "do_nanosleep", True),
+        "on_malloc_ret": (ProgType.KPROBE, AttachType.NONE, "libc.so.6:malloc", True),
+        "on_exec": (ProgType.TRACEPOINT, AttachType.NONE, "sched/sched_process_exec", False),
+        "on_switch_raw": (ProgType.RAW_TRACEPOINT, AttachType.NONE, "sched_switch", False),
+        "on_wakeup": (ProgType.TRACING, AttachType.TRACE_RAW_TP, "sched_wakeup", False),
+        "tc_pass": (ProgType.SCHED_CLS, AttachType.NONE, "", False),
+        "cls_pass": (ProgType.SCHED_CLS, AttachType.NONE, "ingress", False),
+        "after_sleep": (ProgType.TRACING, AttachType.TRACE_FEXIT, "do_nanosleep", False),
+    }
+    # A static function in a program section is a callee, not a program.
+    assert "in_section_helper" not in more.programs
+
+
+def _call_targets(prog) -> dict[int, int]:
+    targets = {}
+    for i in range(prog.instruction_count):
+        code, _dst, src, _off, imm = read(prog.instructions, i)
+        if code == CALL and src == PseudoSrc.CALL:
+            targets[i] = i + imm + 1
+    return targets
+
+
+def test_transitive_subprograms_are_linked_once(more) -> None:
+    prog = more.programs["on_sleep"]
+    names = {f.insn_index: more.btf_types.type(f.type_id).name for f in prog.func_info}
+    # on_sleep (13 insns) calls middle (.text), global_helper (.text, via its own
+    # symbol) and in_section_helper (same section, no relocation); middle calls
+    # leaf twice without relocations.  Each is appended once, in call order.
+    assert names == {0: "on_sleep", 13: "middle", 21: "global_helper", 27: "in_section_helper",
+                     30: "leaf"}
+    assert prog.instruction_count == 37
+    called = {names[t] for t in _call_targets(prog).values()}
+    assert called == {"middle", "global_helper", "in_section_helper", "leaf"}
+    assert sorted(names[t] for t in _call_targets(prog).values()).count("leaf") == 2
+    # leaf's .rodata load moved with it.
+    assert MapRelocation(31, ".rodata", 0) in prog.map_relocations
+
+
+def test_map_in_map_and_task_storage(more) -> None:
+    outer = more.maps["outer"]
+    assert (outer.type, outer.key_size, outer.value_size, outer.max_entries) == (
+        MapType.ARRAY_OF_MAPS, 4, 4, 2)
+    assert outer.inner is not None
+    assert (outer.inner.type, outer.inner.key_size, outer.inner.value_size, outer.inner.max_entries) == (
+        MapType.ARRAY, 4, 8, 8)
+    per_task = more.maps["per_task"]
+    assert (per_task.type, per_task.flags, per_task.key_size, per_task.value_size) == (
+        MapType.TASK_STORAGE, 1, 4, 8)
+
+
+def test_data_subsections_and_static_variables(more) -> None:
+    assert more.maps[".data.hits"].initial_value == struct.pack("<Q", 1)
+    assert more.maps[".data.hits"].kernel_name == "parse.data.hits"
+    assert more.maps[".bss.scratch"].value_size == 16
+    assert more.maps[".bss.scratch"].kernel_name == "par.bss.scratch"
+    assert more.variables["limit"].map_name == ".rodata"  # a static const
+    assert more.variables["scratch_area"].size == 16
+    patched = more.with_constants(limit=9)
+    assert patched.maps[".rodata"].initial_value == struct.pack("<I", 9)

@@ -90,3 +90,35 @@ def test_mutated_btf(blob: bytes, where: int, patch: bytes) -> None:
         except ObjectFormatError:
             pass
     btf.to_bytes()
+
+
+CORE_SEED = (BPF_DIR / "parse_core.bpf.o").read_bytes()
+_CORE_ELF = ElfFile(CORE_SEED)
+BTF_RANGES = [(s.offset, s.size) for s in _CORE_ELF.sections if s.name in (".BTF", ".BTF.ext")]
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
+       st.integers(0, 1))
+def test_mutated_btf_then_core(patches, which: int) -> None:
+    """Corrupt BTF/BTF.ext, and CO-RE on whatever still parses raises only BpfError."""
+    from bpfobj._btf import BtfBuilder
+    from bpfobj._core import apply_core_relocations
+    from bpfobj._errors import BpfError
+
+    data = bytearray(CORE_SEED)
+    offset, size = BTF_RANGES[which]
+    for where, value in patches:
+        data[offset + where % size] = value
+    try:
+        spec = parse_object(bytes(data))
+    except ObjectFormatError:
+        return
+    target = BtfBuilder()
+    int_ = target.add_int("int", 4, signed=True)
+    target.add_struct("task_struct", 64, [("tgid", int_, 64), ("pid", int_, 96)])
+    for prog in spec.programs.values():
+        try:
+            apply_core_relocations(prog, spec.btf_types, target.btf())
+        except BpfError:
+            pass
