@@ -84,9 +84,9 @@ def _walk_linear(mv: memoryview, n: int) -> WalkResult:
         if off <= last_full:
             rtype, _misc, size, raw = unpack12(mv, off)
             # Fast path: a well-formed sample, the overwhelmingly common record.
-            if rtype == PERF_RECORD_SAMPLE and raw + 12 <= size and not size & 7 \
-                    and off + size <= n:
-                append(mv[off + 12:off + 12 + raw])
+            if rtype == PERF_RECORD_SAMPLE and raw + 12 <= size <= n - off and not size & 7:
+                start = off + 12
+                append(mv[start:start + raw])
                 off += size
                 continue
         elif off + 8 <= n:
