@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import re
+import types
 from collections import deque
 from typing import Final
 
@@ -29,6 +30,9 @@ __all__ = [
     "Http1Connection",
     "looks_like_http1_request",
     "looks_like_http1_response",
+    "EGRESS",
+    "INGRESS",
+    "find_header",
     "parse_header_block",
 ]
 
@@ -56,11 +60,13 @@ class ExchangeFlags(enum.IntFlag):
     INTERIM = enum.auto()             # 1xx interim response(s) came before the final one
 
 
-_F = ExchangeFlags
+# Plain ints for the parser's own bookkeeping: IntFlag arithmetic runs Python
+# code in the enum module, a microsecond a time.
+_F = types.SimpleNamespace(**{flag.name: int(flag) for flag in ExchangeFlags})
 
 # A method is a token; in practice upper case.  This stays loose enough for
 # WebDAV and SSDP methods while rejecting most binary noise.
-_REQUEST_LINE = re.compile(rb"([A-Z][A-Z0-9_-]{0,31}) ([^\s]{1,8192}) HTTP/(1\.[01])\r?\n")
+_REQUEST_LINE = re.compile(rb"([A-Z][A-Z0-9_-]{0,31}) ([^ \t\r\n]+) HTTP/(1\.[01])\r?\n")
 _STATUS_LINE = re.compile(rb"HTTP/(1\.[01]) ([0-9]{3})(?: ([^\r\n]*))?\r?\n")
 # Could still become a start line once more bytes arrive (no newline seen yet).
 _VERSION_PREFIX = rb"(?:H(?:T(?:T(?:P(?:/(?:1(?:\.(?:[01]\r?)?)?)?)?)?)?)?)?"
@@ -70,11 +76,7 @@ _STATUS_PREFIX = re.compile(
 # Resynchronising inside arbitrary bytes: only a whole start line right after a newline counts.
 _REQUEST_LINE_AFTER_NL = re.compile(rb"\n(?=[A-Z][A-Z0-9_-]{0,31} [^\s]{1,8192} HTTP/1\.[01]\r?\n)")
 _STATUS_LINE_AFTER_NL = re.compile(rb"\n(?=HTTP/1\.[01] [0-9]{3}[ \r\n])")
-# The header fields that decide framing, found without splitting the whole head.
-_FRAMING_FIELDS = re.compile(
-    rb"\n(content-length|transfer-encoding)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 _CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n")
-_HEADER_FIELD = re.compile(rb"^([^:\r\n]+):[ \t]*([^\r\n]*?)[ \t]*\r?$", re.MULTILINE)
 _KNOWN_METHOD = re.compile(rb"(?:GET|HEAD|POST|PUT|DELETE|CONNECT|OPTIONS|TRACE|PATCH) [^\s]")
 _STATUS_START = re.compile(rb"HTTP/1\.[01] [1-5][0-9][0-9](?:[ \r\n]|\Z)")
 
@@ -101,36 +103,56 @@ def looks_like_http1_response(data: bytes) -> bool:
 def parse_header_block(block: bytes, limit: int = MAX_HEADERS) -> dict[str, str]:
     """Header fields as a dict: lower-cased names, repeated fields joined with ", "."""
     headers: dict[str, str] = {}
-    for count, (name, value) in enumerate(_HEADER_FIELD.findall(block)):
+    count = 0
+    # str methods beat a regex here: a head is a handful of short lines.
+    for line in block.decode("latin-1").split("\n"):
+        name, colon, value = line.partition(":")
+        if not colon or not name or name[0] in " \t":
+            continue  # not a field line (or an obsolete folded continuation)
+        key = name.strip().lower()
+        value = value.strip()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        count += 1
         if count >= limit:
             break
-        key = name.strip().lower().decode("latin-1")
-        text = value.decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
     return headers
+
+
+def find_header(block: bytes, name: bytes) -> str | None:
+    """The first value of one header field (``name`` in lower case), without parsing the rest."""
+    lowered = block.lower()
+    at = lowered.find(b"\n" + name + b":")
+    if at < 0:
+        return None
+    start = at + len(name) + 2
+    stop = block.find(b"\n", start)
+    return block[start:stop if stop >= 0 else len(block)].strip().decode("latin-1")
 
 
 class _Message:
     """One request or response as it goes by."""
 
-    __slots__ = ("start_ns", "end_ns", "seq", "start_off", "size", "method", "target",
-                 "version", "status", "reason", "head", "body_size", "flags", "done")
+    # Class-level defaults instead of __slots__: a new message sets three
+    # attributes, not fourteen (this runs for every request and response).
+    end_ns: int | None = None
+    size = 0
+    method: bytes | None = None
+    target: bytes | None = None
+    version: bytes | None = None
+    status = 0
+    reason: bytes | None = None
+    head = b""
+    body_size = 0
+    flags = 0
+    done = False
 
     def __init__(self, start_ns: int, seq: int | None, start_off: int) -> None:
         self.start_ns = start_ns
-        self.end_ns: int | None = None
         self.seq = seq
         self.start_off = start_off
-        self.size = 0
-        self.method: bytes | None = None
-        self.target: bytes | None = None
-        self.version: bytes | None = None
-        self.status = 0
-        self.reason: bytes | None = None
-        self.head = b""
-        self.body_size = 0
-        self.flags = 0
-        self.done = False
+
+
+_FLAG_CACHE: dict[int, ExchangeFlags] = {}
 
 
 class Exchange:
@@ -143,14 +165,38 @@ class Exchange:
     ``*_size`` count every byte of the message on the wire.
     """
 
-    __slots__ = ("_req", "_resp", "flags", "_request_headers", "_response_headers")
+    __slots__ = ("_req", "_resp", "_flags", "_request_headers", "_response_headers")
 
     def __init__(self, req: _Message | None, resp: _Message | None, flags: int) -> None:
         self._req = req
         self._resp = resp
-        self.flags = ExchangeFlags(flags | (req.flags if req else 0) | (resp.flags if resp else 0))
+        self._flags = flags | (req.flags if req else 0) | (resp.flags if resp else 0)
         self._request_headers: dict[str, str] | None = None
         self._response_headers: dict[str, str] | None = None
+
+    @property
+    def flags(self) -> ExchangeFlags:
+        # Making an IntFlag costs about a microsecond; the few combinations seen are cached.
+        flags = _FLAG_CACHE.get(self._flags)
+        if flags is None:
+            flags = _FLAG_CACHE[self._flags] = ExchangeFlags(self._flags)
+        return flags
+
+    @property
+    def flag_names(self) -> list[str]:
+        """The flags as lower-case names, e.g. ["response_truncated"]."""
+        return [f.name.lower() for f in ExchangeFlags if f and f in self.flags]
+
+    def request_header(self, name: str) -> str | None:
+        """One request header field's value (name in any case), cheaper than request_headers."""
+        if self._request_headers is not None:
+            return self._request_headers.get(name.lower())
+        return find_header(self._req.head, name.lower().encode("latin-1")) if self._req else None
+
+    def response_header(self, name: str) -> str | None:
+        if self._response_headers is not None:
+            return self._response_headers.get(name.lower())
+        return find_header(self._resp.head, name.lower().encode("latin-1")) if self._resp else None
 
     # Request side.
     @property
@@ -272,31 +318,46 @@ class Exchange:
                 f"start_ns={self.start_ns}, end_ns={self.end_ns}, flags={self.flags!r})")
 
 
-def _framing(head: bytes, is_request: bool) -> tuple[int | None, bool, bool]:
-    """(Content-Length or None, chunked, malformed) from a head's header fields."""
+def _framing(lowered: bytes, is_request: bool) -> tuple[int | None, bool, bool]:
+    """(Content-Length or None, chunked, malformed) from a lower-cased head.
+
+    The head starts with the start line's "\n", so every field name follows one.
+    Field names have no whitespace before the colon (RFC 9112, 5.1).
+    """
     length: int | None = None
-    codings: list[bytes] = []
-    for name, value in _FRAMING_FIELDS.findall(head):
-        if len(name) == 14:  # content-length
+    at = lowered.find(b"\ncontent-length:")
+    while at >= 0:
+        start = at + 16
+        stop = lowered.find(b"\n", start)
+        if stop < 0:
+            stop = len(lowered)
+        text = lowered[start:stop].strip()
+        if b"," in text:
             # "5, 5" is allowed: a list of one repeated value (RFC 9110, 8.6).
-            values = {v.strip() for v in value.split(b",")}
+            values = {v.strip() for v in text.split(b",")}
             if len(values) != 1:
                 return None, False, True
             text = values.pop()
-            if not text.isdigit() or len(text) > 18:
-                return None, False, True
-            if length is not None and int(text) != length:
-                return None, False, True
-            length = int(text)
-        else:
-            codings += [c.strip().lower() for c in value.split(b",")]
-    if codings:
-        # Transfer-Encoding overrides Content-Length.  Unless chunked comes last
-        # a request is invalid and a response runs until close (RFC 9112, 6.3).
-        if codings[-1] == b"chunked":
-            return None, True, False
-        return None, False, is_request
-    return length, False, False
+        if not text.isdigit() or len(text) > 18 or (length is not None and int(text) != length):
+            return None, False, True
+        length = int(text)
+        at = lowered.find(b"\ncontent-length:", stop)
+    at = lowered.find(b"\ntransfer-encoding:")
+    if at < 0:
+        return length, False, False
+    codings: list[bytes] = []
+    while at >= 0:
+        start = at + 19
+        stop = lowered.find(b"\n", start)
+        if stop < 0:
+            stop = len(lowered)
+        codings += [c.strip() for c in lowered[start:stop].split(b",")]
+        at = lowered.find(b"\ntransfer-encoding:", stop)
+    # Transfer-Encoding overrides Content-Length.  Unless chunked comes last
+    # a request is invalid and a response runs until close (RFC 9112, 6.3).
+    if codings[-1] == b"chunked":
+        return None, True, False
+    return None, False, is_request
 
 
 class _Parser:
@@ -383,9 +444,21 @@ class _Parser:
                     self._salvage_head()
                 return end
             head_end = bare + 2
-        msg = self._new_message(pos, ts, seq)
-        if not self._parse_head(msg, data, pos, head_end):
-            return self._lose(data, pos, end, ts)
+        # The usual case, a whole head in one syscall: _parse_head inlined.
+        msg = _Message(ts, None if seq is None else (seq + pos) & _SEQ_MASK, self.offset + pos)
+        if self.is_request:
+            m = _REQUEST_LINE.match(data, pos, head_end)
+            if m is None:
+                return self._lose(data, pos, end, ts)
+            msg.method, msg.target, msg.version = m.groups()
+        else:
+            m = _STATUS_LINE.match(data, pos, head_end)
+            if m is None:
+                return self._lose(data, pos, end, ts)
+            msg.version, status, reason = m.groups()
+            msg.status = int(status)
+            msg.reason = reason or b""
+        msg.head = data[m.end() - 1:head_end]
         return self._after_head(msg, head_end, ts)
 
     def _head_continued(self, data: bytes, pos: int, end: int, ts: int) -> int:
@@ -445,7 +518,11 @@ class _Parser:
     def _after_head(self, msg: _Message, pos: int, ts: int) -> int:
         """Decide how the body is delimited (RFC 9112, 6.3) and go on with it."""
         self.msg = msg
-        length, chunked, bad = _framing(msg.head, self.is_request)
+        lowered = msg.head.lower()
+        if b"\ncontent-length:" in lowered or b"\ntransfer-encoding:" in lowered:
+            length, chunked, bad = _framing(lowered, self.is_request)
+        else:
+            length, chunked, bad = None, False, False
         conn = self.conn
         if self.is_request:
             conn._request_head(msg)
@@ -514,6 +591,24 @@ class _Parser:
 
     def _line(self, data: bytes, pos: int, end: int, ts: int) -> int:
         """The chunk-size, chunk-end and trailer lines of a chunked body."""
+        if not self.buf:
+            # Fast path for whole, well-formed lines: no slicing, no buffering.
+            state = self.state
+            if state == _CHUNK_END and data.startswith(b"\r\n", pos):
+                pos += 2
+                self.state = state = _CHUNK_SIZE_LINE
+                if pos >= end:
+                    return pos
+            if state == _CHUNK_SIZE_LINE:
+                m = _CHUNK_SIZE.match(data, pos, end)
+                if m is not None:
+                    size = int(m.group(1), 16)
+                    if size:
+                        self.remaining = size
+                        self.state = _CHUNK_DATA
+                    else:
+                        self.state = _TRAILERS
+                    return m.end()
         nl = data.find(b"\n", pos, end)
         if nl < 0:
             self.buf += data[pos:end]
@@ -661,7 +756,8 @@ class _Parser:
         msg.done = True
         self.msg = None
         self.state = _HEAD
-        self.conn._message_done(self.is_request, msg)
+        if not self.is_request:  # an exchange is complete when its response is
+            self.conn._response_done(msg)
 
     def opaque(self) -> None:
         self.state = _OPAQUE
@@ -807,20 +903,22 @@ class Http1Connection:
         self._interim_seen = True
 
     def _message_done(self, is_request: bool, msg: _Message) -> None:
-        if is_request:
-            return  # the exchange is complete when its response is
+        if not is_request:  # an exchange is complete when its response is
+            self._response_done(msg)
+
+    def _response_done(self, msg: _Message) -> None:
         request = self._paired
         self._paired = None
         flags = 0 if request is not None else _F.REQUEST_MISSING
         if self._interim_seen:
             flags |= _F.INTERIM
             self._interim_seen = False
-        self._emit(request, msg, flags)
+        self._out.append(Exchange(request, msg, flags))
 
     def _upgrade(self) -> None:
         self._requests.opaque()
         self._responses.opaque()
-        self._out[-1].flags |= _F.UPGRADED
+        self._out[-1]._flags |= _F.UPGRADED
 
     def _emit(self, request: _Message | None, response: _Message | None, flags: int) -> None:
         self._out.append(Exchange(request, response, flags))
