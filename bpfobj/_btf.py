@@ -208,9 +208,9 @@ class Btf:
         self.flags = flags
         self._cache: dict[int, BtfType] = {0: VOID}
         self._replaced: dict[int, BtfType] = {}
-        self._appended: list[BtfType] = []
         self._string_cache: dict[int, str] = {0: ""}
-        self._by_name_off: dict[int, list[int]] | None = None
+        self._name_offs: bytes | None = None  # packed name_off per type id
+        self._lookup_cache: dict[tuple[str, bool], tuple[int, ...]] = {}
 
     # --- parsing ---------------------------------------------------------
 
@@ -320,7 +320,7 @@ class Btf:
 
     def __len__(self) -> int:
         """Number of type ids, including void (id 0)."""
-        return len(self._starts) + len(self._appended)
+        return len(self._starts)
 
     def __iter__(self) -> Iterator[BtfType]:
         """Every type from id 1 on."""
@@ -335,8 +335,6 @@ class Btf:
             return self._replaced[type_id]
         if not 0 <= type_id < len(self):
             raise ObjectFormatError(f"type id {type_id} out of range (have {len(self) - 1})", where=self.where)
-        if type_id >= len(self._starts):
-            return self._appended[type_id - len(self._starts)]
         t = self._decode(type_id)
         self._cache[type_id] = t
         return t
@@ -397,62 +395,87 @@ class Btf:
 
     # --- types by name -------------------------------------------------------
 
-    def _name_index(self) -> dict[int, list[int]]:
-        """name_off -> type ids, for named types (built on first use)."""
-        if self._by_name_off is None:
-            w = self._words
-            index: dict[int, list[int]] = {}
-            for type_id, pos in enumerate(self._starts):
-                name_off = w[pos] if type_id else 0
-                if name_off:
-                    ids = index.get(name_off)
-                    if ids is None:
-                        index[name_off] = [type_id]
-                    else:
-                        ids.append(type_id)
-            for t in self._appended:
-                if t.name_off:
-                    index.setdefault(t.name_off, []).append(t.id)
-            self._by_name_off = index
-        return self._by_name_off
+    def _ids_with_name_off(self, name_off: int) -> list[int]:
+        """Type ids whose name_off is ``name_off``.
+
+        The name offsets of all types are packed once into bytes, four per
+        type id: a 0xFF marker then the 24-bit offset, big-endian (BTF name
+        offsets are below 2**24, BTF_MAX_NAME_OFFSET).  Finding an offset is
+        then a C-speed substring search, far cheaper than building a dict
+        over ~130k kernel types; the marker makes matches that straddle two
+        entries rare, and the alignment check rejects them.
+        """
+        packed = self._name_offs
+        if packed is None:
+            words = self._words
+            names = [words[pos] for pos in self._starts]
+            names[0] = 0  # void has no record
+            for type_id, t in self._replaced.items():
+                names[type_id] = t.name_off
+            if max(names) > 0xFFFFFF:
+                raise ObjectFormatError("a type name offset exceeds BTF_MAX_NAME_OFFSET", where=self.where)
+            marked = array.array(words.typecode, [0xFF000000 | n for n in names])
+            if sys.byteorder == "little":
+                marked.byteswap()
+            packed = self._name_offs = marked.tobytes()
+        if not 0 <= name_off <= 0xFFFFFF:
+            return []
+        needle = (0xFF000000 | name_off).to_bytes(4, "big")
+        ids = []
+        pos = packed.find(needle)
+        while pos >= 0:
+            if pos % 4 == 0:
+                ids.append(pos // 4)
+                pos = packed.find(needle, pos + 4)
+            else:
+                pos = packed.find(needle, pos + 1)
+        return ids
 
     def _string_offsets(self, text: bytes, terminator: bytes = b"\0") -> Iterator[int]:
-        """Offsets in the string section where ``text + terminator`` starts."""
-        needle = text + terminator
+        """Offsets of the strings in the string section that start with ``text + terminator``.
+
+        Only whole strings count (the byte before is a NUL): clang, pahole
+        and libbpf de-duplicate whole strings and never point a name into
+        the middle of another one.
+        """
+        needle = b"\0" + text + terminator
         strings = self.strings
-        pos = strings.find(needle, 1)
+        pos = strings.find(needle)
         while pos >= 0:
-            yield pos
+            yield pos + 1
             pos = strings.find(needle, pos + 1)
+
+    def _names_lookup(self, key: tuple[str, bool]) -> tuple[int, ...]:
+        cached = self._lookup_cache.get(key)
+        if cached is None:
+            name, flavored = key
+            ids: list[int] = []
+            for offset in self._string_offsets(name.encode()):
+                ids += self._ids_with_name_off(offset)
+            if flavored:
+                for offset in self._string_offsets(name.encode(), b"___"):
+                    ids += (i for i in self._ids_with_name_off(offset)
+                            if essential_name(self.type(i).name) == name)
+            cached = self._lookup_cache[key] = tuple(sorted(set(ids)))
+        return cached
 
     def ids_by_name(self, name: str, kind: Kind | None = None) -> tuple[int, ...]:
         """Ids of every type called exactly ``name`` (optionally of one kind), ascending."""
         if not name:
             return ()
-        index = self._name_index()
-        ids: list[int] = []
-        for offset in self._string_offsets(name.encode()):
-            ids += index.get(offset, ())
-        if self._replaced:
-            ids = [i for i in ids if self.type(i).name == name]
+        ids = self._names_lookup((name, False))
         if kind is not None:
-            ids = [i for i in ids if self.type(i).kind == kind]
-        return tuple(sorted(set(ids)))
+            ids = tuple(i for i in ids if self.type(i).kind == kind)
+        return ids
 
     def ids_by_essential_name(self, essential: str) -> tuple[int, ...]:
         """Ids of types whose name, minus any ``___flavor`` suffix, is ``essential``.
 
         Matches ``task_struct`` and ``task_struct___v2`` alike (CO-RE flavors).
         """
-        ids = list(self.ids_by_name(essential))
-        index = self._name_index()
-        for offset in self._string_offsets(essential.encode(), b"___"):
-            if offset > 0 and self.strings[offset - 1] != 0:
-                continue  # the needle sits inside a longer name
-            for type_id in index.get(offset, ()):
-                if essential_name(self.type(type_id).name) == essential:
-                    ids.append(type_id)
-        return tuple(sorted(set(ids)))
+        if not essential:
+            return ()
+        return self._names_lookup((essential, True))
 
     def type_by_name(self, name: str, kind: Kind | None = None) -> BtfType | None:
         """The first type called ``name`` (of ``kind`` if given), or None."""
@@ -509,14 +532,13 @@ class Btf:
             raise ObjectFormatError(f"cannot replace type {new.id}: no such type", where=self.where)
         self._replaced[new.id] = new
         self._cache.pop(new.id, None)
-        if new.id >= len(self._starts):
-            self._appended[new.id - len(self._starts)] = new
-        self._by_name_off = None
+        self._name_offs = None
+        self._lookup_cache.clear()
 
     def type_record(self, type_id: int) -> bytes:
         """The wire bytes of one type (re-encoded if it was replaced)."""
-        if type_id in self._replaced or type_id >= len(self._starts):
-            return encode_type(self.type(type_id))
+        if type_id in self._replaced:
+            return encode_type(self._replaced[type_id])
         start = self._starts[type_id]
         end = self._starts[type_id + 1] if type_id + 1 < len(self._starts) else len(self._words)
         raw = self._words[start:end]
@@ -526,7 +548,7 @@ class Btf:
 
     def to_bytes(self) -> bytes:
         """Serialize: a 24-byte btf_header, all types in id order, the string section."""
-        if not self._replaced and not self._appended:
+        if not self._replaced:
             words = self._words
             if sys.byteorder == "big":  # pragma: no cover
                 words = array.array(words.typecode, words)
@@ -540,9 +562,14 @@ class Btf:
 
 
 def essential_name(name: str) -> str:
-    """A CO-RE name without its ``___flavor`` suffix: ``foo___v2`` -> ``foo``."""
-    cut = name.find("___")
-    return name[:cut] if cut > 0 else name
+    """A CO-RE name without its ``___flavor`` suffix: ``foo___v2`` -> ``foo``.
+
+    libbpf's rule: cut at the last ``X___Y`` where neither X nor Y is "_".
+    """
+    for i in range(len(name) - 5, -1, -1):
+        if name[i] != "_" and name[i + 1 : i + 4] == "___" and name[i + 4] != "_":
+            return name[: i + 1]
+    return name
 
 
 def encode_type(t: BtfType) -> bytes:

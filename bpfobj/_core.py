@@ -39,7 +39,7 @@ import dataclasses
 import struct
 
 from . import _insn
-from ._btf import COMPOSITE_KINDS, ENUM_KINDS, Btf, BtfType, Kind
+from ._btf import COMPOSITE_KINDS, ENUM_KINDS, Btf, BtfType, Kind, essential_name
 from ._consts import CORE_POISON_HELPER, CoreReloKind
 from ._errors import CoreRelocationError, ObjectFormatError
 from ._spec import CoreRelocation, ProgramSpec
@@ -429,14 +429,6 @@ def _enum_value(kind: CoreReloKind, spec: _Spec) -> int:
 
 
 # --- compatibility rules ------------------------------------------------------------
-
-def essential_name(name: str) -> str:
-    """Name without its last ``X___Y`` flavor suffix (libbpf's rule: X, Y not '_')."""
-    for i in range(len(name) - 5, -1, -1):
-        if name[i] != "_" and name[i + 1 : i + 4] == "___" and name[i + 4] != "_":
-            return name[: i + 1]
-    return name
-
 
 def _core_kind(kind: Kind) -> Kind:
     """Kinds CO-RE treats as the same: enum and enum64."""

@@ -92,6 +92,7 @@ def test_lookup_by_name_and_flavor() -> None:
     assert btf.type_by_name("nope") is None
     assert essential_name("task___old") == "task"
     assert essential_name("___x") == "___x"
+    assert essential_name("a___b___c") == "a___b"
 
 
 def test_replace_changes_serialized_bytes() -> None:
