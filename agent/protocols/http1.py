@@ -118,9 +118,13 @@ def parse_header_block(block: bytes, limit: int = MAX_HEADERS) -> dict[str, str]
     return headers
 
 
-def find_header(block: bytes, name: bytes) -> str | None:
-    """The first value of one header field (``name`` in lower case), without parsing the rest."""
-    lowered = block.lower()
+def find_header(block: bytes, name: bytes, lowered: bytes | None = None) -> str | None:
+    """The first value of one header field (``name`` in lower case), without parsing the rest.
+
+    ``lowered`` is ``block.lower()`` when the caller already has it.
+    """
+    if lowered is None:
+        lowered = block.lower()
     at = lowered.find(b"\n" + name + b":")
     if at < 0:
         return None
@@ -142,6 +146,7 @@ class _Message:
     status = 0
     reason: bytes | None = None
     head = b""
+    lowered: bytes | None = None  # head.lower(), kept from the framing check for header look-ups
     body_size = 0
     flags = 0
     done = False
@@ -191,12 +196,14 @@ class Exchange:
         """One request header field's value (name in any case), cheaper than request_headers."""
         if self._request_headers is not None:
             return self._request_headers.get(name.lower())
-        return find_header(self._req.head, name.lower().encode("latin-1")) if self._req else None
+        req = self._req
+        return find_header(req.head, name.lower().encode("latin-1"), req.lowered) if req else None
 
     def response_header(self, name: str) -> str | None:
         if self._response_headers is not None:
             return self._response_headers.get(name.lower())
-        return find_header(self._resp.head, name.lower().encode("latin-1")) if self._resp else None
+        resp = self._resp
+        return find_header(resp.head, name.lower().encode("latin-1"), resp.lowered) if resp else None
 
     # Request side.
     @property
@@ -382,7 +389,9 @@ class _Parser:
         end = len(data)
         while pos < end:
             state = self.state
-            if state == _BODY or state == _CHUNK_DATA:
+            if state == _HEAD:
+                pos = self._head(data, pos, end, ts, seq)
+            elif state == _BODY or state == _CHUNK_DATA:
                 take = end - pos
                 if take > self.remaining:
                     take = self.remaining
@@ -395,8 +404,6 @@ class _Parser:
                     self._finish(pos, ts)
                 else:
                     self.state = _CHUNK_END
-            elif state == _HEAD:
-                pos = self._head(data, pos, end, ts, seq)
             elif state == _UNTIL_CLOSE:
                 self.msg.body_size += end - pos
                 self.msg.end_ns = ts
@@ -427,21 +434,26 @@ class _Parser:
                 pos += 1
             if pos == end:
                 return end
-        stop = data.find(b"\r\n\r\n", pos, end)
+        # A head counts only if it ends within MAX_HEAD_BYTES, however it was split.
+        limit = pos + MAX_HEAD_BYTES
+        search_end = end if end < limit else limit
+        stop = data.find(b"\r\n\r\n", pos, search_end)
         if stop >= 0:
             bare = data.find(b"\n\n", pos, stop)
             head_end = bare + 2 if bare >= 0 else stop + 4
         else:
-            bare = data.find(b"\n\n", pos, end)
+            bare = data.find(b"\n\n", pos, search_end)
             if bare < 0:
                 # The head goes on in a later syscall, if this is HTTP at all.
                 if not self._plausible_start(data[pos:pos + 64]):
                     return self._lose(data, pos, end, ts)
                 self.msg = self._new_message(pos, ts, seq)
+                if end >= limit:
+                    self.buf += data[pos:limit]
+                    self._salvage_head()
+                    return limit
                 self.buf += data[pos:end]
                 self.scan_from = end - pos
-                if len(self.buf) > MAX_HEAD_BYTES:
-                    self._salvage_head()
                 return end
             head_end = bare + 2
         # The usual case, a whole head in one syscall: _parse_head inlined.
@@ -464,7 +476,9 @@ class _Parser:
     def _head_continued(self, data: bytes, pos: int, end: int, ts: int) -> int:
         buf = self.buf
         before = len(buf)
-        buf += data[pos:end]
+        # Room for the rest of a MAX_HEAD_BYTES head and its terminator, no more.
+        piece_end = min(end, pos + MAX_HEAD_BYTES + 4 - before)
+        buf += data[pos:piece_end]
         scan = max(self.scan_from - 3, 0)
         stop = buf.find(b"\r\n\r\n", scan)
         bare = buf.find(b"\n\n", scan, stop if stop >= 0 else len(buf))
@@ -478,9 +492,9 @@ class _Parser:
                 self.buf = bytearray()
                 self.msg = None
                 return self._lose(data, pos, end, ts)
-            if len(buf) > MAX_HEAD_BYTES:
+            if len(buf) >= MAX_HEAD_BYTES:
                 self._salvage_head()
-            return end
+            return piece_end
         msg = self.msg
         head = bytes(buf[:head_end])
         self.buf = bytearray()
@@ -518,11 +532,20 @@ class _Parser:
     def _after_head(self, msg: _Message, pos: int, ts: int) -> int:
         """Decide how the body is delimited (RFC 9112, 6.3) and go on with it."""
         self.msg = msg
-        lowered = msg.head.lower()
-        if b"\ncontent-length:" in lowered or b"\ntransfer-encoding:" in lowered:
+        msg.lowered = lowered = msg.head.lower()
+        length: int | None = None
+        chunked = bad = False
+        at = lowered.find(b"\ncontent-length:")
+        if b"\ntransfer-encoding:" in lowered:
             length, chunked, bad = _framing(lowered, self.is_request)
-        else:
-            length, chunked, bad = None, False, False
+        elif at >= 0:
+            # The usual body: one plain Content-Length.  Anything odder goes the long way.
+            stop = lowered.find(b"\n", at + 16)
+            text = lowered[at + 16:stop].strip()
+            if text.isdigit() and len(text) < 19 and lowered.find(b"\ncontent-length:", stop) < 0:
+                length = int(text)
+            else:
+                length, chunked, bad = _framing(lowered, self.is_request)
         conn = self.conn
         if self.is_request:
             conn._request_head(msg)

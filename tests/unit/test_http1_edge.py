@@ -380,3 +380,29 @@ def test_looks_like_request(data, expected):
 ])
 def test_looks_like_response(data, expected):
     assert looks_like_http1_response(data) is expected
+
+
+def test_single_header_lookup_matches_the_dict():
+    [ex] = run("server", [(IN, GET), (OUT, OK5)])
+    assert ex.request_header("Host") == "example.test"
+    assert ex.request_header("user-agent") == "t"
+    assert ex.request_header("x-missing") is None
+    assert ex.response_header("CONTENT-LENGTH") == "5"
+    assert ex.request_headers["host"] == ex.request_header("host")
+
+
+def test_flag_names():
+    [ex] = run("server", [(IN, GET)])
+    assert ex.flag_names == ["response_missing"]
+    assert ex.request_header("host") == "example.test"
+    assert ex.response_header("server") is None
+
+
+def test_head_limit_is_the_same_whole_or_split():
+    big = b"GET /big HTTP/1.1\r\n" + b"X-Filler: " + b"f" * (MAX_HEAD_BYTES + 100) + b"\r\n\r\n"
+    whole = run("server", [(IN, big), (IN, GET), (OUT, OK5), (OUT, OK5)])
+    split = run("server", [(IN, big[:5000]), (IN, big[5000:]), (IN, GET), (OUT, OK5), (OUT, OK5)])
+    for exchanges in (whole, split):
+        assert [(e.path, e.status_code) for e in exchanges] == [("/big", 200), ("/index.html", 200)]
+        assert exchanges[0].flags == F.REQUEST_UNPARSED
+        assert exchanges[1].flags == F.NONE
