@@ -790,8 +790,29 @@ int st_exit_accept4(struct st_sys_exit_ctx *ctx)
 	return on_open(ctx, ST_SYS_ACCEPT4, (int)ctx->ret, ctx->ret, ST_ROLE_SERVER);
 }
 
-/* close(): at entry, while the fd still resolves.  Closing one of several
- * duplicates of a socket fd also ends the connection's tracking. */
+/* True when the fd table holds the only reference to `file`, i.e. this
+ * close() really closes the socket (not a dup()ed fd, nor the parent's copy
+ * of a socket a forked child keeps using).  Unknown layouts count as last. */
+static __always_inline bool file_last_ref(struct file *file)
+{
+	long long n = 0;
+
+	if (bpf_core_field_exists(((struct file___ref *)file)->f_ref)) {
+		if (bpf_core_read(&n, sizeof(n), &((struct file___ref *)file)->f_ref.refcnt.counter))
+			return true;
+		return n == 0;
+	}
+	if (bpf_core_field_exists(((struct file___count *)file)->f_count)) {
+		if (bpf_core_read(&n, sizeof(n), &((struct file___count *)file)->f_count.counter))
+			return true;
+		return n == 1;
+	}
+	return true;
+}
+
+/* close(): at entry, while the fd still resolves.  Only the close of the
+ * last reference to the socket's file ends the connection; closing a
+ * duplicate (dup(), or a parent's copy after fork) leaves it tracked. */
 SEC("tracepoint/syscalls/sys_enter_close")
 int st_enter_close(struct st_sys_enter_ctx *ctx)
 {
@@ -813,6 +834,8 @@ int st_enter_close(struct st_sys_enter_ctx *ctx)
 		return 0;
 	c = bpf_map_lookup_elem(&conns, &ino);
 	if (!c)
+		return 0;
+	if (!file_last_ref(file))
 		return 0;
 	if (!(c->flags & ST_CONN_IGNORE)) {
 		s = get_scratch();

@@ -264,6 +264,29 @@ def test_ipv4_mapped_peer_on_ipv6_socket(tracer: Tracer) -> None:
         assert e.saddr == e.daddr == mapped("127.0.0.1")
 
 
+def test_closing_a_duplicate_keeps_the_connection(tracer: Tracer) -> None:
+    tracer.drain()
+    ls, cli, srv = tcp_pair(socket.AF_INET, "127.0.0.1")
+    cport = cli.getsockname()[1]
+    dup_fd = os.dup(cli.fileno())
+    try:
+        cli.close()                      # another reference remains: not the end
+        os.write(dup_fd, b"after-dup")
+        assert srv.recv(100) == b"after-dup"
+    finally:
+        os.close(dup_fd)                 # last reference: the connection ends
+        srv.close()
+        ls.close()
+    evs = [e for e in of_ports(tracer.drain(), cport) if e.sport == cport]
+    opens = [e for e in evs if e.kind == EV_OPEN]
+    data = [e for e in evs if e.kind == EV_DATA]
+    closes = [e for e in evs if e.kind == EV_CLOSE]
+    assert len(opens) == 1 and len(data) == 1 and len(closes) == 1
+    assert data[0].conn_id == opens[0].conn_id == closes[0].conn_id
+    assert data[0].fd == dup_fd and not data[0].flags & F_NEW_CONN
+    assert closes[0].fd == dup_fd and closes[0].bytes_tx == len(b"after-dup")
+
+
 def test_large_write_is_truncated_to_max_payload(tracer: Tracer) -> None:
     tracer.drain()
     ls, cli, srv = tcp_pair(socket.AF_INET, "127.0.0.1")

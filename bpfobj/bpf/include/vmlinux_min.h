@@ -65,6 +65,24 @@ struct file {
 	struct inode *f_inode;
 } __st_core;
 
+/* Reference count of struct file, two layouts (CO-RE picks the one the
+ * running kernel has; the ___suffix is ignored when matching names):
+ * 6.13+: file_ref_t f_ref, whose counter is 0 for exactly one reference;
+ * before: atomic_long_t f_count, 1 for exactly one reference. */
+struct file___ref {
+	struct {
+		struct {
+			long long counter;
+		} refcnt;
+	} f_ref;
+} __st_core;
+
+struct file___count {
+	struct {
+		long long counter;
+	} f_count;
+} __st_core;
+
 struct in6_addr {
 	union {
 		__u8 u6_addr8[16];
