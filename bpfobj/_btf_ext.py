@@ -13,6 +13,7 @@ works on instruction indices throughout.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import struct
 
 from ._btf import Btf
@@ -40,10 +41,15 @@ WHERE = ".BTF.ext"
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class BtfExt:
-    """Decoded ``.BTF.ext``: ELF section name -> records, indices in instructions."""
+    """Decoded ``.BTF.ext``: ELF section name -> records, sorted by instruction index.
 
-    func_info: dict[str, list[FuncInfo]]
-    line_info: dict[str, list[LineInfo]]
+    func_info and line_info stay plain tuples here, in the field order of
+    :class:`FuncInfo` / :class:`LineInfo` (instruction index first): the
+    parser re-bases them per program and builds the spec objects once.
+    """
+
+    func_info: dict[str, list[tuple[int, int]]]
+    line_info: dict[str, list[tuple[int, int, int, int, int]]]
     core_relos: dict[str, list[CoreRelocation]]
 
 
@@ -98,20 +104,24 @@ def parse_btf_ext(data: bytes, btf: Btf) -> BtfExt:
             raise ObjectFormatError("record block names no section", where=WHERE)
         return name
 
-    func_info: dict[str, list[FuncInfo]] = {}
+    func_info: dict[str, list[tuple[int, int]]] = {}
     for name_off, size, records in _blocks(body, fi_off, fi_len, _FUNC_INFO.size, "func_info"):
-        out = func_info.setdefault(section_name(name_off), [])
-        for i in range(0, len(records), size):
-            insn_off, type_id = _FUNC_INFO.unpack_from(records, i)
-            out.append(FuncInfo(_insn_index(insn_off, "func_info"), type_id))
+        if size != _FUNC_INFO.size:
+            records = b"".join(records[i : i + _FUNC_INFO.size] for i in range(0, len(records), size))
+        raw = list(_FUNC_INFO.iter_unpack(records))
+        _check_aligned(raw, "func_info")
+        decoded = [(insn_off >> 3, type_id) for insn_off, type_id in raw]
+        func_info.setdefault(section_name(name_off), []).extend(decoded)
 
-    line_info: dict[str, list[LineInfo]] = {}
+    line_info: dict[str, list[tuple[int, int, int, int, int]]] = {}
     for name_off, size, records in _blocks(body, li_off, li_len, _LINE_INFO.size, "line_info"):
-        out_lines = line_info.setdefault(section_name(name_off), [])
-        for i in range(0, len(records), size):
-            insn_off, file_off, line_off, line_col = _LINE_INFO.unpack_from(records, i)
-            out_lines.append(LineInfo(_insn_index(insn_off, "line_info"), file_off, line_off,
-                                      line_col >> 10, line_col & 0x3FF))
+        if size != _LINE_INFO.size:
+            records = b"".join(records[i : i + _LINE_INFO.size] for i in range(0, len(records), size))
+        raw_lines = list(_LINE_INFO.iter_unpack(records))
+        _check_aligned(raw_lines, "line_info")
+        decoded_lines = [(insn_off >> 3, file_off, line_off, line_col >> 10, line_col & 0x3FF)
+                         for insn_off, file_off, line_off, line_col in raw_lines]
+        line_info.setdefault(section_name(name_off), []).extend(decoded_lines)
 
     core_relos: dict[str, list[CoreRelocation]] = {}
     for name_off, size, records in _blocks(body, cr_off, cr_len, _CORE_RELO.size, "core_relo"):
@@ -122,7 +132,22 @@ def parse_btf_ext(data: bytes, btf: Btf) -> BtfExt:
                 raise ObjectFormatError(f"CO-RE record refers to type {type_id}, beyond the BTF", where=WHERE)
             out_relos.append(CoreRelocation(_insn_index(insn_off, "core_relo"), type_id,
                                             btf.string(access_off), kind))
+    # clang emits records in address order already; sorting is then a cheap check.
+    for rows in (*func_info.values(), *line_info.values()):
+        rows.sort(key=_FIRST)
+    for relos in core_relos.values():
+        relos.sort(key=_INSN_INDEX)
     return BtfExt(func_info, line_info, core_relos)
+
+
+_FIRST = operator.itemgetter(0)
+_INSN_INDEX = operator.attrgetter("insn_index")
+
+
+def _check_aligned(records: list[tuple[int, ...]], what: str) -> None:
+    bad = next((r[0] for r in records if r[0] & 7), None)
+    if bad is not None:
+        raise ObjectFormatError(f"{what} instruction offset {bad} is not a multiple of 8", where=WHERE)
 
 
 def encode_func_info(records: tuple[FuncInfo, ...] | list[FuncInfo]) -> bytes:

@@ -153,6 +153,9 @@ class ElfFile:
         for section in self.sections:
             self._by_name.setdefault(section.name, section)
         self.symbols: list[Symbol] = self._parse_symbols()
+        self._symbols_by_section: dict[int, list[Symbol]] = {}
+        for symbol in self.symbols:
+            self._symbols_by_section.setdefault(symbol.section_index, []).append(symbol)
 
     # --- header and section table --------------------------------------
 
@@ -252,9 +255,9 @@ class ElfFile:
             raise ObjectFormatError(f"symbol index {index} out of range", where=where)
         return self.symbols[index]
 
-    def symbols_in(self, section_index: int) -> Iterator[Symbol]:
+    def symbols_in(self, section_index: int) -> list[Symbol]:
         """Symbols defined in the section with header index ``section_index``."""
-        return (s for s in self.symbols if s.section_index == section_index)
+        return self._symbols_by_section.get(section_index, [])
 
     # --- relocations -----------------------------------------------------
 

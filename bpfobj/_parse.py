@@ -33,6 +33,7 @@ the way libbpf does (``"parse_basic.bpf.o"`` -> ``"parse_basic"``).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import os
 import re
@@ -48,6 +49,9 @@ from ._errors import ObjectFormatError
 from ._sections import program_kind
 from ._spec import (CoreRelocation, FuncInfo, LineInfo, MapRelocation, MapSpec, ObjectSpec,
                     ProgramSpec, VariableSpec, frozen_map)
+
+# First two bytes of a BPF-to-BPF call: BPF_JMP|BPF_CALL, src_reg BPF_PSEUDO_CALL, dst_reg 0.
+_PSEUDO_CALL_HEAD = bytes([_insn.CALL, PseudoSrc.CALL << 4])
 
 # BPF_OBJ_NAME_LEN is 16 including the NUL.
 KERNEL_NAME_LEN = 15
@@ -145,6 +149,8 @@ class _ObjectParser:
         self.data_map_of: dict[int, str] = {}
         self.relocations: dict[int, dict[int, Relocation]] = {}
         self.functions: dict[int, list[_Function]] = {}
+        self._sorted_relocations: dict[int, list[int]] = {}
+        self._ext_indices: dict[tuple[str, str], list[int]] = {}
 
     # --- driver -------------------------------------------------------------
 
@@ -533,38 +539,55 @@ class _ObjectParser:
             core_relocations=core_relos, func_info=func_info, line_info=line_info,
             kernel_version=kernel_version)
 
+    def _relocation_offsets(self, section_index: int) -> list[int]:
+        """Sorted byte offsets of the relocated instructions of one code section."""
+        cached = self._sorted_relocations.get(section_index)
+        if cached is None:
+            cached = self._sorted_relocations[section_index] = sorted(self.relocations.get(section_index, ()))
+        return cached
+
     def _relocate_function(self, function: _Function, base: int, code: bytearray, place,
                            map_relocations: list[MapRelocation]) -> None:
         section = function.section
         where = section.name
         relocations = self.relocations.get(section.index, {})
-        j = 0
-        while j < function.count:
-            at = base + j                                    # index in the linked program
-            in_section = function.start + j                  # index in the ELF section
-            opcode, _dst, src, _off, imm = _insn.read(code, at)
-            relo = relocations.get(in_section * _insn.INSN_SIZE)
-            width = 2 if opcode == _insn.LD_IMM64 else 1
-            if opcode == _insn.LD_IMM64 and j + 1 >= function.count:
-                raise ObjectFormatError(f"ld_imm64 at {in_section} is cut off", where=where)
-            if relo is not None:
-                symbol = self.elf.symbols[relo.symbol_index]
-                if opcode == _insn.CALL:
-                    self._link_call(symbol, symbol.value // 8 + imm + 1, code, at, place, where)
-                elif opcode == _insn.LD_IMM64:
-                    self._relocate_load(symbol, imm, code, at, place, map_relocations, where)
-                else:
-                    raise ObjectFormatError(f"relocation on instruction {in_section} (opcode {opcode:#x}) "
-                                            "that is neither a call nor ld_imm64", where=where)
-            elif opcode == _insn.CALL and src == PseudoSrc.CALL:
-                # A call within the same section needs no relocation.
+        offsets = self._relocation_offsets(section.index)
+        first = bisect.bisect_left(offsets, function.start * _insn.INSN_SIZE)
+        last = bisect.bisect_left(offsets, function.end * _insn.INSN_SIZE)
+        relocated = set()
+        for byte_offset in offsets[first:last]:
+            relo = relocations[byte_offset]
+            in_section = byte_offset // _insn.INSN_SIZE       # index in the ELF section
+            at = base + in_section - function.start           # index in the linked program
+            relocated.add(at)
+            opcode, _dst, _src, _off, imm = _insn.read(code, at)
+            symbol = self.elf.symbols[relo.symbol_index]
+            if opcode == _insn.CALL:
+                self._link_call(symbol, symbol.value // 8 + imm + 1, code, at, place, where)
+            elif opcode == _insn.LD_IMM64:
+                if in_section + 1 >= function.end:
+                    raise ObjectFormatError(f"ld_imm64 at {in_section} is cut off", where=where)
+                self._relocate_load(symbol, imm, code, at, place, map_relocations, where)
+            else:
+                raise ObjectFormatError(f"relocation on instruction {in_section} (opcode {opcode:#x}) "
+                                        "that is neither a call nor ld_imm64", where=where)
+        # BPF-to-BPF calls within one section carry no relocation.  Only
+        # instruction starts are 8-byte aligned code bytes (an ld_imm64's
+        # second half has code 0), so an aligned "85 10" is such a call.
+        begin, stop = base * _insn.INSN_SIZE, (base + function.count) * _insn.INSN_SIZE
+        pos = code.find(_PSEUDO_CALL_HEAD, begin, stop)
+        while pos >= 0:
+            if (pos - begin) % _insn.INSN_SIZE == 0 and pos // _insn.INSN_SIZE not in relocated:
+                at = pos // _insn.INSN_SIZE
+                in_section = function.start + at - base
+                imm = _insn.read(code, at)[4]
                 target = in_section + imm + 1
-                if not 0 <= target < section.size // 8:
+                if not 0 <= target < section.size // _insn.INSN_SIZE:
                     raise ObjectFormatError(f"call at {in_section} jumps outside the section", where=where)
                 callee = self._function_at(section, target, where)
                 callee_base = place(callee)
                 _insn.set_imm(code, at, callee_base + (target - callee.start) - at - 1)
-            j += width
+            pos = code.find(_PSEUDO_CALL_HEAD, pos + 1, stop)
 
     def _code_target(self, symbol: Symbol, insn_index: int, where: str) -> tuple[_Function, int]:
         section = self.elf.section_at(symbol.section_index, where)
@@ -620,7 +643,8 @@ class _ObjectParser:
 
     def _ext_records(self, order: list[_Function], base_of: dict[tuple[int, int], int]):
         """func_info, line_info and CO-RE records of every placed function, re-indexed."""
-        if self.ext is None:
+        ext = self.ext
+        if ext is None:
             return (), (), ()
         func_info: list[FuncInfo] = []
         line_info: list[LineInfo] = []
@@ -629,16 +653,25 @@ class _ObjectParser:
             name = function.section.name
             shift = base_of[(function.section.index, function.start)] - function.start
             start, end = function.start, function.end
-            for record in self.ext.func_info.get(name, ()):
-                if start <= record.insn_index < end:
-                    func_info.append(dataclasses.replace(record, insn_index=record.insn_index + shift))
-            for line in self.ext.line_info.get(name, ()):
-                if start <= line.insn_index < end:
-                    line_info.append(dataclasses.replace(line, insn_index=line.insn_index + shift))
-            for relo in self.ext.core_relos.get(name, ()):
+            for index, type_id in self._ext_slice("func", ext.func_info, name, start, end):
+                func_info.append(FuncInfo(index + shift, type_id))
+            for index, file_off, line_off, line, column in self._ext_slice("line", ext.line_info,
+                                                                             name, start, end):
+                line_info.append(LineInfo(index + shift, file_off, line_off, line, column))
+            for relo in ext.core_relos.get(name, ()):
                 if start <= relo.insn_index < end:
-                    core.append(dataclasses.replace(relo, insn_index=relo.insn_index + shift))
-        func_info.sort(key=lambda r: r.insn_index)
-        line_info.sort(key=lambda r: r.insn_index)
-        core.sort(key=lambda r: r.insn_index)
+                    core.append(CoreRelocation(relo.insn_index + shift, relo.type_id, relo.access, relo.kind))
+        # Functions were placed at increasing bases, so the records are in
+        # order already; the kernel insists on it for func_info and line_info.
         return tuple(func_info), tuple(line_info), tuple(core)
+
+    def _ext_slice(self, table: str, records: dict[str, list[tuple]], section: str, start: int, end: int):
+        """The records of ``section`` whose instruction index is in [start, end)."""
+        rows = records.get(section)
+        if not rows:
+            return ()
+        key = (table, section)
+        indices = self._ext_indices.get(key)
+        if indices is None:
+            indices = self._ext_indices[key] = [row[0] for row in rows]
+        return rows[bisect.bisect_left(indices, start) : bisect.bisect_left(indices, end)]
