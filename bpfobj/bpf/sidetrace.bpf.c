@@ -454,9 +454,9 @@ static __always_inline __u32 payload_limit(__s64 ret)
 }
 
 /* Copy the first `lim` (<= ST_MAX_PAYLOAD) bytes of a user buffer. */
-static __always_inline __u32 capture_buf(struct st_scratch *s, __u64 ubuf, __u32 lim)
+static __always_inline __u32 capture_buf(struct st_scratch *s, __u64 ubuf, __u64 lim)
 {
-	__u32 n = lim;
+	__u64 n = lim;
 
 	barrier_var(n);
 	if (n > ST_MAX_PAYLOAD)
@@ -610,9 +610,11 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 	bytes = ret;
 	lim = payload_limit(ret);
 	switch (sys) {
+	/* Never copy more than the caller's buffer: recv(MSG_TRUNC) on UDP
+	 * returns the datagram's full length, which can exceed it. */
 	case ST_SYS_READ:
 	case ST_SYS_WRITE:
-		got = capture_buf(s, regs->si, lim);
+		got = capture_buf(s, regs->si, regs->dx < lim ? regs->dx : lim);
 		break;
 	case ST_SYS_READV:
 	case ST_SYS_WRITEV:
@@ -620,7 +622,7 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 		break;
 	case ST_SYS_RECVFROM:
 	case ST_SYS_SENDTO:
-		got = capture_buf(s, regs->si, lim);
+		got = capture_buf(s, regs->si, regs->dx < lim ? regs->dx : lim);
 		flags = regs->r10;
 		uaddr = regs->r8;
 		break;

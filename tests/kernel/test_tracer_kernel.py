@@ -399,6 +399,25 @@ def test_sendmmsg_recvmmsg_report_the_first_message(tracer: Tracer) -> None:
     assert all(e.flags & F_MULTI_MSG for e in evs)
 
 
+def test_recv_with_msg_trunc_never_reads_past_the_buffer(tracer: Tracer) -> None:
+    tracer.drain()
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        a.bind(("127.0.0.1", 0))
+        b.sendto(b"0123456789" * 10, a.getsockname())
+        buf = bytearray(8)
+        n = a.recv_into(buf, 8, socket.MSG_TRUNC)  # returns the datagram length (100)
+        assert n == 100 and bytes(buf) == b"01234567"
+        aport = a.getsockname()[1]
+    finally:
+        a.close()
+        b.close()
+    evs = [e for e in of_ports(tracer.drain(), aport) if e.kind == EV_DATA and e.direction == INGRESS]
+    assert len(evs) == 1
+    assert evs[0].ret == 100 and evs[0].payload == b"01234567" and evs[0].flags & F_TRUNCATED
+
+
 def test_file_and_pipe_io_produce_no_events(tracer: Tracer, tmp_path: Path) -> None:
     tracer.drain()
     before = tracer.counter(CNT_NOT_SOCKET)
