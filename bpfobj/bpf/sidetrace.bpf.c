@@ -33,6 +33,22 @@
  * per socket (unlike struct sock / struct file addresses, which the slab
  * reuses immediately after a free, so a missed close can't alias a new
  * socket's state).
+ *
+ * What is reported:
+ *   - DATA for every data syscall with ret > 0 on an AF_INET/AF_INET6 TCP or
+ *     UDP socket; for ret < 0 (except EAGAIN, EINTR, ERESTART*) only on an
+ *     already known connection, without payload.  ret == 0 (EOF) is not
+ *     reported.  recvmmsg/sendmmsg: the first message only.
+ *   - payload: the first min(ret, max_payload, caller's buffer) bytes,
+ *     gathered over the first ST_MAX_IOV iovecs for vectored calls.
+ *   - CONN_OPEN on connect() (0 or -EINPROGRESS) and accept()/accept4();
+ *     CONN_CLOSE on the close() that drops the last reference to the file.
+ *   - PROC_FORK / PROC_EXIT for traced processes (pid mode; in trace_all
+ *     mode PROC_EXIT for every process).
+ * Not seen: sendfile/splice/io_uring I/O, sockets closed by exit(), exec
+ * (O_CLOEXEC), dup2() over the fd or close_range() (no CONN_CLOSE; the
+ * LRU map forgets them; the agent learns of exits from PROC_EXIT), 32-bit
+ * compat syscalls.  x86_64 only (syscall arguments read from pt_regs).
  */
 #include "bpf_api.h"
 #include "vmlinux_min.h"
