@@ -8,7 +8,6 @@ error marks that connection unparseable and is counted.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +35,7 @@ class Connection:
     __slots__ = (
         "conn_id", "tgid", "comm", "family", "l4_proto", "role",
         "local_address", "local_port", "remote_address", "remote_port",
-        "protocol", "parser", "detect_left", "tids", "events",
+        "protocol", "parser", "detect_left", "tids", "events", "net_attrs",
     )
 
     def __init__(self, ev: Event) -> None:
@@ -53,15 +52,23 @@ class Connection:
         self.protocol: str | None = None
         self.parser: ProtocolHandler | None = None
         self.detect_left = DETECT_ATTEMPTS
-        self.tids: deque[tuple[int, int]] = deque(maxlen=TID_HISTORY)
+        # timestamp -> tid of recent data events, oldest first (insertion order).
+        self.tids: dict[int, int] = {}
         self.events = 0
+        # network attributes for (server side, client side) spans, built once.
+        self.net_attrs: dict[bool, dict[str, Any]] = {}
+
+    def note_tid(self, ts_ns: int, tid: int) -> None:
+        tids = self.tids
+        tids[ts_ns] = tid
+        if len(tids) > TID_HISTORY:
+            del tids[next(iter(tids))]
 
     def tid_at(self, ts_ns: int | None, default: int) -> int:
-        if ts_ns is not None:
-            for ts, tid in self.tids:
-                if ts == ts_ns:
-                    return tid
-        return default
+        return self.tids.get(ts_ns, default) if ts_ns is not None else default
+
+    def last_tid(self) -> int:
+        return next(reversed(self.tids.values())) if self.tids else self.tgid
 
 
 class Pipeline:
@@ -112,7 +119,7 @@ class Pipeline:
         if conn.parser is None:
             if conn.protocol is not None or not self._detect(conn, ev):
                 return
-        conn.tids.append((ev.ts_ns, ev.tid))
+        conn.note_tid(ev.ts_ns, ev.tid)
         direction = _DIRECTION_NAME.get(ev.direction)
         if direction is None or ev.ret <= 0:
             return
@@ -172,7 +179,7 @@ class Pipeline:
             self.parse_errors += 1
             return
         for facts in exchanges:
-            self._emit(conn, facts, conn.tids[-1][1] if conn.tids else conn.tgid)
+            self._emit(conn, facts, conn.last_tid())
 
     # -- housekeeping -----------------------------------------------------------
 

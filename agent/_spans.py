@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 from typing import Any
@@ -16,7 +17,9 @@ from wire import make_span
 from ._events import IPPROTO_TCP
 from .protocols import SpanFacts
 
-_rand = random.SystemRandom()
+# Ids need uniqueness, not secrecy: a PRNG seeded from the OS is enough and
+# avoids a getrandom() syscall per id.
+_rand = random.Random(int.from_bytes(os.urandom(32), "little"))
 
 
 def new_trace_id() -> bytes:
@@ -48,8 +51,10 @@ def network_attributes(conn: Any, server_side: bool) -> dict[str, Any]:
 
 def build_span(facts: SpanFacts, conn: Any, protocol: str, tid: int, clock: Any) -> dict[str, Any]:
     """A wire ``span`` message (see wire/schema.cddl)."""
-    attrs = network_attributes(conn, facts.server_side)
-    attrs.update(facts.attributes)
+    net = conn.net_attrs.get(facts.server_side)
+    if net is None:
+        net = conn.net_attrs[facts.server_side] = network_attributes(conn, facts.server_side)
+    attrs = {**net, **facts.attributes}
     if facts.request_seq is not None:
         attrs["sidetrace.tcp.request_seq"] = facts.request_seq
     if facts.response_seq is not None:
