@@ -308,3 +308,48 @@ def test_data_subsections_and_static_variables(more) -> None:
     assert more.variables["scratch_area"].size == 16
     patched = more.with_constants(limit=9)
     assert patched.maps[".rodata"].initial_value == struct.pack("<I", 9)
+
+
+PARSING_MODULES = ("_elf", "_btf", "_btf_ext", "_parse", "_sections", "_insn", "_core", "_kernel_btf")
+LIVE_MODULES = {"_sys", "_loader", "_maps", "_programs", "_perf", "_features", "_fs", "ctypes", "mmap"}
+
+
+@pytest.mark.parametrize("module", PARSING_MODULES)
+def test_parsing_modules_never_import_the_syscall_layer(module: str) -> None:
+    import ast
+
+    source = (pathlib.Path(__file__).parents[2] / "bpfobj" / f"{module}.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[-1])
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+    assert not imported & LIVE_MODULES
+
+
+def test_corrupt_btf_ext_names_its_section() -> None:
+    from bpfobj._elf import ElfFile
+
+    data = bytearray(BASIC.read_bytes())
+    ext = ElfFile(bytes(data)).section(".BTF.ext")
+    data[ext.offset : ext.offset + 2] = b"\0\0"  # magic
+    with pytest.raises(ObjectFormatError, match="bad magic") as info:
+        parse_object(bytes(data))
+    assert info.value.where == ".BTF.ext"
+
+
+def test_truncated_object_is_a_typed_error() -> None:
+    data = BASIC.read_bytes()
+    for cut in (0, 10, 63, 64, len(data) // 3, len(data) - 1):
+        with pytest.raises(ObjectFormatError):
+            parse_object(data[:cut])
+
+
+def test_missing_kernel_btf_is_not_supported(tmp_path) -> None:
+    from bpfobj._errors import NotSupportedError
+    from bpfobj._kernel_btf import kernel_btf
+
+    with pytest.raises(NotSupportedError, match="CONFIG_DEBUG_INFO_BTF"):
+        kernel_btf(str(tmp_path / "vmlinux"))
