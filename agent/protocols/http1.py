@@ -857,6 +857,8 @@ class Http1Connection:
         """One syscall's bytes.  ``total_len`` is how many it moved (at least len(data))."""
         if self._closed:
             return []
+        if type(data) is not bytes:
+            data = bytes(data)  # memoryview has no find(); bytearray heads would be mutable
         total = len(data) if total_len is None or total_len < len(data) else total_len
         request_direction = self._request_direction
         if request_direction is None:

@@ -406,3 +406,10 @@ def test_head_limit_is_the_same_whole_or_split():
         assert [(e.path, e.status_code) for e in exchanges] == [("/big", 200), ("/index.html", 200)]
         assert exchanges[0].flags == F.REQUEST_UNPARSED
         assert exchanges[1].flags == F.NONE
+
+
+def test_bytearray_and_memoryview_input():
+    conn = Http1Connection("server")
+    conn.feed(IN, bytearray(GET))
+    [ex] = conn.feed(OUT, memoryview(OK5))
+    assert ex.path == "/index.html" and ex.status_code == 200 and conn.internal_errors == 0
