@@ -518,8 +518,10 @@ class _ObjectParser:
             base = base_of.get(key)
             if base is None:
                 base = base_of[key] = len(code) // _insn.INSN_SIZE
-                raw = self.elf.section_data(function.section)
-                code.extend(raw[function.start * 8 : function.end * 8])
+                # Program sections are PROGBITS (checked by is_executable), so
+                # their bytes are in the file: copy just this function's part.
+                offset = function.section.offset
+                code.extend(self.data[offset + function.start * 8 : offset + function.end * 8])
                 order.append(function)
             return base
 
