@@ -227,15 +227,16 @@ class Program:
                                     else f"program {self.name!r}: kprobe attach is not implemented")
         raise NotSupportedError(f"attaching {t!r} programs", "", f"program {self.name!r}")
 
-    def _attach_perf(self, perf_fd: int, target: str) -> Link:
+    def _attach_perf(self, perf_fd: int, target: str, use_link: bool = True) -> Link:
         """Run this program on a perf event (fd ownership moves into the Link)."""
         # Try the modern way first (no separate probe: a probe costs an extra
         # load/attach/detach cycle); kernels before 5.15 answer EINVAL.
         try:
             try:
-                link_fd = _sys.link_create(self.fd, perf_fd, AttachType.PERF_EVENT)
-                return Link("perf_link", link_fd=link_fd, perf_fd=perf_fd,
-                            program=self.name, target=target)
+                if use_link:
+                    link_fd = _sys.link_create(self.fd, perf_fd, AttachType.PERF_EVENT)
+                    return Link("perf_link", link_fd=link_fd, perf_fd=perf_fd,
+                                program=self.name, target=target)
             except SyscallError as exc:
                 if exc.errno not in (22, 95, 524):  # EINVAL/EOPNOTSUPP/ENOTSUPP: fall back
                     raise
@@ -246,13 +247,17 @@ class Program:
             _sys.close_fd(perf_fd)
             raise
 
-    def attach_tracepoint(self, category: str, name: str) -> Link:
-        """Attach to tracepoint ``category:name`` (one event on cpu 0 covers all CPUs)."""
+    def attach_tracepoint(self, category: str, name: str, *, use_link: bool = True) -> Link:
+        """Attach to tracepoint ``category:name`` (one event on cpu 0 covers all CPUs).
+
+        ``use_link=False`` skips BPF_LINK_CREATE and uses the pre-5.15 way
+        (PERF_EVENT_IOC_SET_BPF + PERF_EVENT_IOC_ENABLE) directly.
+        """
         tp = tracepoint_id(category, name)
         attr = _sys.PerfEventAttr(type=PERF_TYPE_TRACEPOINT, config=tp, sample_period=1)
         attr.wakeup = 1
         perf_fd = _sys.perf_event_open(attr, -1, 0, what=f"tracepoint {category}:{name}")
-        return self._attach_perf(perf_fd, f"{category}:{name}")
+        return self._attach_perf(perf_fd, f"{category}:{name}", use_link)
 
     def attach_raw_tracepoint(self, name: str) -> Link:
         fd = _sys.raw_tracepoint_open(name, self.fd)

@@ -289,3 +289,15 @@ def test_uprobe_on_libc_function(events_map: Map) -> None:
         os.getpgid(0)
         assert rings.read_all().samples == []
     assert len(got) == 4 and all(m == MAGIC for m, _, _ in got)
+
+
+def test_legacy_ioctl_attach_path(events_map: Map, emitter: Program) -> None:
+    """The fallback for kernels without perf links: SET_BPF + ENABLE on the event."""
+    with PerfEventArray(events_map, pages=8, watermark=0) as rings:
+        with emitter.attach_tracepoint("syscalls", "sys_enter_getppid", use_link=False) as link:
+            assert link.kind == "perf_ioctl" and link.link_fd == -1
+            for _ in range(3):
+                os.getppid()
+            assert len(rings.read_all().samples) == 3
+        os.getppid()
+        assert rings.read_all().samples == []
