@@ -60,7 +60,25 @@ def build_loop(tmp: Path) -> Path:
     return exe
 
 
+TRACING_TYPES = {"tracepoint", "raw_tracepoint", "tracing", "kprobe", "perf_event"}
+_own_ids: set[int] = set()
+disturbed_runs = 0
+
+
+def foreign_tracers() -> list[str]:
+    """Tracing programs loaded by someone else: they would add their cost to every condition."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
+    if out.returncode != 0:
+        return []
+    return [f"{p.get('id')}:{p.get('name', '?')}" for p in json.loads(out.stdout)
+            if p.get("type") in TRACING_TYPES and p.get("id") not in _own_ids]
+
+
 def run_loop(exe: Path, args: argparse.Namespace, register=None) -> tuple[float, float]:
+    global disturbed_runs
+    others = foreign_tracers()
+    if others:
+        disturbed_runs += 1
     proc = subprocess.Popen([str(exe), "4", str(args.rounds), str(args.batch), str(args.size), "wait"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -115,12 +133,19 @@ class Drainer:
         self.rings.close()
 
 
+def _own(coll: Collection) -> None:
+    _own_ids.clear()
+    _own_ids.update(prog.info().id for prog in coll.programs.values())
+
+
 def condition(name: str, exe: Path, args: argparse.Namespace, stats: dict | None = None) -> tuple[float, float]:
     """Run the loop once under `name`; with `stats`, collect per-program run time."""
     if name == "none":
+        _own_ids.clear()
         return run_loop(exe, args)
     if name in ("empty", "empty2"):
         with Collection.load_file(EMPTY_OBJ) as coll:
+            _own(coll)
             for prog in empty_program_names(name == "empty2"):
                 coll.attach(prog)
             result = run_loop(exe, args)
@@ -128,6 +153,7 @@ def condition(name: str, exe: Path, args: argparse.Namespace, stats: dict | None
                 stats.update(prog_stats(coll, ("read", "write")))
             return result
     with Collection.load_file(FULL_OBJ) as coll:
+        _own(coll)
         coll.attach_all()
         drainer = Drainer(coll) if name == "full" else None
         pids = coll.maps["pids"]
@@ -198,6 +224,9 @@ def main() -> int:
             finally:
                 ctl.write_text(old)
 
+    if disturbed_runs:
+        print(f"warning: other tracing BPF programs were loaded during {disturbed_runs} runs; "
+              "their cost is in those numbers (run on a quiet machine)", file=sys.stderr)
     med = {n: (statistics.median(w for w, _ in v), statistics.median(r for _, r in v)) for n, v in results.items()}
     base_w, base_r = med["none"]
     floor_w, floor_r = med["empty"][0] - base_w, med["empty"][1] - base_r
