@@ -25,10 +25,12 @@
  *                        PROC_FORK: parent tgid; PROC_EXIT: 0
  *   28   8  bytes_tx     DATA: egress bytes on this connection BEFORE this
  *                        event (stream offset; gaps reveal lost records);
- *                        CONN_CLOSE: total egress bytes; else 0
+ *                        CONN_CLOSE: total egress bytes; CONN_OPEN: bytes
+ *                        so far (0 unless a UDP socket was used before
+ *                        connect()); PROC_*: 0
  *   36   8  bytes_rx     same for ingress bytes
- *   44   4  tgid         process id (PROC_FORK: the child's)
- *   48   4  tid          thread id (PROC_FORK: the parent thread)
+ *   44   4  tgid         process id, initial pid namespace (PROC_FORK: the child's)
+ *   48   4  tid          thread id (PROC_FORK: the forking parent thread)
  *   52   4  fd           s32 socket fd (CONN_OPEN by accept: the new fd); -1 if none
  *   56   4  tcp_seq      TCP only, with ST_F_SEQ_VALID: egress = tcp write_seq
  *                        at the first byte of this write; ingress = copied_seq
@@ -51,7 +53,7 @@
  *   92  16  daddr        REMOTE address, same encoding.  For UDP with a
  *                        sockaddr argument (sendto/recvfrom/msg_name) it is
  *                        the per-datagram peer and ST_F_PEER_FROM_ARG is set.
- *  108  16  comm         task comm, NUL padded
+ *  108  16  comm         comm of the calling thread, NUL padded
  *  124   2  app_proto    application protocol id (0 = unknown; reserved for
  *                        in-kernel inference, always 0 today)
  *  126   2  reserved     0
