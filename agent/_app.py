@@ -197,6 +197,7 @@ async def serve(args: argparse.Namespace, *, task_status=trio.TASK_STATUS_IGNORE
             agent.targets.rescan()
             # Attach last: every map and ring is ready before the first event.
             collection.attach_all()
+            collection.release_kernel_btf()
             log.info("tracing %s; %d programs attached, %d CPU rings; serving on %s",
                      "every process" if selection.everything else sorted(agent.targets.tracked),
                      len(collection.links), len(rings.rings), args.socket)

@@ -356,6 +356,16 @@ class Collection:
             raise
         return made
 
+    def release_kernel_btf(self) -> None:
+        """Drop the parsed kernel BTF (several MiB) once loading and attaching are done.
+
+        Attaching tracing programs later parses it again.
+        """
+        from ._kernel_btf import clear_cache
+
+        self._kernel_btf = None
+        clear_cache()
+
     def unpin(self) -> None:
         """Remove the pins this collection created (reused pins stay)."""
         for path in self.pinned_now:
