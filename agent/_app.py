@@ -78,13 +78,12 @@ class Agent:
         if result.lost:
             self.lost[ring.cpu] += result.lost
         merger = self.merger
+        push = merger.push
         for raw in result.samples:
             try:
-                ev = decode_event(raw)
+                push(decode_event(raw))
             except MalformedEvent:
                 self.malformed += 1
-                continue
-            merger.push(ev.ts_ns, ev)
         self.samples += len(result.samples)
         merger.mark_drained(ring.cpu, started)
         handle = self.pipeline.handle

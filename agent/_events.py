@@ -160,15 +160,22 @@ class MalformedEvent(ValueError):
     """A record too short for its header or its declared payload."""
 
 
+_unpack_header = HEADER.unpack_from
+# tuple.__new__ skips the namedtuple's Python-level argument handling: the
+# field count is fixed by the derived format, so nothing needs checking.
+_new_event = tuple.__new__
+
+
 def decode_event(raw: bytes | memoryview) -> Event:
     """Decode one raw sample (perf padding allowed after the payload)."""
-    if len(raw) < HEADER_SIZE:
-        raise MalformedEvent(f"record of {len(raw)} bytes is shorter than the {HEADER_SIZE}-byte header")
-    fields = HEADER.unpack_from(raw)
+    size = len(raw)
+    if size < HEADER_SIZE:
+        raise MalformedEvent(f"record of {size} bytes is shorter than the {HEADER_SIZE}-byte header")
+    fields = _unpack_header(raw)
     end = HEADER_SIZE + fields[10]
-    if end > len(raw):
-        raise MalformedEvent(f"payload_len {fields[10]} overruns a {len(raw)}-byte record")
-    return Event(*fields, bytes(raw[HEADER_SIZE:end]))
+    if end > size:
+        raise MalformedEvent(f"payload_len {fields[10]} overruns a {size}-byte record")
+    return _new_event(Event, fields + (bytes(raw[HEADER_SIZE:end]),))
 
 
 def address_text(raw16: bytes, family: int) -> str:

@@ -58,25 +58,32 @@ def test_fast_decoder_rejects_big_endian_fields():
 
 def test_merger_orders_across_cpus_and_waits_for_slowest_cpu():
     merger = CpuMerger([0, 1])
-    merger.push(5_000_000, "cpu0-a")
-    merger.push(9_000_000, "cpu0-b")
-    merger.push(6_000_000, "cpu1-a")
+    a0, b0, a1 = ("cpu0-a", 5_000_000), ("cpu0-b", 9_000_000), ("cpu1-a", 6_000_000)
+    merger.extend([a0, b0])
+    merger.push(a1)
     merger.mark_drained(0, 20_000_000)
     # CPU 1 has not reported a drain: nothing may leave yet.
     assert merger.pop_ready() == []
     merger.mark_drained(1, 9_000_000 + OUTPUT_MARGIN_NS)
-    assert merger.pop_ready() == ["cpu0-a", "cpu1-a"]
+    assert merger.pop_ready() == [a0, a1]
     merger.mark_drained(1, 30_000_000)
-    assert merger.pop_ready() == ["cpu0-b"]
+    assert merger.pop_ready() == [b0]
     assert len(merger) == 0
+
+
+def test_merger_keeps_arrival_order_for_equal_timestamps():
+    merger = CpuMerger([0])
+    events = [("first", 7), ("second", 7), ("early", 3)]
+    merger.extend(events)
+    assert merger.pop_all() == [("early", 3), ("first", 7), ("second", 7)]
 
 
 def test_merger_bounds_memory_when_a_cpu_stalls():
     merger = CpuMerger([0, 1], max_held=3)
     for ts in (4, 1, 3, 2, 5):
-        merger.push(ts, ts)
-    assert merger.pop_ready() == [1, 2]
-    assert merger.pop_all() == [3, 4, 5]
+        merger.push((None, ts))
+    assert [ts for _, ts in merger.pop_ready()] == [1, 2]
+    assert [ts for _, ts in merger.pop_all()] == [3, 4, 5]
 
 
 def test_bounded_table_evicts_least_recently_used_and_expires_idle():
