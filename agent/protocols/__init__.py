@@ -6,10 +6,14 @@ distinctive, cheapest checks first.
 
 from ._base import EGRESS, INGRESS, ConnectionHints, ProtocolHandler, SpanFacts
 from .http import Http1Handler
+from .mysql import MysqlHandler
+from .postgres import PostgresHandler
 
 REGISTRY: tuple[type[ProtocolHandler], ...] = (
     Http1Handler,
+    PostgresHandler,
+    MysqlHandler,
 )
 
-__all__ = ["EGRESS", "INGRESS", "REGISTRY", "ConnectionHints", "Http1Handler", "ProtocolHandler",
-           "SpanFacts"]
+__all__ = ["EGRESS", "INGRESS", "REGISTRY", "ConnectionHints", "Http1Handler", "MysqlHandler",
+           "PostgresHandler", "ProtocolHandler", "SpanFacts"]
