@@ -1,0 +1,327 @@
+"""The 3-tier application of the trace-linking tests and benchmark, and its ground truth.
+
+    tier_load --> nginx (one event-loop worker) --> service (threads) --> stock (threads)
+
+``ThreeTier`` starts the four programs (every one stopped by pid on exit) and
+knows their pids and ports.  ``ground_truth`` reads the programs' own
+ledgers, keyed by ``X-Request-Id``, and names the true parent of every span;
+``score`` compares the linker's parents with it.  Nothing here is used by
+sidetrace itself: the request id only ever reaches the ledgers.
+
+A span is matched to its request through its connection (the client and
+server ports in its attributes, which the programs log too) and time: of the
+requests logged on that connection, the one that began closest to the span.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+APPS = Path(__file__).parent
+
+# The hops of one request, outermost first.  Each role is (program, span kind).
+ROLES = ("load.client", "nginx.server", "nginx.client", "service.server",
+         "service.client", "stock.server")
+# Each parent edge, named by the child's role, and the kind of link it takes.
+EDGES = {
+    "nginx.server": ("load.client", "cross-process"),
+    "nginx.client": ("nginx.server", "event-loop"),
+    "service.server": ("nginx.client", "cross-process"),
+    "service.client": ("service.server", "thread-per-request"),
+    "stock.server": ("service.client", "cross-process"),
+}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM by pid, SIGKILL after ``timeout``; close our pipes."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def nginx_children(master: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{master}/task/{master}/children").read_text()
+    except OSError:
+        return []
+    return [int(pid) for pid in text.split()]
+
+
+@dataclasses.dataclass
+class ThreeTier:
+    """Start with ``with ThreeTier(workdir) as app``; ``app.run_load()`` drives it."""
+
+    workdir: Path
+    clients: int = 8
+    requests: int = 40                     # per client
+    paths: tuple[str, ...] = ("/api/orders", "/api/users", "/ka/orders", "/ka/users")
+    keep_alive: bool = False               # load clients reuse their connection
+    workers: int = 1
+    stock_work_ms: float = 4.0
+    service_work_ms: float = 1.0
+
+    def __post_init__(self) -> None:
+        self._stack = ExitStack()
+        self.pids: dict[str, list[int]] = {}
+        self.ports: dict[str, int] = {}
+
+    def _start(self, args: list[str], **kwargs: Any) -> subprocess.Popen:
+        proc = subprocess.Popen(args, **kwargs)
+        self._stack.callback(stop_process, proc)
+        return proc
+
+    def _service(self, name: str, *extra: str) -> subprocess.Popen:
+        proc = self._start([sys.executable, str(APPS / "tier_service.py"),
+                            "--log", str(self.workdir / f"{name}.jsonl"), *extra],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.ports[name] = int(proc.stdout.readline())
+        self.pids[name] = [proc.pid]
+        return proc
+
+    def __enter__(self) -> ThreeTier:
+        try:
+            self._service("stock", "--work-ms", str(self.stock_work_ms))
+            self._service("service", "--downstream", f"127.0.0.1:{self.ports['stock']}",
+                          "--work-ms", str(self.service_work_ms))
+            self._start_nginx()
+            self.load = self._start(
+                [sys.executable, str(APPS / "tier_load.py"), "--port", str(self.ports["nginx"]),
+                 "--log", str(self.workdir / "load.jsonl"), "--clients", str(self.clients),
+                 "--requests", str(self.requests), "--paths", ",".join(self.paths),
+                 *(["--keep-alive"] if self.keep_alive else [])],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            self.pids["load"] = [self.load.pid]
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def _start_nginx(self) -> None:
+        prefix = self.workdir / "nginx"
+        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (prefix / sub).mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        conf = (APPS / "tier_nginx.conf").read_text().format(
+            workers=self.workers, prefix=prefix, listen=f"127.0.0.1:{port}",
+            upstream=f"127.0.0.1:{self.ports['service']}")
+        (prefix / "nginx.conf").write_text(conf)
+        master = self._start(["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
+                              "-g", "daemon off;"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 10
+        while len(nginx_children(master.pid)) < self.workers or not _accepts(port):
+            if master.poll() is not None:
+                raise RuntimeError(f"nginx exited: {master.stderr.read()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("nginx did not start its workers")
+            time.sleep(0.05)
+        self.ports["nginx"] = port
+        self.pids["nginx"] = [master.pid, *nginx_children(master.pid)]
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
+
+    @property
+    def all_pids(self) -> list[int]:
+        return [pid for pids in self.pids.values() for pid in pids]
+
+    def run_load(self, timeout: float = 60) -> None:
+        """Send every request; returns once the load generator says done."""
+        self.load.stdin.write("go\n")
+        self.load.stdin.flush()
+        deadline = time.monotonic() + timeout
+        for line in self.load.stdout:
+            if line.strip() == "done":
+                return
+            if time.monotonic() > deadline:
+                break
+        raise RuntimeError("the load generator did not finish")
+
+    @property
+    def expected_spans(self) -> int:
+        return self.clients * self.requests * len(ROLES)
+
+    def truth(self) -> GroundTruth:
+        return ground_truth(self.workdir, self.pids, self.ports)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def _read_ledger(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclasses.dataclass
+class GroundTruth:
+    """What the programs logged: (client port, server port) -> [(time, request id)]."""
+
+    by_connection: dict[tuple[int, int], list[tuple[int, str]]]
+    requests: list[str]                    # ids of the requests that succeeded
+    pids: dict[str, list[int]]
+    ports: dict[str, int]
+
+    def role_of(self, span: dict[str, Any]) -> str | None:
+        for program, pids in self.pids.items():
+            if span["pid"] in pids:
+                return f"{program}.{span['kind']}"
+        return None
+
+    def request_of(self, span: dict[str, Any]) -> str | None:
+        """The logged request on the span's connection that began closest to it.
+
+        Requests on one connection are at least a round trip apart; a log
+        line and its span's first byte are microseconds apart.
+        """
+        attrs = span["attributes"]
+        logged = self.by_connection.get((attrs.get("client.port"), attrs.get("server.port")))
+        if not logged:
+            return None
+        start = span["start_time_unix_nano"]
+        gap, request_id = min((abs(t - start), rid) for t, rid in logged)
+        return request_id if gap < MATCH_WINDOW_NS else None
+
+
+# A log line further than this from a span's first byte is not its request.
+MATCH_WINDOW_NS = 50_000_000
+
+
+def ground_truth(workdir: Path, pids: dict[str, list[int]], ports: dict[str, int]) -> GroundTruth:
+    by_connection: dict[tuple[int, int], list[tuple[int, str]]] = defaultdict(list)
+    load = _read_ledger(workdir / "load.jsonl")
+    for rec in load:
+        if rec["local_port"] is not None:
+            by_connection[(rec["local_port"], ports["nginx"])].append((rec["sent_ns"], rec["id"]))
+    for rec in _read_ledger(workdir / "service.jsonl"):
+        by_connection[(rec["peer_port"], ports["service"])].append((rec["received_ns"], rec["id"]))
+        for call in rec["calls"]:
+            by_connection[(call["local_port"], ports["stock"])].append((call["sent_ns"], rec["id"]))
+    return GroundTruth(dict(by_connection), [rec["id"] for rec in load if rec["status"] == 200],
+                       pids, ports)
+
+
+@dataclasses.dataclass
+class EdgeScore:
+    true_edges: int = 0       # spans of this role whose true parent was seen
+    linked: int = 0           # spans of this role the linker gave a parent
+    correct: int = 0          # ... and it was the true one
+
+    @property
+    def precision(self) -> float:
+        return self.correct / self.linked if self.linked else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.correct / self.true_edges if self.true_edges else 1.0
+
+
+@dataclasses.dataclass
+class Score:
+    edges: dict[str, EdgeScore]            # by the child's role
+    by_kind: dict[str, EdgeScore]          # cross-process / thread-per-request / event-loop
+    overall: EdgeScore
+    false_roots_linked: int                # true roots the linker gave a parent
+    complete_traces: int
+    requests: int
+    unidentified_spans: int
+    confidence_counts: dict[str, dict[str, int]]
+
+    @property
+    def completeness(self) -> float:
+        return self.complete_traces / self.requests if self.requests else 0.0
+
+    def lines(self) -> list[str]:
+        out = [f"{'edge':<34} {'true':>5} {'linked':>6} {'correct':>7} {'precision':>9} {'recall':>7}"]
+        rows = [(f"{EDGES[c][0]} -> {c}", s) for c, s in self.edges.items()]
+        rows += [(f"[{k}]", s) for k, s in self.by_kind.items()] + [("[all]", self.overall)]
+        for name, s in rows:
+            out.append(f"{name:<34} {s.true_edges:>5} {s.linked:>6} {s.correct:>7} "
+                       f"{s.precision:>9.2%} {s.recall:>7.2%}")
+        out.append(f"complete traces: {self.complete_traces}/{self.requests} "
+                   f"({self.completeness:.2%}); true roots given a parent: {self.false_roots_linked}; "
+                   f"spans not identified: {self.unidentified_spans}")
+        for role, counts in self.confidence_counts.items():
+            out.append(f"  {role:<16} " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+        return out
+
+
+def identify(spans: list[dict[str, Any]], truth: GroundTruth) -> dict[bytes, tuple[str, str]]:
+    """span_id -> (request id, role) for every span the logs account for."""
+    out = {}
+    for span in spans:
+        role = truth.role_of(span)
+        request_id = truth.request_of(span) if role is not None else None
+        if request_id is not None:
+            out[span["span_id"]] = (request_id, role)
+    return out
+
+
+def score(spans: list[dict[str, Any]], truth: GroundTruth) -> Score:
+    known = identify(spans, truth)
+    by_request: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for span in spans:
+        if span["span_id"] in known:
+            request_id, role = known[span["span_id"]]
+            by_request[request_id][role] = span
+    edges = {child: EdgeScore() for child in EDGES}
+    kinds = {kind: EdgeScore() for _, kind in EDGES.values()}
+    overall = EdgeScore()
+    confidence: dict[str, dict[str, int]] = {role: defaultdict(int) for role in ROLES}
+    false_roots = 0
+    for span in spans:
+        if span["span_id"] not in known:
+            continue
+        request_id, role = known[span["span_id"]]
+        conf = span["attributes"].get("sidetrace.link.confidence", "-")
+        confidence[role][conf] += 1
+        if role not in EDGES:
+            false_roots += span["parent_span_id"] is not None
+            continue
+        parent_role, kind = EDGES[role]
+        parent = by_request[request_id].get(parent_role)
+        linked = span["parent_span_id"] is not None
+        for tally in (edges[role], kinds[kind], overall):
+            if parent is not None:
+                tally.true_edges += 1
+            if linked:
+                tally.linked += 1
+                if parent is not None and span["parent_span_id"] == parent["span_id"]:
+                    tally.correct += 1
+    complete = 0
+    for request_id in truth.requests:
+        hops = by_request.get(request_id, {})
+        if len(hops) == len(ROLES) and len({s["trace_id"] for s in hops.values()}) == 1 and all(
+                hops[child]["parent_span_id"] == hops[parent]["span_id"]
+                for child, (parent, _) in EDGES.items()):
+            complete += 1
+    return Score(edges, kinds, overall, false_roots, complete, len(truth.requests),
+                 len(spans) - len(known), {r: dict(c) for r, c in confidence.items()})
