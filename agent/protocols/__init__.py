@@ -5,15 +5,20 @@ distinctive, cheapest checks first.
 """
 
 from ._base import EGRESS, INGRESS, ConnectionHints, ProtocolHandler, SpanFacts
+from .dns import DnsHandler
 from .http import Http1Handler
+from .http2 import Http2Handler
 from .mysql import MysqlHandler
 from .postgres import PostgresHandler
 
 REGISTRY: tuple[type[ProtocolHandler], ...] = (
     Http1Handler,
+    Http2Handler,
     PostgresHandler,
     MysqlHandler,
+    DnsHandler,  # last: UDP datagrams and bare TCP messages are the weakest signatures
 )
 
-__all__ = ["EGRESS", "INGRESS", "REGISTRY", "ConnectionHints", "Http1Handler", "MysqlHandler",
+__all__ = ["EGRESS", "INGRESS", "REGISTRY", "ConnectionHints", "DnsHandler", "Http1Handler",
+           "Http2Handler", "MysqlHandler",
            "PostgresHandler", "ProtocolHandler", "SpanFacts"]
