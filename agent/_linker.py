@@ -352,9 +352,11 @@ class SpanLinker:
         heapq.heappush(self._deadlines, (node.deadline, node.order, node))
         if node.given_parent:
             self._adopt_given_parent(node)
-        elif node.server:
-            self._link_server(node)
+        if node.server:
+            if not node.given_parent:
+                self._link_server(node)
         else:
+            # A client span is the other end for some server span, whatever its own parent.
             self._link_client(node)
         if self.local_inference and not node.given_parent:
             self._index_locally(node)

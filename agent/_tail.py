@@ -9,6 +9,10 @@ from wire import BlockingSubscriber, WireError, format_json, format_pretty, make
 
 
 def tail(args: argparse.Namespace) -> int:
+    if args.format == "tree":
+        from ._tree import tail_tree
+
+        return tail_tree(args)
     span_filter = None
     if args.protocol or args.pid:
         span_filter = make_filter(protocols=args.protocol or None, pids=args.pid or None)

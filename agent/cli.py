@@ -27,11 +27,21 @@ def _build_parser() -> argparse.ArgumentParser:
 
     tail = sub.add_parser("tail", help="subscribe to a running agent and print spans")
     tail.add_argument("--socket", default=DEFAULT_SOCKET, help="agent socket (default: %(default)s)")
-    tail.add_argument("--format", choices=("jsonl", "pretty"), default="pretty")
+    tail.add_argument("--format", choices=("jsonl", "pretty", "tree"), default="pretty",
+                      help="tree: each trace as an indented waterfall once it looks complete")
     tail.add_argument("--protocol", action="append", default=[], help="only spans of this protocol (repeatable)")
     tail.add_argument("--pid", type=int, action="append", default=[], help="only spans of this process (repeatable)")
     tail.add_argument("--stats", action="store_true", help="print stats messages too")
-    tail.add_argument("--count", type=int, default=0, help="exit after this many spans (0: never)")
+    tail.add_argument("--count", type=int, default=0, help="exit after this many spans, or traces with --format tree (0: never)")
+
+    assemble = sub.add_parser("assemble", help="join the spans of several agents into traces and serve them")
+    assemble.add_argument("--connect", action="append", required=True, metavar="SOCKET",
+                          help="an agent socket to subscribe to (repeatable)")
+    assemble.add_argument("--socket", required=True, help="Unix socket to serve the joined spans on")
+    assemble.add_argument("--hold", type=float, default=3.0,
+                          help="seconds a span waits for its other end from another agent (default: %(default)s)")
+    assemble.add_argument("--stats-interval", type=float, default=5.0, help="seconds between stats messages (default: %(default)s)")
+    assemble.add_argument("-v", "--verbose", action="store_true", help="log connections to stderr")
 
     sub.add_parser("check", help="report what this kernel offers and whether the agent can run")
     return parser
@@ -47,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         from agent._tail import tail
 
         return tail(args)
+    if args.command == "assemble":
+        from agent._assemble import run_assemble
+
+        return run_assemble(args)
     from agent._app import run
 
     return run(args)

@@ -489,6 +489,24 @@ def test_assembly_joins_two_hosts_and_rewrites_the_server_side_trace_id():
     assert conf(call_b) == THREAD   # the agent's own decision is kept
 
 
+def test_assembly_joins_a_server_span_to_a_client_span_that_already_had_its_parent():
+    """A -> B -> A: the last hop's client span was linked by agent B, its server end is on A."""
+    h = Harness(local_inference=False)
+    first_hop = dict(client=("10.200.0.1", 41000), server=("10.200.0.2", 8080))
+    second_hop = dict(client=("10.200.0.2", 42000), server=("10.200.0.1", 9090))
+    load_a = span("client", 100, 0, 20, seq=1, **first_hop)
+    stock_a = span("server", 101, 3, 17, seq=2, **second_hop)
+    service_b = span("server", 100, 1, 19, seq=1, **first_hop)
+    call_b = span("client", 100, 2, 18, seq=2, parent=service_b, **second_hop)
+    h.add(stock_a, source="a")          # arrives first: waits on its key
+    h.add(service_b, call_b, source="b")
+    h.add(load_a, source="a")
+    h.run_for(4)
+    assert stock_a["parent_span_id"] == call_b["span_id"] and conf(stock_a) == EXACT
+    assert service_b["parent_span_id"] == load_a["span_id"]
+    assert {s["trace_id"] for s in h.out} == {load_a["trace_id"]}
+
+
 def test_assembly_keeps_a_given_parent_it_never_sees():
     h = Harness(local_inference=False)
     orphan = span("server", 5, 0, 1)

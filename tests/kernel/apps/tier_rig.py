@@ -215,12 +215,14 @@ class GroundTruth:
 MATCH_WINDOW_NS = 50_000_000
 
 
-def ground_truth(workdir: Path, pids: dict[str, list[int]], ports: dict[str, int]) -> GroundTruth:
+def ground_truth(workdir: Path, pids: dict[str, list[int]], ports: dict[str, int],
+                 front: str = "nginx") -> GroundTruth:
+    """From the ledgers in ``workdir``; ``front`` is the program the load talks to."""
     by_connection: dict[tuple[int, int], list[tuple[int, str]]] = defaultdict(list)
     load = _read_ledger(workdir / "load.jsonl")
     for rec in load:
         if rec["local_port"] is not None:
-            by_connection[(rec["local_port"], ports["nginx"])].append((rec["sent_ns"], rec["id"]))
+            by_connection[(rec["local_port"], ports[front])].append((rec["sent_ns"], rec["id"]))
     for rec in _read_ledger(workdir / "service.jsonl"):
         by_connection[(rec["peer_port"], ports["service"])].append((rec["received_ns"], rec["id"]))
         for call in rec["calls"]:
