@@ -49,7 +49,7 @@ _NUMBER = r"""
       | (?: \d[\d_]* (?:\.\d*)? | \.\d+ ) (?:[eE][+-]?\d+)? ) )
 """
 _PG_PATTERN = re.compile(_COMMON_HEAD + r"""
-  | (?P<dollar> \$(?P<tag>[A-Za-z_\x80-\U0010ffff][\w\x80-\U0010ffff]*)?\$ .*? (?:\$(?P=tag)\$|\Z) )
+  | (?P<dollar> \$(?P<tag>(?:[A-Za-z_\x80-\U0010ffff][\w\x80-\U0010ffff]*)?)\$ .*? (?:\$(?P=tag)\$|\Z) )
   | (?P<escaped> (?<![\w$])[Ee]'(?:[^'\\]|''|\\.)*(?:'|\Z) )
   | (?P<string> (?:(?<![\w$])(?:[BbXxNn]|[Uu]&))? '(?:[^']|'')*(?:'|\Z) )
   | (?P<ident> "(?:[^"]|"")*(?:"|\Z) )
@@ -62,7 +62,7 @@ _MYSQL_PATTERN = re.compile(_COMMON_HEAD + r"""
 """ + _NUMBER, re.VERBOSE | re.DOTALL)
 _PATTERNS = {POSTGRESQL: _PG_PATTERN, MYSQL: _MYSQL_PATTERN}
 _KEPT = frozenset(("comment", "hash", "ident"))
-_IN_LIST = re.compile(r"(?i)(?<![\w$])IN(\s*)\(\s*\?(?:\s*,\s*\?)+\s*\)")
+_IN_LIST = re.compile(r"(?i)(?<![\w$])(IN\s*)\(\s*\?(?:\s*,\s*\?)+\s*\)")
 # Repeats of a tuple of placeholders (multi-row VALUES), the last perhaps cut short.
 _TUPLE = r"\(\s*\?(?:\s*,\s*\?)*\s*"
 _TUPLES = re.compile(r"(" + _TUPLE + r"\))(?:\s*,\s*" + _TUPLE + r"(?:\)|\Z|,\s*\Z))+")
@@ -83,7 +83,7 @@ def redact(sql: str, dialect: str = POSTGRESQL) -> str:
         pattern = _PATTERNS.get(dialect, _PG_PATTERN)
         out = pattern.sub(_replace, sql)
         if "?" in out:
-            out = _TUPLES.sub(r"\1", _IN_LIST.sub(r"IN\1(?)", out))
+            out = _TUPLES.sub(r"\1", _IN_LIST.sub(r"\1(?)", out))
         if len(_redacted) >= CACHE_SIZE:
             _redacted.clear()
         _redacted[key] = out
