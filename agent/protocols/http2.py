@@ -328,9 +328,13 @@ _START, _PREFACE, _HEADER, _PAYLOAD, _LOST = range(5)
 
 
 class _Block:
-    """A header block being gathered from HEADERS/PUSH_PROMISE + CONTINUATION frames."""
+    """A header block being gathered from HEADERS/PUSH_PROMISE + CONTINUATION frames.
 
-    __slots__ = ("kind", "stream", "end_stream", "start_ns", "seq", "data", "lost")
+    ``cut``: some of it was not captured; ``data`` holds what came before the
+    first missing byte, and nothing after it is added.
+    """
+
+    __slots__ = ("kind", "stream", "end_stream", "start_ns", "seq", "data", "cut")
 
     def __init__(self, kind: int, stream: int, end_stream: bool, start_ns: int,
                  seq: int | None) -> None:
@@ -340,7 +344,7 @@ class _Block:
         self.start_ns = start_ns
         self.seq = seq
         self.data = bytearray()
-        self.lost = False
+        self.cut = False
 
 
 class _Reader:
@@ -464,7 +468,7 @@ class _Reader:
         self.payload.clear()
         self.decoder.forget()  # header blocks may go by unseen from here on
         if self.block is not None:
-            self.block.lost = True
+            self.block.cut = True
             self._finish_block(self.frame_ns)
 
     def _begin(self, length: int, kind: int, flags: int, stream: int, ts: int) -> None:
@@ -507,7 +511,7 @@ class _Reader:
         payload = self.payload
         conn = self.conn
         if self.block is not None and kind != CONTINUATION:
-            self.block.lost = True  # a header block cut short by another frame
+            self.block.cut = True  # a header block cut short by another frame
             self._finish_block(ts)
         if kind == DATA:
             length = self.length
@@ -519,26 +523,25 @@ class _Reader:
             block = _Block(kind, stream, bool(flags & END_STREAM) and kind == HEADERS,
                            self.frame_ns, self.frame_seq)
             self.block = block
-            fragment = self._fragment(kind, flags, bytes(payload)) if not self.short else None
+            fragment = self._fragment(kind, flags, bytes(payload), self.length)
             if fragment is None:
-                block.lost = True
+                block.cut = True
             else:
                 block.data += fragment
+                block.cut = self.short
             if flags & END_HEADERS:
                 self._finish_block(ts)
         elif kind == CONTINUATION:
             block = self.block
             if block is None or block.stream != stream:
                 if block is not None:
-                    block.lost = True
+                    block.cut = True
                     self._finish_block(ts)
                 self.decoder.forget()  # a fragment of a block we never saw the start of
                 return
-            if self.short:
-                block.lost = True
-                block.data.clear()
-            elif not block.lost:
+            if not block.cut:
                 block.data += payload
+                block.cut = self.short
             if flags & END_HEADERS:
                 self._finish_block(ts)
         elif kind == RST_STREAM:
@@ -556,8 +559,12 @@ class _Reader:
                 conn._goaway(self.direction, last & 0x7FFFFFFF, code, ts)
 
     @staticmethod
-    def _fragment(kind: int, flags: int, payload: bytes) -> bytes | None:
-        """The header block fragment of a HEADERS or PUSH_PROMISE payload (padding, priority off)."""
+    def _fragment(kind: int, flags: int, payload: bytes, length: int) -> bytes | None:
+        """The header block fragment of a HEADERS or PUSH_PROMISE frame of ``length`` bytes.
+
+        Padding and priority fields are left out; ``payload`` may be only the
+        captured start of the frame's payload (then so is the fragment).
+        """
         start = 0
         pad = 0
         if flags & PADDED:
@@ -569,7 +576,7 @@ class _Reader:
             start += 5
         elif kind == PUSH_PROMISE:
             start += 4
-        end = len(payload) - pad
+        end = length - pad
         if end < start:
             return None  # padding longer than the frame: a broken frame
         return payload[start:end]
@@ -577,9 +584,14 @@ class _Reader:
     def _finish_block(self, ts: int) -> None:
         block = self.block
         self.block = None
-        if block.lost:
+        if block.cut:
+            # The representations before the first missing byte still decode; the
+            # missing ones may have inserted entries, which moves every entry we hold.
+            fields, certain = self.decoder.decode(bytes(block.data)) if block.data else ([], False)
             self.decoder.forget()
-            fields, certain = None, False
+            certain = False
+            if not fields:
+                fields = None
         else:
             fields, certain = self.decoder.decode(bytes(block.data))
         if block.kind == HEADERS:
