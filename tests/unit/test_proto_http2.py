@@ -305,6 +305,35 @@ def test_captures_cut_at_4k_still_give_every_call(grpc_recording):
             assert cut_by[sid].attributes == full_by[sid].attributes
 
 
+def test_header_block_cut_mid_way_gives_its_captured_start(grpc_recording):
+    # The tracer gathers a vectored write from its first iovecs only: grpc-c writes
+    # the first request's HEADERS in ~20 pieces, so only its start is captured.
+    chunks, _ = grpc_recording
+    full, _ = replay(chunks, "client")
+    first_request = next(i for i, (d, data, _) in enumerate(chunks)
+                         if d == IN and b"/demo.Echo/Unary" in data)
+    data = chunks[first_request][1]
+    header_at = data.index(b"/demo.Echo/Unary") + len(b"/demo.Echo/Unary") + 40
+    assert header_at < len(data) - 60  # well inside the header block
+    handler = Http2Handler("client")
+    facts = []
+    for i, (direction, data, ts) in enumerate(chunks):
+        d = OUT if direction == IN else IN
+        captured = data[:header_at] if i == first_request else data
+        facts += handler.feed(d, captured, len(data), ts, None)
+    facts += handler.close(None)
+    assert not handler.headers_complete(OUT) and handler.headers_complete(IN)
+    first = facts[0]
+    assert first.name == "demo.Echo/Unary"  # :path came before the cut
+    assert first.attributes["sidetrace.http.flags"] == "headers_partial"
+    assert first.attributes["rpc.grpc.status_code"] == 0
+    truth = by_stream(full)
+    for fact in facts:
+        for key, value in fact.attributes.items():
+            if key != "sidetrace.http.flags":
+                assert truth[fact.attributes["sidetrace.http2.stream_id"]].attributes[key] == value
+
+
 def test_joined_mid_connection_reports_only_what_is_certain(grpc_recording):
     chunks, _ = grpc_recording
     full, _ = replay(chunks)
