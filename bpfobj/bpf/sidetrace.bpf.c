@@ -660,11 +660,13 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 		struct st_mmsghdr m;
 
 		flags = regs->r10;
+		/* ret counts messages; report the first one only */
 		if (bpf_probe_read_user(&m, sizeof(m), (const void *)regs->si)) {
 			count(ST_CNT_UREAD_FAIL);
+			bytes = 0;
+			s->ev.ret = 0;
 			break;
 		}
-		/* ret counts messages; report the first one only */
 		if (ret > 1)
 			s->ev.flags |= ST_F_MULTI_MSG;
 		bytes = m.msg_len;
