@@ -43,10 +43,11 @@ MAX_SUMMARY_CHARS = 2048
 _COMMON_HEAD = r"""
     (?P<comment> --[^\n]* | /\*.*?(?:\*/|\Z) )
 """
+# A number takes any letters stuck to it ("0B02", "12abc"): none of it is a name.
 _NUMBER = r"""
-  | (?P<number> (?<![\w$.]) (?:
+  | (?P<number> (?<![\w$]) (?:
         0[xX][0-9A-Fa-f_]+ | 0[bB][01_]+ | 0[oO][0-7_]+
-      | (?: \d[\d_]* (?:\.\d*)? | \.\d+ ) (?:[eE][+-]?\d+)? ) )
+      | (?: \d[\d_]* (?:\.\d*)? | \.\d+ ) (?:[eE][+-]?\d+)? ) [\w$]* )
 """
 _PG_PATTERN = re.compile(_COMMON_HEAD + r"""
   | (?P<dollar> \$(?P<tag>(?:[A-Za-z_\x80-\U0010ffff][\w\x80-\U0010ffff]*)?)\$ .*? (?:\$(?P=tag)\$|\Z) )
