@@ -245,15 +245,15 @@ def choose_local_parent(client: _Node, thread: _Thread | None, proc: _Process
     count = len(candidates)
     if count == 1:
         parent = candidates[0]
-        if open_at_start > 1:
-            # Other requests were in flight on this thread (an event loop) but
-            # ended before this call did.
-            return parent, HEURISTIC, ONLY_CONTAINER, open_at_start
         if client.content is not None and parent.content is not None:
             if client.content == parent.content:
                 proc.agree += 1
             else:
                 proc.disagree += 1
+        if open_at_start > 1:
+            # Other requests were in flight on this thread (an event loop) but
+            # ended before this call did.
+            return parent, HEURISTIC, ONLY_CONTAINER, open_at_start
         return parent, THREAD, None, 1
     pool = candidates
     if proc.forwards_content and client.content is not None:

@@ -9,8 +9,8 @@ ledgers, keyed by ``X-Request-Id``, and names the true parent of every span;
 sidetrace itself: the request id only ever reaches the ledgers.
 
 A span is matched to its request through its connection (the client and
-server ports in its attributes, which the programs log too) and time: of the
-requests logged on that connection, the one that began closest to the span.
+server ports in its attributes, which the programs log too) and its order
+among the requests of that connection, checked against the logged times.
 """
 
 from __future__ import annotations
@@ -196,23 +196,47 @@ class GroundTruth:
                 return f"{program}.{span['kind']}"
         return None
 
-    def request_of(self, span: dict[str, Any]) -> str | None:
-        """The logged request on the span's connection that began closest to it.
-
-        Requests on one connection are at least a round trip apart; a log
-        line and its span's first byte are microseconds apart.
-        """
-        attrs = span["attributes"]
-        logged = self.by_connection.get((attrs.get("client.port"), attrs.get("server.port")))
-        if not logged:
-            return None
-        start = span["start_time_unix_nano"]
-        gap, request_id = min((abs(t - start), rid) for t, rid in logged)
-        return request_id if gap < MATCH_WINDOW_NS else None
 
 
 # A log line further than this from a span's first byte is not its request.
 MATCH_WINDOW_NS = 50_000_000
+
+
+def align(span_times: list[int], logged_times: list[int]) -> dict[int, int]:
+    """Span index -> log index, keeping order on both sides, closest in time overall.
+
+    Requests on one connection are sequential, so the k-th span of a
+    connection is the k-th request its programs logged, unless a span was
+    lost (or a log line is missing); times alone can mislead, as a program
+    may log a request milliseconds late while the next one is already on
+    the wire.  Skipping an item costs MATCH_WINDOW_NS.
+    """
+    n, m = len(span_times), len(logged_times)
+    skip = MATCH_WINDOW_NS
+    # cost[i][j]: best cost of aligning the first i spans with the first j log lines.
+    cost = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(1, n + 1):
+        cost[i][0] = i * skip
+    for j in range(1, m + 1):
+        cost[0][j] = j * skip
+    for i in range(1, n + 1):
+        row, prev = cost[i], cost[i - 1]
+        for j in range(1, m + 1):
+            pair = prev[j - 1] + abs(span_times[i - 1] - logged_times[j - 1])
+            row[j] = min(pair, prev[j] + skip, row[j - 1] + skip)
+    out = {}
+    i, j = n, m
+    while i > 0 and j > 0:
+        gap = abs(span_times[i - 1] - logged_times[j - 1])
+        if cost[i][j] == cost[i - 1][j - 1] + gap:
+            if gap < MATCH_WINDOW_NS:
+                out[i - 1] = j - 1
+            i, j = i - 1, j - 1
+        elif cost[i][j] == cost[i - 1][j] + skip:
+            i -= 1
+        else:
+            j -= 1
+    return out
 
 
 def ground_truth(workdir: Path, pids: dict[str, list[int]], ports: dict[str, int],
@@ -277,13 +301,24 @@ class Score:
 
 
 def identify(spans: list[dict[str, Any]], truth: GroundTruth) -> dict[bytes, tuple[str, str]]:
-    """span_id -> (request id, role) for every span the logs account for."""
-    out = {}
+    """span_id -> (request id, role) for every span the logs account for.
+
+    Spans are matched to log lines connection by connection (client port,
+    server port), in order: see ``align``.
+    """
+    groups: dict[tuple[str, Any, Any], list[dict[str, Any]]] = defaultdict(list)
     for span in spans:
         role = truth.role_of(span)
-        request_id = truth.request_of(span) if role is not None else None
-        if request_id is not None:
-            out[span["span_id"]] = (request_id, role)
+        if role is not None:
+            attrs = span["attributes"]
+            groups[(role, attrs.get("client.port"), attrs.get("server.port"))].append(span)
+    out = {}
+    for (role, client_port, server_port), group in groups.items():
+        logged = sorted(truth.by_connection.get((client_port, server_port), ()))
+        group.sort(key=lambda s: s["start_time_unix_nano"])
+        matches = align([s["start_time_unix_nano"] for s in group], [t for t, _ in logged])
+        for span_index, log_index in matches.items():
+            out[group[span_index]["span_id"]] = (logged[log_index][1], role)
     return out
 
 

@@ -1,0 +1,97 @@
+"""Acceptance of trace linking: a 3-tier application under concurrent load, traced by a real agent.
+
+    tier_load (8 client threads) --> nginx (1 event-loop worker)
+        --> service (thread per request) --> stock (thread per request)
+
+Every request carries an ``X-Request-Id`` that the programs write to their own
+ledgers; sidetrace never reads it.  From the ledgers the test knows the true
+parent of every span and scores the agent's links, per kind of edge:
+
+* cross-process (a client span and the server span at the other end): >= 99%
+* thread-per-request (service's call to stock inside its request): >= 99%
+* event loop (nginx's upstream request inside one of many open requests): >= 95%
+
+for both accuracy (correct links / spans with a true parent) and precision
+(correct links / links made), and >= 95% of requests must come out as one
+complete trace of six spans with every parent right.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from wire import BlockingSubscriber, validate
+
+from ._procs import agent, stop, wait_for_socket
+from .apps.tier_rig import ThreeTier, score
+
+pytestmark = pytest.mark.kernel
+
+GOALS = {"cross-process": 0.99, "thread-per-request": 0.99, "event-loop": 0.95}
+COMPLETENESS_GOAL = 0.95
+
+
+def collect(sub: BlockingSubscriber, want: int, settle: float = 2.0, limit: float = 30):
+    spans, stats = [], []
+    deadline = time.monotonic() + limit
+    quiet_since = None
+    while time.monotonic() < deadline:
+        if len(spans) >= want:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since > settle:
+                break
+        try:
+            msg = sub.receive()
+        except TimeoutError:
+            continue
+        if msg is None:
+            break
+        if msg["type"] == "span":
+            spans.append(msg)
+        elif msg["type"] == "stats":
+            stats.append(msg)
+    return spans, stats
+
+
+@pytest.mark.parametrize("variant", [
+    dict(paths=("/api/orders", "/api/users", "/ka/orders", "/ka/users")),
+    # One path for every request: nothing but timing tells nginx's requests apart.
+    dict(paths=("/ka/orders",), keep_alive=True),
+], ids=["four-routes", "one-route-keep-alive"])
+def test_three_tier_links_meet_the_accuracy_goals(variant):
+    workdir = Path(tempfile.mkdtemp(prefix="st-3t-", dir="/tmp"))  # short Unix socket paths
+    try:
+        with ThreeTier(workdir, clients=8, requests=40, **variant) as app:
+            sock = workdir / "agent.sock"
+            with agent(sock, *[arg for pid in app.all_pids for arg in ("--pid", str(pid))]) as proc:
+                wait_for_socket(sock, proc)
+                with BlockingSubscriber(sock, timeout=0.5) as sub:
+                    app.run_load()
+                    spans, stats = collect(sub, app.expected_spans)
+                assert stop(proc) == 0, proc.stderr.read()
+            truth = app.truth()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    for span in spans:
+        validate(span)
+    assert len(truth.requests) == app.clients * app.requests
+    assert len({s["span_id"] for s in spans}) == len(spans), "a span was published twice"
+    result = score(spans, truth)
+    lost = sum(sum(s["lost_events"]) for s in stats[-1:])
+    report = "\n".join(result.lines() + [f"spans: {len(spans)} of {app.expected_spans}; "
+                                         f"kernel events lost: {lost}"])
+    print(f"\n{report}")
+    assert result.unidentified_spans == 0, report
+    assert result.false_roots_linked == 0, report
+    for kind, goal in GOALS.items():
+        tally = result.by_kind[kind]
+        assert tally.true_edges >= 0.9 * app.clients * app.requests * (3 if kind == "cross-process" else 1), report
+        assert tally.recall >= goal, f"{kind} accuracy below {goal:.0%}\n{report}"
+        assert tally.precision >= goal, f"{kind} precision below {goal:.0%}\n{report}"
+    assert result.completeness >= COMPLETENESS_GOAL, report
