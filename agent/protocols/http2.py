@@ -294,6 +294,20 @@ class HeaderDecoder:
             while pos < end:
                 byte = block[pos]
                 if byte & 0x80:  # indexed field
+                    if byte < 0xBE:  # static table, one byte: the commonest field of all
+                        if byte == 0x80:
+                            raise _Malformed
+                        name, value = STATIC_TABLE[byte - 0x81]
+                        pos += 1
+                        fields.append((name, value))
+                        continue
+                    if byte < 0xFF and byte - 0xBD <= len(self.entries):  # dynamic, one byte
+                        name, value, _ = self.entries[0xBD - byte]
+                        pos += 1
+                        if name is None or value is None:
+                            certain = False
+                        fields.append((name, value))
+                        continue
                     index, pos = _integer(block, pos, 7)
                     name, value = self._lookup(index)
                 elif byte & 0x40 or not byte & 0x20:  # literal field, indexed name or new name
@@ -364,7 +378,7 @@ class _Reader:
         self.kind = self.flags = self.stream = self.length = 0
         self.remaining = 0                # payload bytes of the current frame still to come
         self.keep = 0                     # of which we still want to hold this many
-        self.payload = bytearray()
+        self.payload: bytes | bytearray = b""
         self.short = False                # some wanted payload bytes were not captured
         self.frame_ns = 0
         self.frame_seq: int | None = None
@@ -405,7 +419,12 @@ class _Reader:
                     got = data[pos:pos + want]
                     if len(got) < want:
                         self.short = True
-                    self.payload += got
+                    if self.payload:
+                        if type(self.payload) is bytes:  # pieces from several syscalls
+                            self.payload = bytearray(self.payload)
+                        self.payload += got
+                    else:
+                        self.payload = got  # the usual case: a whole payload, no copy
                     self.keep = keep - want
                 self.remaining -= take
                 pos += take
@@ -465,7 +484,7 @@ class _Reader:
     def _lose(self) -> None:
         self.state = _LOST
         self.head.clear()
-        self.payload.clear()
+        self.payload = b""
         self.decoder.forget()  # header blocks may go by unseen from here on
         if self.block is not None:
             self.block.cut = True
@@ -483,7 +502,7 @@ class _Reader:
         self.length = length
         self.remaining = length
         self.short = False
-        self.payload.clear()
+        self.payload = b""
         if kind == HEADERS or kind == CONTINUATION or kind == PUSH_PROMISE:
             held = len(self.block.data) if self.block is not None else 0
             if length + held <= MAX_HEADER_BLOCK:
@@ -520,6 +539,15 @@ class _Reader:
             conn._data(self.direction, stream, bool(flags & END_STREAM), max(length, 0),
                        self.frame_ns, self.frame_seq, ts)
         elif kind == HEADERS or kind == PUSH_PROMISE:
+            if flags & END_HEADERS and not self.short:
+                # The usual case: a whole header block in one captured frame.
+                fragment = self._fragment(kind, flags, bytes(payload), self.length)
+                if fragment is not None:
+                    fields, certain = self.decoder.decode(fragment)
+                    if kind == HEADERS:
+                        conn._headers(self.direction, stream, fields, certain,
+                                      bool(flags & END_STREAM), self.frame_ns, self.frame_seq, ts)
+                    return
             block = _Block(kind, stream, bool(flags & END_STREAM) and kind == HEADERS,
                            self.frame_ns, self.frame_seq)
             self.block = block
