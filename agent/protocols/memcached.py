@@ -1,0 +1,895 @@
+"""Memcached (text, meta and binary protocols) as a protocol handler.
+
+Text and meta commands are a line, storage commands (set/add/replace/append/
+prepend/cas, ms) then a data block of a length the line gives; replies are
+lines, retrievals a ``VALUE``/``VA`` line and a data block.  Data blocks are
+*counted*, never buffered: only a line cut between two syscalls is (at most
+``MAX_LINE`` bytes).  A connection speaks binary when its first byte is 0x80
+(request) or 0x81 (response): fixed 24-byte headers giving the body length.
+
+Pairing is FIFO, and what ends a reply depends on the command it answers:
+``get``/``gets``/``gat``/``gats`` (any number of keys) end with ``END`` after
+one ``VALUE`` block per hit, ``stats`` with ``END`` (or ``RESET``/``OK``), the
+rest after one line (and ``VA``'s data block).  Commands with ``noreply`` and
+``quit`` get no reply: their span ends with the command.  Quiet meta commands
+(flag ``q``) leave out their usual success reply (``EN`` for mg, ``HD`` for
+ms/md): a reply that cannot be theirs (that code, ``MN``, another opaque
+``O`` token) means they succeeded silently.  In binary, responses carry the
+request's opcode and opaque: quiet requests (getq, setq, ...) skipped by a
+response succeeded silently; ``stat`` gets responses until an empty one.
+
+Losing track (a line that went uncaptured) is handled as for redis: wait for a
+syscall that starts like a command or a reply; commands we could not see
+leave a gap that swallows the replies which began before the next command we
+saw; commands already waiting when the replies were lost get spans without a
+response.  Every command seen makes exactly one span.
+
+Query text rule (``db.query.text``): the command, its key verbatim (the first
+argument; for gat/gats the second, after the expiry time), the ``noreply``
+keyword, and ``?`` for every other argument (flags, expiry, lengths, values,
+further keys, meta flags): ``set user:42 ? ? ? noreply``, ``get a ? ?``.
+Commands without a key (stats, flush_all, verbosity, ...) keep their first
+argument.  Binary requests: the command, the key, and ``?`` when extras or a
+value follow.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+from ._base import EGRESS, INGRESS, ConnectionHints, SpanFacts
+
+__all__ = ["MemcachedConnection", "MemcachedHandler", "looks_like_binary",
+           "looks_like_text_command", "looks_like_text_reply", "query_text"]
+
+MAX_LINE: Final = 64 * 1024      # a command line (multi-gets can be long) or a reply line
+MAX_DATA: Final = 1 << 31        # a data block or binary body; memcached's items are at most 1 GiB
+MAX_PENDING: Final = 1024        # commands waiting for replies (pipelining, quiet commands)
+KEEP_BYTES: Final = 256          # of a key, and of an error line
+MAX_PLACEHOLDERS: Final = 32
+MAX_MESSAGE: Final = 256
+BINARY_HEADER: Final = 24
+_SEQ_MASK: Final = 0xFFFFFFFF
+
+MEMCACHED_PORTS: Final = frozenset({11211, 11212, 21211})
+
+_STORAGE: Final = frozenset({b"set", b"add", b"replace", b"append", b"prepend", b"cas"})
+_RETRIEVAL: Final = frozenset({b"get", b"gets", b"gat", b"gats"})
+_NO_KEY: Final = frozenset({b"stats", b"version", b"flush_all", b"verbosity", b"mn", b"quit",
+                            b"lru_crawler", b"slabs", b"watch", b"cache_memlimit", b"shutdown",
+                            b"misbehave", b"debugtime", b"lru", b"extstore"})
+_META: Final = frozenset({b"mg", b"ms", b"md", b"ma", b"me", b"mn"})
+# Quiet meta commands leave out this reply (and only this one) on success.
+_QUIET_SUPPRESSED: Final = {b"mg": b"EN", b"ms": b"HD", b"md": b"HD"}
+_ERRORS: Final = frozenset({b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"})
+_STATUS_WORDS: Final = frozenset({b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND", b"DELETED",
+                                  b"TOUCHED", b"OK", b"RESET", b"HD", b"NS", b"EX", b"NF", b"EN",
+                                  b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"})
+# Words that start a reply (lines inside stats and dumps may start with anything).
+_REPLY_WORDS: Final = _STATUS_WORDS | {b"VALUE", b"END", b"STAT", b"VERSION", b"VA", b"MN", b"ME",
+                                       b"ITEM", b"PREFIX"}
+_OP_NAME = re.compile(rb"[a-z_]{1,32}")
+_PLAIN_KEY = re.compile(rb"[!-~]{1,128}")
+
+# Detection: a whole, valid command line.
+_KEY = rb"[!-~\x80-\xff]{1,250}"
+_NUM = rb"-?[0-9]{1,20}"
+_META_FLAGS = rb"(?: [A-Za-z][!-~]{0,64}){0,24}"
+_TEXT_COMMAND = re.compile(
+    rb"(?:gets?(?: " + _KEY + rb")+"
+    rb"|gats? " + _NUM + rb"(?: " + _KEY + rb")+"
+    rb"|(?:set|add|replace|append|prepend) " + _KEY + rb" [0-9]{1,10} " + _NUM + rb" [0-9]{1,10}(?: noreply)?"
+    rb"|cas " + _KEY + rb" [0-9]{1,10} " + _NUM + rb" [0-9]{1,10} [0-9]{1,20}(?: noreply)?"
+    rb"|delete " + _KEY + rb"(?: 0)?(?: noreply)?"
+    rb"|(?:incr|decr) " + _KEY + rb" [0-9]{1,20}(?: noreply)?"
+    rb"|touch " + _KEY + rb" " + _NUM + rb"(?: noreply)?"
+    rb"|stats(?: [a-z_0-9]{1,32}){0,3}"
+    rb"|version|mn"
+    rb"|flush_all(?: " + _NUM + rb")?(?: noreply)?"
+    rb"|verbosity [0-9]{1,3}(?: noreply)?"
+    rb"|m[gdae] " + _KEY + _META_FLAGS +
+    rb"|ms " + _KEY + rb" [0-9]{1,10}" + _META_FLAGS +
+    rb") ?\r?\n")
+_TEXT_REPLY = re.compile(
+    rb"(?:VALUE " + _KEY + rb" [0-9]{1,10} [0-9]{1,10}(?: [0-9]{1,20})?"
+    rb"|END|STORED|NOT_STORED|EXISTS|NOT_FOUND|DELETED|TOUCHED|OK|RESET|ERROR"
+    rb"|(?:CLIENT|SERVER)_ERROR[^\r\n]{0,1024}|STAT [^\r\n]{1,1024}|VERSION [^\r\n]{1,64}|[0-9]{1,20}"
+    rb"|VA [0-9]{1,10}" + _META_FLAGS + rb"|(?:HD|EN|NF|NS|EX)" + _META_FLAGS + rb"|MN|ME [^\r\n]{1,1024}"
+    rb")\r\n")
+
+_BINARY_OPS: Final = {
+    0x00: "get", 0x01: "set", 0x02: "add", 0x03: "replace", 0x04: "delete", 0x05: "incr",
+    0x06: "decr", 0x07: "quit", 0x08: "flush_all", 0x09: "get", 0x0a: "noop", 0x0b: "version",
+    0x0c: "get", 0x0d: "get", 0x0e: "append", 0x0f: "prepend", 0x10: "stats", 0x11: "set",
+    0x12: "add", 0x13: "replace", 0x14: "delete", 0x15: "incr", 0x16: "decr", 0x17: "quit",
+    0x18: "flush_all", 0x19: "append", 0x1a: "prepend", 0x1b: "verbosity", 0x1c: "touch",
+    0x1d: "gat", 0x1e: "gat", 0x20: "sasl_list_mechs", 0x21: "sasl_auth", 0x22: "sasl_step",
+    0x23: "gat", 0x24: "gat",
+}
+_BINARY_QUIET_GETS: Final = frozenset({0x09, 0x0d, 0x1e, 0x24})   # reply only on a hit
+_BINARY_QUIET_WRITES: Final = frozenset(range(0x11, 0x1b))        # reply only on an error
+_BINARY_QUIET: Final = _BINARY_QUIET_GETS | _BINARY_QUIET_WRITES
+_BINARY_STAT, _BINARY_NOOP, _BINARY_QUIT, _BINARY_QUITQ = 0x10, 0x0a, 0x07, 0x17
+_BINARY_STATUS: Final = {
+    0x0000: "NO_ERROR", 0x0001: "KEY_ENOENT", 0x0002: "KEY_EEXISTS", 0x0003: "E2BIG",
+    0x0004: "EINVAL", 0x0005: "NOT_STORED", 0x0006: "DELTA_BADVAL", 0x0007: "NOT_MY_VBUCKET",
+    0x0008: "AUTH_ERROR", 0x0009: "AUTH_CONTINUE", 0x0081: "UNKNOWN_COMMAND", 0x0082: "ENOMEM",
+    0x0083: "NOT_SUPPORTED", 0x0084: "EINTERNAL", 0x0085: "EBUSY", 0x0086: "ETMPFAIL",
+}
+# Outcomes that answer the question asked (a miss, a failed add or cas) are not errors.
+_BINARY_NOT_ERRORS: Final = frozenset({0x0000, 0x0001, 0x0002, 0x0005, 0x0009})
+_HEADER = struct.Struct(">BBHBBHIIQ")
+
+
+def looks_like_text_command(data: bytes) -> bool:
+    """``data`` starts with a whole, valid memcached text or meta command line."""
+    return bool(data) and 97 <= data[0] <= 118 and _TEXT_COMMAND.match(data) is not None
+
+
+def looks_like_text_reply(data: bytes) -> bool:
+    return bool(data) and _TEXT_REPLY.match(data) is not None
+
+
+def _binary_header(data: bytes, magic: int) -> tuple[int, int, int, int, int, int] | None:
+    """(opcode, key length, extras length, status, body length, opaque) of a plausible header."""
+    if len(data) < BINARY_HEADER or data[0] != magic:
+        return None
+    _, opcode, keylen, extlen, dtype, status, bodylen, opaque, _ = _HEADER.unpack_from(data)
+    if dtype != 0 or opcode not in _BINARY_OPS or extlen + keylen > bodylen or bodylen > MAX_DATA:
+        return None
+    if keylen > 250 and opcode != 0x21:  # SASL mechanism names go in the key too
+        return None
+    if magic == 0x81 and status not in _BINARY_STATUS:
+        return None
+    return opcode, keylen, extlen, status, bodylen, opaque
+
+
+def looks_like_binary(data: bytes) -> bool:
+    """``data`` starts with a binary-protocol request (0x80) or response (0x81) header."""
+    if not data or data[0] not in (0x80, 0x81):
+        return False
+    head = _binary_header(data, data[0])
+    if head is None:
+        return False
+    opcode, keylen, extlen = head[0], head[1], head[2]
+    if data[0] == 0x80:
+        # Requests: gets and deletes carry a key and no extras, stores 8 bytes of extras.
+        if opcode in (0x00, 0x09, 0x0c, 0x0d, 0x04, 0x14):
+            return keylen > 0 and extlen == 0
+        if opcode in (0x01, 0x02, 0x03, 0x11, 0x12, 0x13):
+            return keylen > 0 and extlen == 8
+    return True
+
+
+def _render_key(key: bytes) -> str:
+    if _PLAIN_KEY.fullmatch(key) and key[:1] != b'"':
+        return key.decode("ascii")
+    text = key[:128].decode("utf-8", "backslashreplace").replace("\\", "\\\\").replace('"', '\\"')
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return f'"{text}{"..." if len(key) > 128 else ""}"'
+
+
+def query_text(tokens: list[bytes]) -> str:
+    """``db.query.text`` of a text command by the rule in the module docstring."""
+    cmd = tokens[0]
+    words = [_op_name(cmd)]
+    key_at = 2 if cmd in (b"gat", b"gats") else 1
+    placeholders = 0
+    for i, token in enumerate(tokens[1:], 1):
+        if i == key_at or (i == 1 and cmd in _NO_KEY):
+            words.append(_render_key(token[:KEEP_BYTES]))
+        elif token == b"noreply":
+            words.append("noreply")
+        elif placeholders < MAX_PLACEHOLDERS:
+            words.append("?")
+            placeholders += 1
+        else:
+            words.append("...")
+            break
+    return " ".join(words)
+
+
+def _op_name(cmd: bytes) -> str:
+    return cmd.decode("ascii") if _OP_NAME.fullmatch(cmd) else "unknown"
+
+
+class _Request:
+    """A command waiting for its reply; a *gap* stands for commands that went uncaptured."""
+
+    __slots__ = ("op", "text", "start_ns", "end_ns", "seq", "flags", "gap", "no_reply", "quiet",
+                 "cmd", "multi", "opaque", "keys", "opcode")
+
+    def __init__(self, op: str, text: str, start_ns: int, seq: int | None) -> None:
+        self.op = op
+        self.text = text
+        self.start_ns = start_ns
+        self.end_ns = start_ns
+        self.seq = seq
+        self.flags: list[str] = []
+        self.gap = False
+        self.no_reply = False     # noreply, quit: no reply at all
+        self.quiet = False        # meta "q" or a binary quiet opcode: a reply only sometimes
+        self.cmd = b""            # the text command word
+        self.multi = False        # the reply is lines up to END
+        self.opaque: bytes | int | None = None
+        self.keys = 0             # keys of a retrieval
+        self.opcode = -1          # binary
+
+
+class _Reply:
+    """A reply (text: one or more lines and data blocks; binary: one or more packets)."""
+
+    __slots__ = ("start_ns", "end_ns", "seq", "word", "line", "hits", "truncated", "status")
+
+    def __init__(self, start_ns: int, seq: int | None) -> None:
+        self.start_ns = start_ns
+        self.end_ns = start_ns
+        self.seq = seq
+        self.word = b""           # first word of the (last) line: END, STORED, CLIENT_ERROR, ...
+        self.line = b""           # that line, cut at KEEP_BYTES
+        self.hits = 0             # VALUE blocks
+        self.truncated = False
+        self.status = -1          # binary status
+
+
+def _gap(ts: int) -> _Request:
+    gap = _Request("", "", ts, None)
+    gap.gap = True
+    return gap
+
+
+class _TextStream:
+    """One direction of the text protocol: lines, and data blocks counted by length."""
+
+    __slots__ = ("conn", "is_request", "buf", "data_left", "line_start", "line_seq", "lost",
+                 "resyncs", "truncated")
+
+    def __init__(self, conn: MemcachedConnection, is_request: bool) -> None:
+        self.conn = conn
+        self.is_request = is_request
+        self.buf = bytearray()
+        self.data_left = 0           # data block bytes + CRLF still to come
+        self.line_start = 0          # ts and seq of the first byte of the line being read
+        self.line_seq: int | None = None
+        self.lost = False
+        self.resyncs = 0
+        self.truncated = False       # some of the current item's bytes were not captured
+
+    def feed(self, data: bytes, total: int, ts: int, seq: int | None) -> None:
+        end = len(data)
+        if self.lost:
+            if not end or not self.conn._may_resync(self.is_request, data, ts):
+                return
+            self.lost = False
+        pos = 0
+        while pos < end and not self.lost:
+            left = self.data_left
+            if left:
+                take = min(left, end - pos)
+                pos += take
+                self.data_left = left - take
+                if take == left:
+                    if take >= 2 and data[pos - 2:pos] != b"\r\n":
+                        self._lose(ts)
+                        return
+                    self.conn._data_done(self.is_request, ts, self.truncated)
+                continue
+            nl = data.find(b"\n", pos, end)
+            if not self.buf:
+                self.line_start = ts
+                self.line_seq = None if seq is None else (seq + pos) & _SEQ_MASK
+            if nl < 0:
+                if len(self.buf) + end - pos > MAX_LINE:
+                    self._lose(ts)
+                    return
+                self.buf += data[pos:end]
+                break
+            if self.buf:
+                self.buf += data[pos:nl]
+                line = bytes(self.buf)
+                self.buf.clear()
+                if len(line) > MAX_LINE:
+                    self._lose(ts)
+                    return
+            else:
+                line = data[pos:nl]
+            pos = nl + 1
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            self.truncated = False
+            length = self.conn._line(self.is_request, line, self.line_start, self.line_seq, ts)
+            if length is None:
+                self._lose(ts)
+                return
+            if length >= 0:
+                self.data_left = length + 2
+        if total > end and not self.lost:
+            self._skip(total - end, ts)
+
+    def _skip(self, count: int, ts: int) -> None:
+        left = self.data_left
+        if left:
+            self.truncated = True
+            take = min(left, count)
+            self.data_left = left - take
+            count -= take
+            if take == left:
+                self.conn._data_done(self.is_request, ts, True)
+        if count:
+            self._lose(ts)
+
+    def _lose(self, ts: int) -> None:
+        partial = bool(self.buf) or self.data_left > 0
+        self.reset_lost()
+        self.resyncs += 1
+        self.conn._stream_lost(self.is_request, partial, ts)
+
+    def reset_lost(self) -> None:
+        self.buf.clear()
+        self.data_left = 0
+        self.lost = True
+
+
+class _BinaryStream:
+    """One direction of the binary protocol: 24-byte headers, bodies counted by length."""
+
+    __slots__ = ("conn", "is_request", "magic", "buf", "body_left", "keep", "keep_left", "head",
+                 "start_ns", "seq", "lost", "resyncs", "truncated")
+
+    def __init__(self, conn: MemcachedConnection, is_request: bool) -> None:
+        self.conn = conn
+        self.is_request = is_request
+        self.magic = 0x80 if is_request else 0x81
+        self.buf = bytearray()          # a header cut by a syscall boundary
+        self.body_left = 0
+        self.keep = bytearray()         # the body's first bytes: extras, key, an error text
+        self.keep_left = 0
+        self.head: tuple[int, int, int, int, int, int] | None = None
+        self.start_ns = 0
+        self.seq: int | None = None
+        self.lost = False
+        self.resyncs = 0
+        self.truncated = False
+
+    def feed(self, data: bytes, total: int, ts: int, seq: int | None) -> None:
+        end = len(data)
+        if self.lost:
+            if not end or not self.conn._may_resync(self.is_request, data, ts):
+                return
+            self.lost = False
+        pos = 0
+        while pos < end:
+            if self.head is not None:
+                take = min(self.body_left, end - pos)
+                if self.keep_left:
+                    piece = data[pos:pos + min(take, self.keep_left)]
+                    self.keep += piece
+                    self.keep_left -= len(piece)
+                pos += take
+                self.body_left -= take
+                if not self.body_left:
+                    self._done(ts)
+                continue
+            if not self.buf:
+                self.start_ns = ts
+                self.seq = None if seq is None else (seq + pos) & _SEQ_MASK
+            take = min(BINARY_HEADER - len(self.buf), end - pos)
+            self.buf += data[pos:pos + take]
+            pos += take
+            if len(self.buf) < BINARY_HEADER:
+                break
+            head = _binary_header(bytes(self.buf), self.magic)
+            self.buf.clear()
+            if head is None:
+                self._lose(ts)
+                return
+            self.head = head
+            self.truncated = False
+            self.body_left = head[4]
+            self.keep = bytearray()
+            self.keep_left = min(head[4], head[1] + head[2] + KEEP_BYTES)
+            if not self.body_left:
+                self._done(ts)
+        if total > end and not self.lost:
+            count = total - end
+            if self.head is not None:
+                self.truncated = True
+                take = min(self.body_left, count)
+                self.body_left -= take
+                count -= take
+                if not self.body_left:
+                    self._done(ts)
+            if count:
+                self._lose(ts)
+
+    def _done(self, ts: int) -> None:
+        head = self.head
+        self.head = None
+        self.conn._packet(self.is_request, head, bytes(self.keep), self.start_ns, self.seq, ts,
+                          self.truncated)
+
+    def _lose(self, ts: int) -> None:
+        partial = self.head is not None or bool(self.buf)
+        self.reset_lost()
+        self.resyncs += 1
+        self.conn._stream_lost(self.is_request, partial, ts)
+
+    def reset_lost(self) -> None:
+        self.buf.clear()
+        self.head = None
+        self.body_left = 0
+        self.keep_left = 0
+        self.lost = True
+
+
+class MemcachedConnection:
+    """Commands and replies of one connection, paired into spans.
+
+    ``role`` as for :class:`~agent.protocols.redis.RedisConnection`; the
+    protocol (text or binary) is decided by the first bytes.
+    """
+
+    def __init__(self, role: str = "unknown") -> None:
+        self.role = role if role in ("server", "client") else "unknown"
+        self._request_direction: str | None = {"server": INGRESS, "client": EGRESS}.get(role)
+        self.binary: bool | None = None
+        self._requests: _TextStream | _BinaryStream | None = None
+        self._replies: _TextStream | _BinaryStream | None = None
+        self._pending: deque[_Request] = deque()
+        self._out: list[SpanFacts] = []
+        self._storing: _Request | None = None    # a command whose data block is being read
+        self._reply: _Reply | None = None        # a reply in progress (multi-line, VA, stat)
+        self._reply_owner: _Request | None = None
+        self._reply_multi = False
+        self._skip_replies = 0
+        self._held: tuple[_Request, _Reply] | None = None
+        self._reply_lost_ts = 0
+        self._closed = False
+        self.internal_errors = 0
+        self.orphan_replies = 0
+        self.absorbed_replies = 0
+
+    @property
+    def resyncs(self) -> int:
+        return sum(s.resyncs for s in (self._requests, self._replies) if s is not None)
+
+    @property
+    def buffered_bytes(self) -> int:
+        return sum(len(s.buf) for s in (self._requests, self._replies) if s is not None)
+
+    @property
+    def pending_commands(self) -> int:
+        return len(self._pending)
+
+    def feed(self, direction: str, data: bytes, total_len: int | None = None, ts_ns: int = 0,
+             tcp_seq: int | None = None) -> list[SpanFacts]:
+        if self._closed:
+            return []
+        total = len(data) if total_len is None or total_len < len(data) else total_len
+        try:
+            if self._requests is None and not self._start(direction, data):
+                return []
+            stream = self._requests if direction == self._request_direction else self._replies
+            stream.feed(data, total, ts_ns, tcp_seq)
+        except Exception:  # noqa: BLE001 - a parser bug must not take the agent down
+            self.internal_errors += 1
+            self._requests.reset_lost()
+            self._replies.reset_lost()
+            self._storing = None
+            self._reply = None
+        out = self._out
+        if not out:
+            return []
+        self._out = []
+        return out
+
+    def close(self, ts_ns: int | None = None) -> list[SpanFacts]:
+        if self._closed:
+            return []
+        self._closed = True
+        try:
+            if self._storing is not None:
+                self._storing.flags.append("request_truncated")
+                self._queue(self._storing)
+                self._storing = None
+            if self._reply is not None and self._held is None:
+                reply = self._reply
+                reply.truncated = True
+                if ts_ns is not None:
+                    reply.end_ns = ts_ns
+                self._reply = None
+                if self._reply_owner is not None:
+                    self._emit(self._reply_owner, reply)
+            self._release_held()
+            while self._pending:
+                req = self._pending.popleft()
+                if not req.gap:
+                    self._emit(req, None, None if req.quiet or req.no_reply else "response_missing")
+        except Exception:  # noqa: BLE001 - see feed
+            self.internal_errors += 1
+        out = self._out
+        self._out = []
+        return out
+
+    def _start(self, direction: str, data: bytes) -> bool:
+        """Decide the protocol and, if unknown, the role from the first bytes."""
+        if self._request_direction is None:
+            if looks_like_text_command(data) or (data[:1] == b"\x80" and looks_like_binary(data)):
+                self._request_direction = direction
+            elif looks_like_text_reply(data) or (data[:1] == b"\x81" and looks_like_binary(data)):
+                self._request_direction = EGRESS if direction == INGRESS else INGRESS
+            else:
+                return False
+            self.role = "server" if self._request_direction == INGRESS else "client"
+        if not data:
+            return False
+        self.binary = data[0] in (0x80, 0x81)
+        stream = _BinaryStream if self.binary else _TextStream
+        self._requests = stream(self, True)
+        self._replies = stream(self, False)
+        return True
+
+    # --- text protocol ------------------------------------------------------------
+
+    def _line(self, is_request: bool, line: bytes, start_ns: int, seq: int | None,
+              ts: int) -> int | None:
+        """A text line; returns the length of the data block that follows (-1: none, None: bad)."""
+        if is_request:
+            return self._command_line(line, start_ns, seq, ts)
+        return self._reply_line(line, start_ns, seq, ts)
+
+    def _command_line(self, line: bytes, start_ns: int, seq: int | None, ts: int) -> int | None:
+        tokens = line.split()
+        if not tokens:
+            return -1  # memcached ignores empty lines
+        cmd = tokens[0]
+        req = _Request(_op_name(cmd), query_text(tokens), start_ns, seq)
+        req.cmd = cmd
+        req.end_ns = ts
+        length = -1
+        n = len(tokens)
+        if cmd in _STORAGE:
+            if n >= (6 if cmd == b"cas" else 5) and tokens[4].isdigit() and len(tokens[4]) < 11:
+                length = int(tokens[4])
+                req.no_reply = tokens[-1] == b"noreply" and n == (7 if cmd == b"cas" else 6)
+        elif cmd in _RETRIEVAL:
+            req.multi = True
+            req.keys = n - (2 if cmd in (b"gat", b"gats") else 1)
+        elif cmd == b"stats" or (cmd == b"lru_crawler" and n > 1 and tokens[1] in (b"metadump", b"mgdump")):
+            req.multi = True
+        elif cmd in _META:
+            flags = tokens[3:] if cmd == b"ms" else tokens[2:]
+            if cmd == b"ms" and n >= 3 and tokens[2].isdigit() and len(tokens[2]) < 11:
+                length = int(tokens[2])
+            for flag in flags:
+                if flag == b"q":
+                    req.quiet = cmd in (b"mg", b"ms", b"md", b"ma")
+                elif flag[:1] == b"O":
+                    req.opaque = flag
+        elif cmd == b"quit":
+            req.no_reply = True
+        elif n > 1 and tokens[-1] == b"noreply" and cmd in (b"delete", b"incr", b"decr", b"touch",
+                                                           b"flush_all", b"verbosity"):
+            req.no_reply = True
+        if length > MAX_DATA:
+            return None
+        if length >= 0:
+            self._storing = req  # queued once its data block went by
+        else:
+            self._queue(req)
+        return length
+
+    def _reply_line(self, line: bytes, start_ns: int, seq: int | None, ts: int) -> int | None:
+        word, _, rest = line.partition(b" ")
+        length = -1
+        if word == b"VALUE" or word == b"VA":
+            fields = rest.split()
+            size = fields[2] if word == b"VALUE" and len(fields) >= 3 else fields[0] if fields else b""
+            if not size.isdigit() or len(size) > 10 or int(size) > MAX_DATA:
+                return None
+            length = int(size)
+        reply = self._reply
+        if reply is None:
+            if word not in _REPLY_WORDS and not word.isdigit():
+                return None  # not a reply: we are out of step
+            reply = self._reply = _Reply(start_ns, seq)
+            owner = self._owner_text(word, rest)
+            self._reply_owner = owner
+            # Without its command, the words tell whether lines up to END follow.
+            self._reply_multi = owner.multi if owner is not None else word in (b"VALUE", b"STAT")
+        reply.word = word
+        reply.line = line[:KEEP_BYTES]
+        reply.end_ns = ts
+        if word == b"VALUE":
+            reply.hits += 1
+        if length >= 0:
+            return length  # the reply goes on with the data block
+        self._text_item_done(word)
+        return -1
+
+    def _data_done(self, is_request: bool, ts: int, truncated: bool) -> None:
+        if is_request:
+            req = self._storing
+            self._storing = None
+            if req is not None:
+                req.end_ns = ts
+                if truncated:
+                    req.flags.append("request_truncated")
+                self._queue(req)
+            return
+        reply = self._reply
+        if reply is not None:
+            reply.end_ns = ts
+            reply.truncated |= truncated
+            self._text_item_done(reply.word)
+
+    def _text_item_done(self, word: bytes) -> None:
+        if self._reply_multi and word != b"END" and word not in _ERRORS:
+            owner = self._reply_owner
+            # "stats reset" and "stats detail on" answer with a single RESET or OK.
+            if not (word in (b"RESET", b"OK") and owner is not None and owner.cmd == b"stats"):
+                return
+        reply = self._reply
+        owner = self._reply_owner
+        self._reply = None
+        self._reply_owner = None
+        if owner is not None:
+            self._emit(owner, reply)
+            self._drain_no_reply()
+
+    def _owner_text(self, word: bytes, rest: bytes) -> _Request | None:
+        """The command a text reply answers, past quiet commands that succeeded silently."""
+        opaque = None
+        if len(word) == 2 and rest:
+            for flag in rest.split():
+                if flag[:1] == b"O":
+                    opaque = flag
+                    break
+        return self._take(self._reply.start_ns, lambda head: self._quiet_answer(head, word, opaque))
+
+    @staticmethod
+    def _quiet_answer(head: _Request, word: bytes, opaque: bytes | None) -> bool:
+        """Can this reply be the quiet command ``head``'s?"""
+        if word == b"MN":
+            return head.cmd == b"mn"
+        if _QUIET_SUPPRESSED.get(head.cmd) == word:
+            return False
+        return not (head.opaque is not None and opaque is not None and head.opaque != opaque)
+
+    # --- binary protocol ------------------------------------------------------------
+
+    def _packet(self, is_request: bool, head: tuple[int, int, int, int, int, int], body: bytes,
+                start_ns: int, seq: int | None, ts: int, truncated: bool) -> None:
+        opcode, keylen, extlen, status, bodylen, opaque = head
+        if is_request:
+            key = body[extlen:extlen + keylen]
+            words = [_BINARY_OPS[opcode]]
+            if keylen:
+                words.append(_render_key(key[:KEEP_BYTES]))
+            if bodylen > keylen or extlen:
+                words.append("?")
+            req = _Request(_BINARY_OPS[opcode], " ".join(words), start_ns, seq)
+            req.end_ns = ts
+            req.opcode = opcode
+            req.opaque = opaque
+            req.quiet = opcode in _BINARY_QUIET
+            req.no_reply = opcode == _BINARY_QUITQ
+            req.multi = opcode == _BINARY_STAT
+            if truncated:
+                req.flags.append("request_truncated")
+            self._queue(req)
+            return
+        reply = self._reply
+        if reply is None:
+            reply = _Reply(start_ns, seq)
+            owner = self._owner_binary(opcode, opaque, start_ns)
+        else:
+            owner = self._reply_owner
+        reply.end_ns = ts
+        reply.truncated |= truncated
+        if status > reply.status:
+            reply.status = status
+            reply.line = body[extlen + keylen:][:KEEP_BYTES]
+        if opcode == _BINARY_STAT and keylen and status == 0:
+            self._reply = reply  # one stat per packet until an empty one
+            self._reply_owner = owner
+            return
+        self._reply = None
+        self._reply_owner = None
+        if owner is not None:
+            self._emit(owner, reply)
+            self._drain_no_reply()
+
+    def _owner_binary(self, opcode: int, opaque: int, start_ns: int) -> _Request | None:
+        # Responses echo the request's opcode and opaque: a quiet request skipped
+        # over was a miss (getq) or a success (setq).
+        return self._take(start_ns, lambda head: head.opcode == opcode and head.opaque == opaque)
+
+    # --- pairing ---------------------------------------------------------------------
+
+    def _queue(self, req: _Request) -> None:
+        self._release_held()
+        pending = self._pending
+        pending.append(req)
+        if len(pending) > MAX_PENDING:
+            oldest = pending.popleft()
+            if not oldest.gap:
+                self._emit(oldest, None, "response_missing")
+                if not oldest.no_reply and not oldest.quiet:
+                    self._skip_replies += 1
+        self._drain_no_reply()
+
+    def _drain_no_reply(self) -> None:
+        pending = self._pending
+        while pending and pending[0].no_reply:
+            self._emit(pending.popleft(), None)
+
+    def _take(self, reply_start: int, may_answer: Callable[[_Request], bool]) -> _Request | None:
+        """The command the reply starting at ``reply_start`` answers (FIFO)."""
+        if self._skip_replies:
+            self._skip_replies -= 1
+            return None
+        pending = self._pending
+        while pending:
+            head = pending[0]
+            if head.gap:
+                if len(pending) > 1 and reply_start >= pending[1].start_ns:
+                    pending.popleft()
+                    continue
+                self.absorbed_replies += 1
+                return None
+            if head.no_reply or (head.quiet and not may_answer(head)):
+                self._emit(pending.popleft(), None)  # succeeded without a word
+                continue
+            return pending.popleft()
+        self.orphan_replies += 1
+        return None
+
+    # --- losing track -------------------------------------------------------------------
+
+    def _stream_lost(self, is_request: bool, partial: bool, ts: int) -> None:
+        if is_request:
+            if self._storing is not None:
+                # Its line was seen; its data block was not followed to the end.
+                self._storing.flags.append("request_truncated")
+                self._storing.end_ns = ts
+                self._queue(self._storing)
+                self._storing = None
+            self._queue(_gap(ts))
+            return
+        self._reply_lost_ts = ts
+        self._skip_replies = 0
+        reply = self._reply
+        owner = self._reply_owner
+        self._reply = None
+        self._reply_owner = None
+        if reply is not None and owner is not None:
+            reply.truncated = True
+            reply.end_ns = ts
+            self._release_held()
+            self._held = (owner, reply)
+
+    def _may_resync(self, is_request: bool, data: bytes, ts: int) -> bool:
+        if is_request:
+            if self.binary:
+                return data[0] == 0x80 and looks_like_binary(data)
+            return looks_like_text_command(data)
+        pending = self._pending
+        lost_ts = self._reply_lost_ts
+        while pending and pending[0].start_ns < lost_ts:
+            req = pending.popleft()
+            if not req.gap:
+                self._emit(req, None, None if req.quiet or req.no_reply else "response_missing")
+        if pending:
+            if self.binary:
+                if data[0] == 0x81 and looks_like_binary(data):
+                    self._release_held()
+                    return True
+            elif looks_like_text_reply(data):
+                self._release_held()
+                return True
+        self._reply_lost_ts = ts
+        if self._held is not None:
+            self._held[1].end_ns = ts
+        return False
+
+    def _release_held(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._emit(held[0], held[1])
+
+    # --- spans -------------------------------------------------------------------------
+
+    def _emit(self, req: _Request, reply: _Reply | None, flag: str | None = None) -> None:
+        attrs: dict[str, Any] = {
+            "db.system.name": "memcached",
+            "db.system": "memcached",
+            "db.operation.name": req.op,
+            "db.query.text": req.text,
+        }
+        flags = list(req.flags)
+        if flag:
+            flags.append(flag)
+        if req.keys > 1:
+            attrs["db.operation.batch.size"] = req.keys
+        status = "unset"
+        message = None
+        end = req.end_ns
+        response_seq = None
+        if reply is not None:
+            end = reply.end_ns
+            response_seq = reply.seq
+            if reply.truncated:
+                flags.append("response_truncated")
+            if self.binary:
+                code = _BINARY_STATUS.get(reply.status, str(reply.status))
+                if reply.status > 0:
+                    attrs["db.response.status_code"] = code
+                if reply.status not in _BINARY_NOT_ERRORS and reply.status >= 0:
+                    status = "error"
+                    attrs["error.type"] = code
+                    message = reply.line.decode("utf-8", "replace")[:MAX_MESSAGE] or code
+            else:
+                word = reply.word
+                if word in _STATUS_WORDS:
+                    attrs["db.response.status_code"] = word.decode("ascii")
+                if word in _ERRORS:
+                    status = "error"
+                    attrs["error.type"] = word.decode("ascii")
+                    detail = reply.line.partition(b" ")[2] or word
+                    message = detail.decode("utf-8", "replace")[:MAX_MESSAGE]
+                if req.multi and req.cmd in _RETRIEVAL:
+                    attrs["db.response.returned_rows"] = reply.hits
+        elif req.quiet:
+            flags.append("quiet")
+        elif req.no_reply:
+            flags.append("no_reply")
+        if flags:
+            attrs["sidetrace.memcached.flags"] = ",".join(flags)
+        self._out.append(SpanFacts(
+            name=req.op, start_ns=req.start_ns, end_ns=max(end, req.start_ns),
+            server_side=self.role == "server", attributes=attrs, status=status,
+            status_message=message, request_seq=req.seq, response_seq=response_seq,
+        ))
+
+
+class MemcachedHandler:
+    """The protocol handler the pipeline uses."""
+
+    name = "memcached"
+
+    @staticmethod
+    def detect(data: bytes, direction: str, hints: ConnectionHints) -> bool:
+        if hints.l4 != "tcp" or not data:
+            return False
+        first = data[0]
+        if first == 0x80 or first == 0x81:
+            return looks_like_binary(data)
+        if looks_like_text_command(data):
+            return True
+        # A reply first (joined mid-stream) is too weak a signal without the port.
+        return ((hints.local_port in MEMCACHED_PORTS or hints.remote_port in MEMCACHED_PORTS)
+                and looks_like_text_reply(data))
+
+    def __init__(self, role: str) -> None:
+        self._conn = MemcachedConnection(role)
+
+    @property
+    def role(self) -> str:
+        return self._conn.role
+
+    @property
+    def connection(self) -> MemcachedConnection:
+        return self._conn
+
+    def feed(self, direction: str, data: bytes, total_len: int, ts_ns: int,
+             tcp_seq: int | None) -> list[SpanFacts]:
+        return self._conn.feed(direction, data, total_len, ts_ns, tcp_seq)
+
+    def close(self, ts_ns: int | None) -> list[SpanFacts]:
+        return self._conn.close(ts_ns)
