@@ -5,7 +5,8 @@ keep-alive connections.  Three runs of the same length:
 
   baseline   no agent
   traced     `sidetrace run --comm nginx` with one subscriber counting spans
-  paced      the same, with wrk's connections cut so the rate is near 10 k req/s
+  paced      the same at about 10 k req/s (each wrk connection pauses 1 ms
+             between requests), the issue's steady load
 
 Agent CPU comes from /proc/<pid>/stat (user + system) over the load window,
 divided by the spans built in that window (from the agent's stats).  Needs
@@ -78,10 +79,15 @@ def memory_kib(pid: int) -> tuple[int, int]:
     return rss, hwm
 
 
-def wrk(port: int, seconds: float, connections: int) -> float:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", f"http://127.0.0.1:{port}/"],
-        capture_output=True, text=True, check=True).stdout
+PACE_SCRIPT = "function delay() return 1 end\n"  # ms between requests, per connection
+
+
+def wrk(port: int, seconds: float, connections: int, paced: Path | None = None) -> float:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s"]
+    if paced is not None:
+        cmd += ["-s", str(paced)]
+    out = subprocess.run(cmd + [f"http://127.0.0.1:{port}/"],
+                         capture_output=True, text=True, check=True).stdout
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
 
@@ -126,7 +132,8 @@ class SpanCounter(threading.Thread):
         self.sub.close()
 
 
-def traced_run(port: int, seconds: float, connections: int, workdir: Path) -> dict:
+def traced_run(port: int, seconds: float, connections: int, workdir: Path,
+               paced: Path | None = None) -> dict:
     sock = workdir / "agent.sock"
     agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--socket", str(sock),
                               "--comm", "nginx", "--stats-interval", "0.5"],
@@ -145,7 +152,7 @@ def traced_run(port: int, seconds: float, connections: int, workdir: Path) -> di
         idle_cpu = (cpu_seconds(agent.pid) - idle_cpu0) / 2.0
         spans0 = counter.spans
         cpu0 = cpu_seconds(agent.pid)
-        rate = wrk(port, seconds, connections)
+        rate = wrk(port, seconds, connections, paced)
         cpu1 = cpu_seconds(agent.pid)
         time.sleep(1.5)  # let the last spans and a stats message arrive
         spans = counter.spans - spans0
@@ -170,6 +177,7 @@ def traced_run(port: int, seconds: float, connections: int, workdir: Path) -> di
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--paced-connections", type=int, default=10)
     args = parser.parse_args()
     if os.geteuid() != 0 or not shutil.which("nginx") or not shutil.which("wrk"):
         print("needs root, nginx and wrk (make bench installs them)")
@@ -182,20 +190,23 @@ def main() -> int:
                                   "-g", "daemon off;"])
         try:
             time.sleep(0.5)
+            pace = workdir / "pace.lua"
+            pace.write_text(PACE_SCRIPT)
             base = wrk(port, args.seconds, 16)
+            # Each connection waits 1 ms after a response: about 10 k req/s in all.
+            base_paced = wrk(port, args.seconds, args.paced_connections, pace)
             traced = traced_run(port, args.seconds, 16, workdir)
-            # Fewer connections to land near 10 k req/s, the steady load.
-            conns = max(1, min(16, round(16 * 10_000 / max(traced["rate"], 1))))
-            paced = traced_run(port, args.seconds, conns, workdir)
+            paced = traced_run(port, args.seconds, args.paced_connections, workdir, pace)
         finally:
             stop(nginx)
 
     print(f"{'run':<10} {'req/s':>9} {'vs base':>8} {'spans':>8} {'agent CPU':>10} "
           f"{'us/span':>8} {'lost':>6} {'RSS MiB':>8} {'peak MiB':>9}")
     print(f"{'baseline':<10} {base:>9.0f} {1.0:>8.2f}")
-    for name, r in (("traced", traced), ("paced", paced)):
+    print(f"{'paced base':<10} {base_paced:>9.0f} {1.0:>8.2f}")
+    for name, r, ref in (("traced", traced, base), ("paced", paced, base_paced)):
         per_span = r["cpu"] / r["spans"] * 1e6 if r["spans"] else float("nan")
-        print(f"{name:<10} {r['rate']:>9.0f} {r['rate'] / base:>8.2f} {r['spans']:>8} "
+        print(f"{name:<10} {r['rate']:>9.0f} {r['rate'] / ref:>8.2f} {r['spans']:>8} "
               f"{r['cpu']:>9.2f}s {per_span:>8.1f} {r['lost']:>6} {r['rss_mib']:>8.1f} "
               f"{r['hwm_mib']:>9.1f}")
     print(f"agent idle CPU: {traced['idle_cpu_per_s'] * 100:.1f}% of a core; "
