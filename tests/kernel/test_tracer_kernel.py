@@ -110,9 +110,11 @@ class Tracer:
         return struct.pack("<I", pid) in self.pids
 
     def drain(self) -> list[Ev]:
+        """Every pending event, in time order (rings are per CPU; a thread that
+        migrates leaves its events in several rings)."""
         result = self.rings.read_all()
         assert result.lost == 0
-        return [decode(s) for s in result.samples]
+        return sorted((decode(s) for s in result.samples), key=lambda e: e.ts_ns)
 
     def counter(self, slot: int) -> int:
         per_cpu = self.coll.maps["counters"].lookup(struct.pack("<I", slot))
