@@ -163,11 +163,14 @@ def _render_word(word: bytes) -> str:
     """A key or name as text: printable ASCII as is, anything else quoted with escapes."""
     if _PLAIN_KEY.fullmatch(word) and word[:1] != b'"':
         return word.decode("ascii")
-    cut = word[:128]
-    text = cut.decode("utf-8", "backslashreplace")
-    text = text.replace("\\", "\\\\").replace('"', '\\"')
-    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    text = "".join(_ESCAPED[b] for b in word[:128])
     return f'"{text}{"..." if len(word) > 128 else ""}"'
+
+
+# How each byte is written inside a quoted key (as redis-cli quotes them).
+_ESCAPED: Final = [chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in range(256)]
+_ESCAPED[0x22] = '\\"'
+_ESCAPED[0x5C] = "\\\\"
 
 
 def query_text(name: str, parts: list[bytes | None], argc: int) -> str:
@@ -509,6 +512,8 @@ class _Stream:
             self.bulk_left = left - take
             count -= take
             if take == left:
+                if self.keep_left:
+                    self.keep = None  # part of what we meant to keep went uncaptured: a cut name misleads
                 self._bulk_done(ts)
         if count:
             self._lose(ts)
