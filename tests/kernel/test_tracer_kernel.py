@@ -39,7 +39,7 @@ SYS = dict(read=1, readv=2, recvfrom=3, recvmsg=4, recvmmsg=5, write=6, writev=7
            sendmsg=9, sendmmsg=10, connect=11, accept=12, accept4=13, close=14)
 INGRESS, EGRESS = 1, 2
 ROLE_UNKNOWN, ROLE_CLIENT, ROLE_SERVER = 0, 1, 2
-F_SEQ_VALID, F_PEER_FROM_ARG, F_V4MAPPED, F_TRUNCATED, F_NEW_CONN, F_MULTI_MSG = 1, 2, 4, 8, 16, 32
+F_SEQ_VALID, F_PEER_FROM_ARG, F_V4MAPPED, F_TRUNCATED, F_NEW_CONN, F_MULTI_MSG, F_PEEK = 1, 2, 4, 8, 16, 32, 64
 CNT_EVENTS, CNT_PERF_FAIL, CNT_NOT_SOCKET = 0, 1, 6
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 MAX_PAYLOAD = 4096
@@ -287,6 +287,58 @@ def test_closing_a_duplicate_keeps_the_connection(tracer: Tracer) -> None:
     assert data[0].conn_id == opens[0].conn_id == closes[0].conn_id
     assert data[0].fd == dup_fd and not data[0].flags & F_NEW_CONN
     assert closes[0].fd == dup_fd and closes[0].bytes_tx == len(b"after-dup")
+
+
+def test_peek_then_read(tracer: Tracer) -> None:
+    tracer.drain()
+    ls, cli, srv = tcp_pair(socket.AF_INET, "127.0.0.1")
+    try:
+        cli.sendall(b"peekaboo")
+        time.sleep(0.02)
+        assert srv.recv(4, socket.MSG_PEEK) == b"peek"
+        assert srv.recv(100) == b"peekaboo"
+        cport = cli.getsockname()[1]
+    finally:
+        cli.close()
+        srv.close()
+        ls.close()
+    evs = [e for e in of_ports(tracer.drain(), cport) if e.kind == EV_DATA]
+    w, peek, read = evs
+    assert w.direction == EGRESS and peek.direction == read.direction == INGRESS
+    assert peek.flags & F_PEEK and not read.flags & F_PEEK
+    assert peek.payload == b"peek" and read.payload == b"peekaboo"
+    assert w.tcp_seq == peek.tcp_seq == read.tcp_seq
+    assert peek.bytes_rx == read.bytes_rx == 0  # a peek does not advance the stream
+
+
+def test_nonblocking_connect_and_reset(tracer: Tracer) -> None:
+    tracer.drain()
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen()
+    cli = socket.socket()
+    cli.setblocking(False)
+    try:
+        err = cli.connect_ex(ls.getsockname())
+        srv, _ = ls.accept()
+        cli.setblocking(True)
+        # reset: the server closes with unread data, the client's next read fails
+        cli.sendall(b"unread")
+        time.sleep(0.02)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        srv.close()
+        time.sleep(0.02)
+        with pytest.raises(ConnectionResetError):
+            cli.recv(10)
+        cport = cli.getsockname()[1]
+    finally:
+        cli.close()
+        ls.close()
+    evs = [e for e in of_ports(tracer.drain(), cport) if e.sport == cport]
+    opens = [e for e in evs if e.kind == EV_OPEN]
+    assert len(opens) == 1 and opens[0].ret == -err and err in (0, 115)
+    errors = [e for e in evs if e.kind == EV_DATA and e.ret < 0]
+    assert [(e.direction, e.ret, e.payload_len) for e in errors] == [(INGRESS, -104, 0)]  # -ECONNRESET
 
 
 def test_large_write_is_truncated_to_max_payload(tracer: Tracer) -> None:
