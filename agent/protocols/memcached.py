@@ -63,8 +63,16 @@ _NO_KEY: Final = frozenset({b"stats", b"version", b"flush_all", b"verbosity", b"
                             b"lru_crawler", b"slabs", b"watch", b"cache_memlimit", b"shutdown",
                             b"misbehave", b"debugtime", b"lru", b"extstore"})
 _META: Final = frozenset({b"mg", b"ms", b"md", b"ma", b"me", b"mn"})
-# Quiet meta commands leave out this reply (and only this one) on success.
-_QUIET_SUPPRESSED: Final = {b"mg": b"EN", b"ms": b"HD", b"md": b"HD"}
+# Commands whose first argument is a key (gat/gats: the second).
+_KEYED: Final = _STORAGE | _RETRIEVAL | _META - {b"mn"} | {b"delete", b"incr", b"decr", b"touch"}
+# The reply codes each meta command can get (errors aside); quiet mode ("q")
+# leaves out the success code: EN (a miss) for mg, HD for the others.
+_META_REPLIES: Final = {
+    b"mg": frozenset({b"VA", b"HD", b"EN"}), b"ms": frozenset({b"HD", b"NS", b"EX"}),
+    b"md": frozenset({b"HD", b"NF", b"EX"}), b"ma": frozenset({b"HD", b"VA", b"NF", b"NS", b"EX"}),
+    b"me": frozenset({b"ME", b"EN"}), b"mn": frozenset({b"MN"}),
+}
+_QUIET_SUPPRESSED: Final = {b"mg": b"EN", b"ms": b"HD", b"md": b"HD", b"ma": b"HD"}
 _ERRORS: Final = frozenset({b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"})
 _STATUS_WORDS: Final = frozenset({b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND", b"DELETED",
                                   b"TOUCHED", b"OK", b"RESET", b"HD", b"NS", b"EX", b"NF", b"EN",
@@ -166,21 +174,27 @@ def looks_like_binary(data: bytes) -> bool:
 
 
 def _render_key(key: bytes) -> str:
+    """A key as text: printable ASCII as is, anything else quoted with escapes."""
     if _PLAIN_KEY.fullmatch(key) and key[:1] != b'"':
         return key.decode("ascii")
-    text = key[:128].decode("utf-8", "backslashreplace").replace("\\", "\\\\").replace('"', '\\"')
-    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    text = "".join(_ESCAPED[b] for b in key[:128])
     return f'"{text}{"..." if len(key) > 128 else ""}"'
+
+
+_ESCAPED: Final = [chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in range(256)]
+_ESCAPED[0x22] = '\\"'
+_ESCAPED[0x5C] = "\\\\"
 
 
 def query_text(tokens: list[bytes]) -> str:
     """``db.query.text`` of a text command by the rule in the module docstring."""
     cmd = tokens[0]
     words = [_op_name(cmd)]
-    key_at = 2 if cmd in (b"gat", b"gats") else 1
+    # The key, or a keyless command's first argument (a sub-command); unknown commands keep nothing.
+    keep_at = (2 if cmd in (b"gat", b"gats") else 1) if cmd in _KEYED or cmd in _NO_KEY else -1
     placeholders = 0
     for i, token in enumerate(tokens[1:], 1):
-        if i == key_at or (i == 1 and cmd in _NO_KEY):
+        if i == keep_at:
             words.append(_render_key(token[:KEEP_BYTES]))
         elif token == b"noreply":
             words.append("noreply")
@@ -201,7 +215,7 @@ class _Request:
     """A command waiting for its reply; a *gap* stands for commands that went uncaptured."""
 
     __slots__ = ("op", "text", "start_ns", "end_ns", "seq", "flags", "gap", "no_reply", "quiet",
-                 "cmd", "multi", "opaque", "keys", "opcode")
+                 "cmd", "multi", "opaque", "keys", "opcode", "replies", "echo_key")
 
     def __init__(self, op: str, text: str, start_ns: int, seq: int | None) -> None:
         self.op = op
@@ -218,6 +232,8 @@ class _Request:
         self.opaque: bytes | int | None = None
         self.keys = 0             # keys of a retrieval
         self.opcode = -1          # binary
+        self.replies: frozenset[bytes] = frozenset()  # meta: the reply codes it can get
+        self.echo_key: bytes | None = None            # meta "k" flag: the reply names the key
 
 
 class _Reply:
@@ -565,11 +581,19 @@ class MemcachedConnection:
             flags = tokens[3:] if cmd == b"ms" else tokens[2:]
             if cmd == b"ms" and n >= 3 and tokens[2].isdigit() and len(tokens[2]) < 11:
                 length = int(tokens[2])
+            replies = _META_REPLIES[cmd]
             for flag in flags:
                 if flag == b"q":
-                    req.quiet = cmd in (b"mg", b"ms", b"md", b"ma")
+                    req.quiet = cmd in _QUIET_SUPPRESSED
                 elif flag[:1] == b"O":
                     req.opaque = flag
+                elif flag == b"k" and n > 1:
+                    req.echo_key = b"k" + tokens[1]
+                elif cmd == b"ms" and flag[:1] in (b"C", b"M"):
+                    replies = replies | {b"NF"}  # compare-and-swap and append modes can miss
+            if req.quiet:
+                replies = replies - {_QUIET_SUPPRESSED[cmd]}
+            req.replies = replies
         elif cmd == b"quit":
             req.no_reply = True
         elif n > 1 and tokens[-1] == b"noreply" and cmd in (b"delete", b"incr", b"decr", b"touch",
@@ -594,7 +618,8 @@ class MemcachedConnection:
             length = int(size)
         reply = self._reply
         if reply is None:
-            if word not in _REPLY_WORDS and not word.isdigit():
+            head = self._pending[0] if self._pending else None
+            if word not in _REPLY_WORDS and not word.isdigit() and not (head is not None and head.multi):
                 return None  # not a reply: we are out of step
             reply = self._reply = _Reply(start_ns, seq)
             owner = self._owner_text(word, rest)
@@ -643,22 +668,19 @@ class MemcachedConnection:
 
     def _owner_text(self, word: bytes, rest: bytes) -> _Request | None:
         """The command a text reply answers, past quiet commands that succeeded silently."""
-        opaque = None
-        if len(word) == 2 and rest:
-            for flag in rest.split():
+        opaque = key = None
+        if len(word) == 2 and rest:  # a meta reply: its flags echo O(paque) and k(ey)
+            for flag in rest.split()[1 if word == b"VA" else 0:]:
                 if flag[:1] == b"O":
                     opaque = flag
-                    break
-        return self._take(self._reply.start_ns, lambda head: self._quiet_answer(head, word, opaque))
+                elif flag[:1] == b"k":
+                    key = flag
 
-    @staticmethod
-    def _quiet_answer(head: _Request, word: bytes, opaque: bytes | None) -> bool:
-        """Can this reply be the quiet command ``head``'s?"""
-        if word == b"MN":
-            return head.cmd == b"mn"
-        if _QUIET_SUPPRESSED.get(head.cmd) == word:
-            return False
-        return not (head.opaque is not None and opaque is not None and head.opaque != opaque)
+        def may_answer(head: _Request) -> bool:
+            if word in _ERRORS:
+                return True
+            return word in head.replies and head.opaque == opaque and head.echo_key == key
+        return self._take(self._reply.start_ns, may_answer)
 
     # --- binary protocol ------------------------------------------------------------
 
@@ -706,8 +728,11 @@ class MemcachedConnection:
 
     def _owner_binary(self, opcode: int, opaque: int, start_ns: int) -> _Request | None:
         # Responses echo the request's opcode and opaque: a quiet request skipped
-        # over was a miss (getq) or a success (setq).
-        return self._take(start_ns, lambda head: head.opcode == opcode and head.opaque == opaque)
+        # over was a miss (getq) or a success (setq); a gap ends at the request
+        # the response names.
+        def answers(head: _Request) -> bool:
+            return head.opcode == opcode and head.opaque == opaque
+        return self._take(start_ns, answers, answers)
 
     # --- pairing ---------------------------------------------------------------------
 
@@ -728,8 +753,13 @@ class MemcachedConnection:
         while pending and pending[0].no_reply:
             self._emit(pending.popleft(), None)
 
-    def _take(self, reply_start: int, may_answer: Callable[[_Request], bool]) -> _Request | None:
-        """The command the reply starting at ``reply_start`` answers (FIFO)."""
+    def _take(self, reply_start: int, may_answer: Callable[[_Request], bool],
+              names: Callable[[_Request], bool] | None = None) -> _Request | None:
+        """The command the reply starting at ``reply_start`` answers (FIFO).
+
+        ``may_answer`` tells whether a quiet command could get this reply;
+        ``names``, when the reply identifies its command, whether it is this one.
+        """
         if self._skip_replies:
             self._skip_replies -= 1
             return None
@@ -737,7 +767,8 @@ class MemcachedConnection:
         while pending:
             head = pending[0]
             if head.gap:
-                if len(pending) > 1 and reply_start >= pending[1].start_ns:
+                if len(pending) > 1 and (names(pending[1]) if names is not None
+                                         else reply_start >= pending[1].start_ns):
                     pending.popleft()
                     continue
                 self.absorbed_replies += 1
