@@ -92,6 +92,13 @@ SAME_REQUEST = "same-request"
 _MS = 1_000_000
 _S = 1_000_000_000
 
+# ``add`` also does ``tick``'s work this often, so that releases follow the
+# spans' deadlines closely instead of coming in one burst per housekeeping
+# tick (subscriber queues are bounded).
+ADVANCE_EVERY_NS = 50 * _MS
+# A client span with no candidate parent yet is looked at again this often.
+RETRY_NS = 250 * _MS
+
 # A process "forwards content" once this many unambiguous links agreed on
 # method+path+query, and at most one in this many disagreed.
 FORWARDING_MIN_AGREE = 3
@@ -289,7 +296,7 @@ class SpanLinker:
     """
 
     def __init__(self, publish: Callable[[dict[str, Any]], None], *,
-                 hold_ns: int = 2 * _S, settle_ns: int = 300 * _MS, min_wait_ns: int = 500 * _MS,
+                 hold_ns: int = 2 * _S, settle_ns: int = 500 * _MS, min_wait_ns: int = 500 * _MS,
                  remember_ns: int = 10 * _S, max_held: int = 100_000,
                  max_remembered: int = 200_000, clock_skew_ns: int = 2 * _MS,
                  local_inference: bool = True,
@@ -319,6 +326,7 @@ class SpanLinker:
         self._deadlines: list[tuple[int, int, _Node]] = []  # (deadline, order, node)
         self._remembered: deque[tuple[int, _Node]] = deque()  # (forget at, node), release order
         self._stale_threads: set[_Thread] = set()
+        self._next_advance = 0
         self.counts: dict[str, int] = {c: 0 for c in CONFIDENCES}
         self.reasons: dict[str, int] = {}
         self.errors = 0
@@ -365,9 +373,12 @@ class SpanLinker:
                 self._attach(child, node, None, None, 0)
         while len(self._held) > self.max_held:
             self._evict_oldest()
+        if now >= self._next_advance:
+            self.tick(now)
 
     def tick(self, now_unix_ns: int) -> None:
         """Decide what waited for time to pass; release what is due (about once a second)."""
+        self._next_advance = now_unix_ns + ADVANCE_EVERY_NS
         pending = self._pending
         retry = []
         while pending and pending[0][0] <= now_unix_ns:
@@ -378,7 +389,7 @@ class SpanLinker:
             if not self._decide_client(client, final) and not final:
                 retry.append(client)
         for client in retry:
-            heapq.heappush(pending, (now_unix_ns + 1, client.order, client))
+            heapq.heappush(pending, (now_unix_ns + RETRY_NS, client.order, client))
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now_unix_ns:
             _, _, node = heapq.heappop(deadlines)
@@ -586,15 +597,16 @@ class SpanLinker:
         while remembered and (remembered[0][0] <= now or len(remembered) > self.max_remembered):
             _, node = remembered.popleft()
             self._drop_indexes(node)
+        emptied = False
         for thread in self._stale_threads:
             thread.compact()
+            emptied = emptied or not (thread.servers or thread.clients)
         self._stale_threads.clear()
-        self._procs = {key: proc for key, proc in self._procs.items() if self._prune_threads(proc)}
-
-    @staticmethod
-    def _prune_threads(proc: _Process) -> bool:
-        proc.threads = {tid: t for tid, t in proc.threads.items() if t.servers or t.clients}
-        return bool(proc.threads)
+        if emptied:
+            for key, proc in list(self._procs.items()):
+                proc.threads = {tid: t for tid, t in proc.threads.items() if t.servers or t.clients}
+                if not proc.threads:
+                    del self._procs[key]
 
     def _drop_indexes(self, node: _Node) -> None:
         node.forgotten = True
@@ -620,4 +632,8 @@ class SpanLinker:
         if proc is not None:
             thread = proc.threads.get(node.tid)
             if thread is not None:
-                self._stale_threads.add(thread)
+                # Forgotten spans are skipped by queries; compact once they are
+                # a fair share of the thread's spans.
+                thread.stale += 1
+                if thread.stale * 4 >= len(thread.servers) + len(thread.clients):
+                    self._stale_threads.add(thread)

@@ -1,6 +1,7 @@
 """A thread-per-request HTTP/1.1 service for the trace-linking tests.
 
 Usage: tier_service.py --log FILE [--bind ADDR] [--downstream HOST:PORT] [--work-ms MAX]
+                       [--body-kb N]
 
 Prints its port on stdout once listening and serves until stdin closes.
 Every request is appended to FILE as one JSON line, the ground truth the
@@ -8,7 +9,7 @@ tests compare spans with: the ``X-Request-Id`` header (sidetrace never reads
 it), the connection's client port, when the request arrived, and for each
 downstream call (made on the handler's own thread, forwarding the id) the
 local port it used and when it was sent.  ``--work-ms`` adds a random pause so that
-concurrent requests overlap.
+concurrent requests overlap; ``--body-kb`` pads every response to that size.
 """
 
 import argparse
@@ -34,7 +35,7 @@ class Ledger:
             self._file.write(line + "\n")
 
 
-def make_handler(ledger, downstream, work_ms):
+def make_handler(ledger, downstream, work_ms, body_kb):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -66,6 +67,7 @@ def make_handler(ledger, downstream, work_ms):
             if work_ms:
                 time.sleep(random.uniform(0, work_ms) / 1000)
             body = json.dumps({"id": request_id, "path": self.path}).encode()
+            body += b" " * max(0, body_kb * 1024 - len(body))
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -90,12 +92,14 @@ def main():
     parser.add_argument("--bind", default="127.0.0.1")
     parser.add_argument("--downstream")
     parser.add_argument("--work-ms", type=float, default=0.0)
+    parser.add_argument("--body-kb", type=int, default=0)
     args = parser.parse_args()
     downstream = None
     if args.downstream:
         host, port = args.downstream.rsplit(":", 1)
         downstream = (host, int(port))
-    server = Server((args.bind, 0), make_handler(Ledger(args.log), downstream, args.work_ms))
+    server = Server((args.bind, 0), make_handler(Ledger(args.log), downstream, args.work_ms,
+                                                          args.body_kb))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(server.server_address[1], flush=True)
     sys.stdin.read()  # serve until the test closes our stdin

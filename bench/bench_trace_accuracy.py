@@ -1,0 +1,224 @@
+"""Trace-linking accuracy on a live 3-tier application, and the linker's own cost.
+
+    tier_load (N client threads) --> nginx (event loop) --> service (threads) --> stock (threads)
+
+Each variant starts the application (tests/kernel/apps/tier_*), a fresh
+``sidetrace run`` tracing its processes, and drives the load; every request
+carries an ``X-Request-Id`` that only the programs' own ledgers see.  From the
+ledgers the true parent of every span is known, and the agent's links are
+scored per kind of edge:
+
+* precision: of the parents the linker set, the fraction that are right;
+* recall (= edge accuracy): of the spans that have a true parent (seen by
+  the agent), the fraction whose parent is right;
+* completeness: requests whose six spans form one trace with every parent right.
+
+Goals: >= 99% for cross-process and thread-per-request edges, >= 95% through
+the event-loop proxy.  The second part feeds synthetic 3-tier traces through
+``SpanLinker`` alone and reports spans per second.
+
+Needs root (BPF) and nginx.  Usage:
+    python bench/bench_trace_accuracy.py [--requests N] [--repeat R] [--only NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent._linker import SpanLinker  # noqa: E402
+from tests.kernel._procs import agent, stop, wait_for_socket  # noqa: E402
+from tests.kernel.apps.tier_rig import EdgeScore, ThreeTier, score  # noqa: E402
+from wire import BlockingSubscriber, make_span  # noqa: E402
+
+GOALS = {"cross-process": 0.99, "thread-per-request": 0.99, "event-loop": 0.95}
+FOUR_ROUTES = ("/api/orders", "/api/users", "/ka/orders", "/ka/users")
+
+
+@dataclasses.dataclass
+class Variant:
+    name: str
+    description: str
+    options: dict
+
+
+VARIANTS = [
+    Variant("four-routes", "8 clients, 4 routes (2 over kept-alive upstream connections), "
+            "a connection per request", dict(clients=8, paths=FOUR_ROUTES)),
+    Variant("one-route-ka", "8 clients, every request the same path, client keep-alive",
+            dict(clients=8, paths=("/ka/orders",), keep_alive=True)),
+    Variant("one-route-16", "16 clients, every request the same path (new upstream connections)",
+            dict(clients=16, paths=("/api/orders",))),
+    Variant("two-workers", "16 clients, 2 nginx worker processes, 2 routes",
+            dict(clients=16, workers=2, paths=("/api/orders", "/ka/orders"))),
+    Variant("big-bodies", "8 clients, 2 routes, large responses (--big-body-kb: many reads "
+            "and writes per response, interleaved in nginx)",
+            dict(clients=8, paths=("/api/orders", "/ka/orders"), body_kb=32)),
+    Variant("no-work-32", "32 clients, one path, backends answer at once (most overlap in nginx)",
+            dict(clients=32, paths=("/ka/orders",), stock_work_ms=0.0, service_work_ms=0.0)),
+]
+
+
+def collect(sub: BlockingSubscriber, want: int, settle: float = 2.0, limit: float = 60):
+    spans, lost = [], 0
+    deadline = time.monotonic() + limit
+    quiet_since = None
+    while time.monotonic() < deadline:
+        if len(spans) >= want:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since > settle:
+                break
+        try:
+            msg = sub.receive()
+        except TimeoutError:
+            continue
+        if msg is None:
+            break
+        if msg["type"] == "span":
+            spans.append(msg)
+        elif msg["type"] == "stats":
+            lost = sum(msg["lost_events"])
+    return spans, lost
+
+
+def run_variant(variant: Variant, requests_total: int):
+    options = dict(variant.options)
+    options["requests"] = max(1, requests_total // options["clients"])
+    workdir = Path(tempfile.mkdtemp(prefix="st-bench-", dir="/tmp"))
+    try:
+        with ThreeTier(workdir, **options) as app:
+            sock = workdir / "agent.sock"
+            with agent(sock, *[a for pid in app.all_pids for a in ("--pid", str(pid))]) as proc:
+                wait_for_socket(sock, proc)
+                with BlockingSubscriber(sock, timeout=0.5) as sub:
+                    started = time.monotonic()
+                    app.run_load()
+                    load_seconds = time.monotonic() - started
+                    spans, lost = collect(sub, app.expected_spans)
+                stop(proc)
+            truth = app.truth()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = score(spans, truth)
+    return result, len(spans), app.expected_spans, lost, len(truth.requests) / load_seconds
+
+
+def add_into(total: EdgeScore, part: EdgeScore) -> None:
+    total.true_edges += part.true_edges
+    total.linked += part.linked
+    total.correct += part.correct
+
+
+def linker_throughput(chains: int = 20_000) -> tuple[float, int]:
+    """Spans per second through add + tick, synthetic 3-tier traces 0.5 ms apart."""
+    ms = 1_000_000
+    t0 = 1_800_000_000 * 1_000_000_000
+    spans = []
+    for i in range(chains):
+        base = t0 + i * ms // 2
+        port = 20000 + i % 40000
+        conns = [(("127.0.0.1", port + k), ("127.0.0.1", 7000 + k)) for k in range(3)]
+        hops = [  # innermost first: (kind, pid, tid, start, end, connection)
+            ("server", 40, 41 + i % 8, 4.0, 6.0, 2), ("client", 30, 31 + i % 8, 3.9, 6.1, 2),
+            ("server", 30, 31 + i % 8, 2.0, 8.0, 1), ("client", 20, 20, 1.9, 8.1, 1),
+            ("server", 20, 20, 1.0, 8.2, 0), ("client", 10, 11 + i % 8, 0.9, 8.3, 0),
+        ]
+        for n, (kind, pid, tid, start, end, c) in enumerate(hops):
+            client, server = conns[c]
+            spans.append(make_span(
+                trace_id=os.urandom(16), span_id=os.urandom(8), parent_span_id=None,
+                name="GET /x", kind=kind, start_time_unix_nano=base + int(start * ms),
+                end_time_unix_nano=base + int(end * ms), pid=pid, tid=tid, comm="app",
+                protocol="http", status="unset",
+                attributes={"client.address": client[0], "client.port": client[1],
+                            "server.address": server[0], "server.port": server[1],
+                            "http.request.method": "GET", "url.path": "/x",
+                            "sidetrace.tcp.request_seq": i * 8 + c}))
+    spans.sort(key=lambda s: s["end_time_unix_nano"])
+    now = [t0]
+    published = []
+    linker = SpanLinker(published.append, clock=lambda: now[0])
+    peak = 0
+    started = time.perf_counter()
+    for s in spans:
+        now[0] = max(now[0], s["end_time_unix_nano"] + 50 * ms)
+        linker.add(s)
+        peak = max(peak, linker.held)
+    linker.flush()
+    elapsed = time.perf_counter() - started
+    assert len(published) == len(spans)
+    return len(spans) / elapsed, peak
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=960, help="requests per variant run")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each variant")
+    ap.add_argument("--only", action="append", default=[], help="run only this variant (repeatable)")
+    ap.add_argument("--big-body-kb", type=int, default=32,
+                    help="response size of the big-bodies variant (default: %(default)s)")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0 or shutil.which("nginx") is None:
+        print("needs root (BPF) and nginx", file=sys.stderr)
+        return 2
+
+    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}, Linux {platform.release()}")
+    kinds = list(GOALS)
+    totals = {k: EdgeScore() for k in kinds}
+    overall = EdgeScore()
+    complete = requests = 0
+    header = (f"| variant | requests | req/s | spans (lost events) | "
+              + " | ".join(f"{k} P / R" for k in kinds) + " | all P / R | complete |")
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for variant in VARIANTS:
+        if args.only and variant.name not in args.only:
+            continue
+        if "body_kb" in variant.options:
+            variant.options["body_kb"] = args.big_body_kb
+        for _ in range(args.repeat):
+            result, got, want, lost, rate = run_variant(variant, args.requests)
+            for k in kinds:
+                add_into(totals[k], result.by_kind[k])
+            add_into(overall, result.overall)
+            complete += result.complete_traces
+            requests += result.requests
+            cells = " | ".join(f"{result.by_kind[k].precision:.2%} / {result.by_kind[k].recall:.2%}"
+                               for k in kinds)
+            print(f"| {variant.name} | {result.requests} | {rate:.0f} | {got}/{want} ({lost}) | "
+                  f"{cells} | {result.overall.precision:.2%} / {result.overall.recall:.2%} | "
+                  f"{result.completeness:.2%} |", flush=True)
+            confidences = result.confidence_counts["nginx.client"]
+            print(f"|   nginx upstream links: "
+                  + ", ".join(f"{k}={v}" for k, v in sorted(confidences.items())) + " |", flush=True)
+    cells = " | ".join(f"{totals[k].precision:.2%} / {totals[k].recall:.2%}" for k in kinds)
+    print(f"| **all runs** | {requests} | | | {cells} | "
+          f"{overall.precision:.2%} / {overall.recall:.2%} | "
+          f"{complete / requests if requests else 0:.2%} |")
+    for k in kinds:
+        print(f"{k}: {totals[k].correct}/{totals[k].true_edges} edges right, "
+              f"{totals[k].linked - totals[k].correct} wrong links")
+
+    rate, peak = linker_throughput()
+    print(f"linker alone: {rate:,.0f} spans/s (add + tick + release; "
+          f"synthetic 3-tier traces, 12,000 spans/s offered; peak held {peak})")
+
+    met = all(min(totals[k].precision, totals[k].recall) >= GOALS[k] for k in kinds)
+    print(f"goals (>= 99% cross-process and thread-per-request, >= 95% event loop, "
+          f"precision and recall): {'met' if met else 'NOT met'}")
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
