@@ -64,9 +64,11 @@ _MYSQL_PATTERN = re.compile(_COMMON_HEAD + r"""
 _PATTERNS = {POSTGRESQL: _PG_PATTERN, MYSQL: _MYSQL_PATTERN}
 _KEPT = frozenset(("comment", "hash", "ident"))
 _IN_LIST = re.compile(r"(?i)(?<![\w$])(IN\s*)\(\s*\?(?:\s*,\s*\?)+\s*\)")
-# Repeats of a tuple of placeholders (multi-row VALUES), the last perhaps cut short.
-_TUPLE = r"\(\s*\?(?:\s*,\s*\?)*\s*"
-_TUPLES = re.compile(r"(" + _TUPLE + r"\))(?:\s*,\s*" + _TUPLE + r"(?:\)|\Z|,\s*\Z))+")
+# Repeats of a tuple of placeholders (multi-row VALUES); text cut short may end in part of one.
+_TUPLE = r"\(\s*\?(?:\s*,\s*\?)*\s*\)"
+_CUT_TUPLE = r"\s*,\s*\([\s?,]*\Z"
+_TUPLES = re.compile(r"(" + _TUPLE + r")(?:(?:\s*,\s*" + _TUPLE + r")+(?:" + _CUT_TUPLE + r")?|"
+                     + _CUT_TUPLE + r")")
 
 
 def _replace(m: re.Match[str]) -> str:

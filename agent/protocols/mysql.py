@@ -375,7 +375,7 @@ class MysqlHandler:
         self._request_direction = {"server": INGRESS, "client": EGRESS}.get(self.role)
         self._requests = _Stream(self, True)
         self._responses = _Stream(self, False)
-        self._phase: int | None = None   # decided by the first bytes
+        self._phase: int | None = None   # decided by the first whole packet
         self._caps = 0
         self._server_caps = 0
         self._mariadb_caps = 0
@@ -396,7 +396,7 @@ class MysqlHandler:
         if self._closed or self._phase == _OPAQUE:
             return []
         total = max(total_len, len(data))
-        if self._phase is None and not self._start(direction, data):
+        if self._request_direction is None and not self._decide_role(direction, data):
             return []
         stream = self._requests if direction == self._request_direction else self._responses
         try:
@@ -429,30 +429,36 @@ class MysqlHandler:
         self._out = []
         return out
 
-    def _start(self, direction: str, data: bytes) -> bool:
-        """Where in the conversation the first bytes are, and (if unknown) which side is which."""
+    def _decide_role(self, direction: str, data: bytes) -> bool:
         other = EGRESS if direction == INGRESS else INGRESS
         if looks_like_greeting(data):
-            requests, phase = other, _HANDSHAKE
-        elif looks_like_handshake_response(data):
-            requests, phase = direction, _AUTH
-        elif self._request_direction is not None:
-            requests, phase = self._request_direction, _COMMAND
-        elif looks_like_command(data):
-            requests, phase = direction, _COMMAND
+            self._request_direction = other
+        elif looks_like_handshake_response(data) or looks_like_command(data):
+            self._request_direction = direction
         else:
             return False
-        if self._request_direction is None:
-            self._request_direction = requests
-            self.role = "server" if requests == INGRESS else "client"
-        self._phase = phase
+        self.role = "server" if self._request_direction == INGRESS else "client"
         return True
+
+    def _first_packet(self, request: bool, seq_id: int, length: int, buf: bytes, start: int,
+                      stop: int) -> None:
+        """Where in the conversation the first whole packet is: handshake or commands."""
+        if not request and seq_id == 0 and stop - start > 1 and buf[start] == 10:
+            self._phase = _HANDSHAKE
+        elif (request and seq_id == 1 and stop - start >= 32
+              and _U32.unpack_from(buf, start)[0] & CLIENT_PROTOCOL_41 and not any(buf[start + 9:start + 28])):
+            self._phase = _HANDSHAKE  # joined after the greeting
+        else:
+            self._phase = _COMMAND
 
     # --- packets -----------------------------------------------------------------------------
 
     def _packet(self, request: bool, seq_id: int, length: int, buf: bytes, start: int, stop: int,
                 cut: bool, msg_ns: int, msg_seq: int | None, end_ns: int) -> None:
         phase = self._phase
+        if phase is None:
+            self._first_packet(request, seq_id, length, buf, start, stop)
+            phase = self._phase
         if phase == _COMMAND:
             if request:
                 self._request(seq_id, length, buf, start, stop, cut, msg_ns, msg_seq, end_ns)

@@ -33,6 +33,8 @@ from agent.protocols._sqlredact import MYSQL, POSTGRESQL, describe_query, redact
     ("SELECT * FROM t WHERE id IN ($1, $2)", "SELECT * FROM t WHERE id IN ($1, $2)"),
     ("INSERT INTO t VALUES (1, 'a'), (2, 'b'),(3,'c')", "INSERT INTO t VALUES (?, ?)"),
     ("INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c", "INSERT INTO t VALUES (?, ?)"),
+    ("INSERT INTO t VALUES (1, 'a'), (2, 'b'),(", "INSERT INTO t VALUES (?, ?)"),
+    ("SELECT f(1), 2, g(3, 4)", "SELECT f(?), ?, g(?, ?)"),
     # Text cut short by a capture.
     ("SELECT 'abc", "SELECT ?"),
     ("SELECT $$abc", "SELECT ?"),
