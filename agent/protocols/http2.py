@@ -19,6 +19,31 @@ Three layers, bottom up:
   response, paired by stream id, many at once) and describes every finished
   stream as a span, gRPC included.
 
+Detection (``looks_like_http2``): the client preface; a server's first
+SETTINGS frame (not an ACK, stream 0, known parameters with legal values,
+and only frames after it); or, for a connection joined mid-stream, two
+plausible frame headers back to back (type 0-9, flags the type defines,
+reserved bit clear, stream-id and length rules of the type, length within
+16 KiB).  The frame walk after losing the framing uses the same test, with
+the largest SETTINGS_MAX_FRAME_SIZE either side announced.
+
+Span facts, per client-initiated stream: ``http.request.method``,
+``url.path``, ``url.query``, ``http.response.status_code``,
+``user_agent.original``, ``http.request.body.size`` and
+``http.response.body.size`` (DATA bytes, padding excluded),
+``network.protocol.name`` "http", ``network.protocol.version`` "2",
+``sidetrace.http2.stream_id``; for gRPC (content-type application/grpc*,
+or a grpc-status) ``rpc.system`` "grpc", ``rpc.service``, ``rpc.method``,
+``rpc.grpc.status_code`` (trailers or a Trailers-Only response), and the
+name "package.Service/Method" (otherwise "METHOD /path").  Status "error"
+for a non-zero grpc-status (message: grpc-message, percent-decoded;
+``error.type``: the code's name), for HTTP 5xx (4xx too on client spans),
+for a stream reset with an error code (``sidetrace.http2.error_code``) and
+for streams a GOAWAY left unprocessed.  ``sidetrace.http.flags`` lists
+what was missing: request_missing, response_missing (flushed at close or
+when more than MAX_OPEN_STREAMS are open), headers_partial (some fields
+unknown), headers_lost (a whole block), reset_by_client/server, refused.
+
 Frames of even (server-initiated, pushed) streams keep the HPACK state in
 step but are not reported.  Nothing here raises on bad input and every
 buffer is bounded.
