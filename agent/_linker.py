@@ -118,7 +118,7 @@ class _Node:
     __slots__ = (
         "span", "span_id", "trace_id", "parent_span_id", "server", "proc", "tid", "start", "end",
         "content", "seq_key", "pair", "parent", "children", "decided", "released", "forgotten",
-        "deadline", "given_parent", "has_server_child", "order",
+        "deadline", "given_parent", "has_server_child", "order", "local",
     )
 
     def __init__(self, span: dict[str, Any], proc: Hashable, order: int) -> None:
@@ -149,28 +149,52 @@ class _Node:
         self.given_parent = self.parent_span_id is not None
         self.has_server_child = False
         self.order = order
+        self.local = False          # in its process's thread index
 
 
-def _start(node: _Node) -> int:
-    return node.start
+WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
+def _ports(node: _Node) -> tuple:
+    return node.pair[1], node.pair[3]
+
+
+def _same_endpoints(a: tuple, b: tuple) -> bool:
+    """Same ports, and the same addresses where both ends know them."""
+    if a[1] != b[1] or a[3] != b[3]:
+        return False
+    for i in (0, 2):
+        if a[i] != b[i] and a[i] not in WILDCARDS and b[i] not in WILDCARDS:
+            return False
+    return True
 
 
 class _Thread:
-    """The server and client spans of one thread, sorted by start, for containment queries."""
+    """The server and client spans of one thread, sorted by start, for containment queries.
 
-    __slots__ = ("servers", "clients", "longest", "stale")
+    The start times are kept in lists of their own so that bisect compares
+    plain ints.
+    """
+
+    __slots__ = ("servers", "server_starts", "clients", "client_starts", "longest", "stale")
 
     def __init__(self) -> None:
         self.servers: list[_Node] = []
+        self.server_starts: list[int] = []
         self.clients: list[_Node] = []
+        self.client_starts: list[int] = []
         self.longest = 0
         self.stale = 0
 
     def add(self, node: _Node) -> None:
-        group = self.servers if node.server else self.clients
-        group.insert(bisect_right(group, node.start, key=_start), node)
         if node.server:
+            nodes, starts = self.servers, self.server_starts
             self.longest = max(self.longest, node.end - node.start)
+        else:
+            nodes, starts = self.clients, self.client_starts
+        i = bisect_right(starts, node.start)
+        starts.insert(i, node.start)
+        nodes.insert(i, node)
 
     def open_servers(self, client: _Node) -> tuple[list[_Node], int]:
         """Server spans that started before ``client`` and ended after it, and how
@@ -179,7 +203,7 @@ class _Thread:
         earliest = client.start - self.longest
         containing = []
         open_at_start = 0
-        i = bisect_right(servers, client.start, key=_start)
+        i = bisect_right(self.server_starts, client.start)
         while i > 0:
             i -= 1
             s = servers[i]
@@ -195,7 +219,7 @@ class _Thread:
     def clients_within(self, server: _Node) -> list[_Node]:
         clients = self.clients
         out = []
-        i = bisect_left(clients, server.start, key=_start)
+        i = bisect_left(self.client_starts, server.start)
         while i < len(clients) and clients[i].start <= server.end:
             c = clients[i]
             if c.end <= server.end and not c.forgotten:
@@ -205,15 +229,18 @@ class _Thread:
 
     def compact(self) -> None:
         self.servers = [n for n in self.servers if not n.forgotten]
+        self.server_starts = [n.start for n in self.servers]
         self.clients = [n for n in self.clients if not n.forgotten]
+        self.client_starts = [n.start for n in self.clients]
         self.stale = 0
 
 
 class _Process:
-    __slots__ = ("threads", "agree", "disagree")
+    __slots__ = ("threads", "servers", "agree", "disagree")
 
     def __init__(self) -> None:
         self.threads: dict[Any, _Thread] = {}
+        self.servers = 0    # server spans indexed (held or remembered)
         self.agree = 0      # unambiguous links where the request was forwarded unchanged
         self.disagree = 0
 
@@ -318,6 +345,8 @@ class SpanLinker:
         self._servers_by_key: dict[tuple, _Node] = {}  # waiting for their client span
         # Every span with addresses, by connection, oldest first: the fallback
         # join for spans without sequence numbers.
+        # Keyed by (client port, server port): an unconnected UDP socket may
+        # see its own address as the wildcard while the other end sees it.
         self._clients_by_pair: dict[tuple, deque[_Node]] = {}
         self._servers_by_pair: dict[tuple, deque[_Node]] = {}
         self._awaiting_parent: dict[bytes, list[_Node]] = {}
@@ -389,7 +418,10 @@ class SpanLinker:
             if not self._decide_client(client, final) and not final:
                 retry.append(client)
         for client in retry:
-            heapq.heappush(pending, (now_unix_ns + RETRY_NS, client.order, client))
+            # A process with no server span yet: look again at the deadline only.
+            proc = self._procs.get(client.proc)
+            later = now_unix_ns + RETRY_NS if proc is not None and proc.servers else client.deadline
+            heapq.heappush(pending, (min(later, client.deadline), client.order, client))
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now_unix_ns:
             _, _, node = heapq.heappop(deadlines)
@@ -422,7 +454,7 @@ class SpanLinker:
     def _link_server(self, server: _Node) -> None:
         key = server.seq_key
         if server.pair is not None:
-            self._servers_by_pair.setdefault(server.pair, deque()).append(server)
+            self._servers_by_pair.setdefault(_ports(server), deque()).append(server)
         if key is not None:
             client = self._clients_by_key.get(key)
             if (client is not None and not client.has_server_child
@@ -432,8 +464,9 @@ class SpanLinker:
             self._servers_by_key[key] = server
         elif server.pair is not None:
             # No sequence number on this side: addresses, ports and time.
-            clients = [c for c in self._clients_by_pair.get(server.pair, ())
-                       if not c.has_server_child and not c.forgotten]
+            clients = [c for c in self._clients_by_pair.get(_ports(server), ())
+                       if not c.has_server_child and not c.forgotten
+                       and _same_endpoints(c.pair, server.pair)]
             client = self._closest_in_time(server, clients, as_server=True)
             if client is not None and self._attach(server, client, ADDRESS_TIME, None, 1):
                 client.has_server_child = True
@@ -449,11 +482,12 @@ class SpanLinker:
                 client.has_server_child = True
         if client.pair is None:
             return
-        self._clients_by_pair.setdefault(client.pair, deque()).append(client)
+        self._clients_by_pair.setdefault(_ports(client), deque()).append(client)
         if not client.has_server_child:
             # A server span without a sequence number, or this client without one.
-            waiting = [s for s in self._servers_by_pair.get(client.pair, ())
-                       if not s.decided and not s.forgotten and (key is None or s.seq_key is None)]
+            waiting = [s for s in self._servers_by_pair.get(_ports(client), ())
+                       if not s.decided and not s.forgotten and (key is None or s.seq_key is None)
+                       and _same_endpoints(client.pair, s.pair)]
             server = self._closest_in_time(client, waiting, as_server=False)
             if server is not None and self._attach(server, client, ADDRESS_TIME, None, 1):
                 client.has_server_child = True
@@ -481,7 +515,10 @@ class SpanLinker:
         if thread is None:
             thread = proc.threads[node.tid] = _Thread()
         thread.add(node)
-        if not node.server and not node.decided:
+        node.local = True
+        if node.server:
+            proc.servers += 1
+        elif not node.decided:
             heapq.heappush(self._pending, (node.end + self.settle_ns, node.order, node))
 
     def _decide_client(self, client: _Node, final: bool) -> bool:
@@ -621,15 +658,17 @@ class SpanLinker:
                 del index[key]
         if node.pair is not None:
             index = self._servers_by_pair if node.server else self._clients_by_pair
-            group = index.get(node.pair)
+            group = index.get(_ports(node))
             if group is not None:
                 # Forgetting goes roughly in arrival order: trim from the front.
                 while group and group[0].forgotten:
                     group.popleft()
                 if not group:
-                    del index[node.pair]
-        proc = self._procs.get(node.proc)
+                    del index[_ports(node)]
+        proc = self._procs.get(node.proc) if node.local else None
         if proc is not None:
+            if node.server:
+                proc.servers -= 1
             thread = proc.threads.get(node.tid)
             if thread is not None:
                 # Forgotten spans are skipped by queries; compact once they are

@@ -183,6 +183,28 @@ def test_udp_picks_the_server_exchange_closest_to_each_client_exchange():
     assert s2["parent_span_id"] == second["span_id"]
 
 
+def test_udp_client_seeing_its_own_address_as_the_wildcard_still_links():
+    h = Harness()
+    client = span("client", 1, 0, 10, transport="udp", client=("0.0.0.0", 5353),
+                  server=("127.0.0.53", 53), seq=None)
+    server = span("server", 2, 1, 9, transport="udp", client=("127.0.0.1", 5353),
+                  server=("127.0.0.53", 53))
+    h.add(server, client)
+    h.run_for(3)
+    assert server["parent_span_id"] == client["span_id"] and conf(server) == ADDRESS_TIME
+
+
+def test_udp_with_the_same_ports_but_other_addresses_is_not_linked():
+    h = Harness()
+    client = span("client", 1, 0, 10, transport="udp", client=("10.0.0.7", 5353),
+                  server=("10.0.0.53", 53))
+    server = span("server", 2, 1, 9, transport="udp", client=("10.0.0.8", 5353),
+                  server=("10.0.0.53", 53))
+    h.add(server, client)
+    h.run_for(3)
+    assert server["parent_span_id"] is None
+
+
 def test_a_side_without_sequence_number_falls_back_to_time_on_tcp_too():
     h = Harness()
     client = span("client", 1, 0, 10, seq=None, **CONN)
