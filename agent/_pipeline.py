@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._clock import WallClock
-from ._events import IPPROTO_TCP, Direction, Event, Kind, Role, address_text, comm_text
+from ._events import IPPROTO_TCP, Direction, Event, Flag, Kind, Role, address_text, comm_text
 from ._lru import BoundedTable
 from ._spans import build_span
 from .protocols import EGRESS, INGRESS, REGISTRY, ConnectionHints, ProtocolHandler, SpanFacts
@@ -35,7 +35,7 @@ class Connection:
     __slots__ = (
         "conn_id", "tgid", "comm", "family", "l4_proto", "role",
         "local_address", "local_port", "remote_address", "remote_port",
-        "protocol", "parser", "detect_left", "tids", "events", "net_attrs",
+        "protocol", "parser", "detect_left", "tids", "events", "net_attrs", "_remote_raw",
     )
 
     def __init__(self, ev: Event) -> None:
@@ -49,6 +49,7 @@ class Connection:
         self.local_port = ev.sport
         self.remote_address = address_text(ev.daddr, ev.family)
         self.remote_port = ev.dport
+        self._remote_raw = ev.daddr
         self.protocol: str | None = None
         self.parser: ProtocolHandler | None = None
         self.detect_left = DETECT_ATTEMPTS
@@ -57,6 +58,18 @@ class Connection:
         self.events = 0
         # network attributes for (server side, client side) spans, built once.
         self.net_attrs: dict[bool, dict[str, Any]] = {}
+
+    def set_peer(self, ev: Event) -> None:
+        """An unconnected UDP socket: the peer is per datagram (sendto/recvfrom).
+
+        Spans are emitted on the reply, whose peer is the requester, so the
+        latest datagram's peer is the right one for the span being completed.
+        """
+        if ev.dport != self.remote_port or ev.daddr != self._remote_raw:
+            self._remote_raw = ev.daddr
+            self.remote_address = address_text(ev.daddr, ev.family)
+            self.remote_port = ev.dport
+            self.net_attrs = {}
 
     def note_tid(self, ts_ns: int, tid: int) -> None:
         tids = self.tids
@@ -116,6 +129,8 @@ class Pipeline:
     def _data(self, ev: Event) -> None:
         conn = self._connection(ev)
         conn.events += 1
+        if ev.flags & Flag.PEER_FROM_ARG:
+            conn.set_peer(ev)
         if conn.parser is None:
             if conn.protocol is not None or not self._detect(conn, ev):
                 return

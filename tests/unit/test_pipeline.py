@@ -112,3 +112,19 @@ def test_malformed_traffic_never_raises():
     pipe.close()
     for span in spans:
         validate(span)
+
+
+DNS_QUERY = bytes.fromhex("abcd01000001000000000000") + b"\x01a\x04test\x00\x00\x01\x00\x01"
+DNS_REPLY = (bytes.fromhex("abcd81800001000100000000") + b"\x01a\x04test\x00\x00\x01\x00\x01"
+             + bytes.fromhex("c00c000100010000003c00040a010203"))
+
+
+def test_unconnected_udp_spans_name_each_datagrams_own_peer():
+    pipe, spans = pipeline()
+    for i, port in enumerate((40001, 40002)):
+        kw = dict(conn=9, role=Role.UNKNOWN, sport=53, dport=port)
+        udp = dict(l4_proto=17, flags=Flag.PEER_FROM_ARG)
+        pipe.handle(event(ts=10 + i * 10, payload=DNS_QUERY, **kw)._replace(**udp))
+        pipe.handle(event(ts=15 + i * 10, direction=Direction.EGRESS, payload=DNS_REPLY, **kw)._replace(**udp))
+    assert [s["attributes"]["client.port"] for s in spans] == [40001, 40002]
+    assert all(s["kind"] == "server" and s["attributes"]["network.transport"] == "udp" for s in spans)
