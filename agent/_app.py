@@ -29,7 +29,7 @@ from ._events import COUNTER_NAMES, MalformedEvent, decode_event
 from ._linker import SpanLinker
 from ._merge import CpuMerger
 from ._pipeline import Pipeline
-from ._targets import TargetSelection, TargetTracker
+from ._targets import TargetSelection, TargetTracker, comm_key
 
 log = logging.getLogger("sidetrace")
 
@@ -40,7 +40,11 @@ RING_POLL_SECONDS = 0.1
 HOUSEKEEPING_SECONDS = 1.0
 CLOCK_REFRESH_SECONDS = 10.0
 SHUTDOWN_GRACE_SECONDS = 0.2
+# Values of the `pids` map (enum st_pid_flags) and of the `comms` map.
 PID_TRACED = 1
+PID_BY_COMM = 1 << 2
+COMM_SELECTED = 1
+_U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 
@@ -66,11 +70,29 @@ class Agent:
         self.samples = 0
         pids = collection.maps["pids"]
         self.pids_map = pids
-        self.targets = TargetTracker(
-            selection,
-            add=lambda tgid: pids.update(tgid, PID_TRACED),
-            remove=lambda tgid: pids.delete(tgid),
-        )
+        self.comms_map = collection.maps["comms"]
+        self.selection = selection
+        self.targets = TargetTracker(selection, add=self._trace_pid, remove=lambda tgid: pids.delete(tgid))
+
+    def _trace_pid(self, tgid: int) -> None:
+        """Mark ``tgid`` traced, keeping the flags the kernel may have set (exec, fork)."""
+        old = self.pids_map.lookup(tgid)
+        flags = PID_TRACED | (_U32.unpack(old)[0] if old is not None else 0)
+        self.pids_map.update(tgid, flags)
+
+    def load_comms(self) -> None:
+        """Give the kernel the process names to catch at exec (before attaching)."""
+        for name in self.selection.comms:
+            self.comms_map.update(comm_key(name), COMM_SELECTED)
+
+    def pid_counts(self) -> tuple[int, int]:
+        """(entries in `pids`, of which added at exec by name)."""
+        total = by_comm = 0
+        for _, value in self.pids_map.items():
+            total += 1
+            if _U32.unpack_from(value)[0] & PID_BY_COMM:
+                by_comm += 1
+        return total, by_comm
 
     def drain(self, ring: bpfobj.PerfRing) -> None:
         started = time.monotonic_ns()
@@ -112,11 +134,14 @@ class Agent:
 
     def stats(self) -> dict[str, Any]:
         errors = self.kernel_counters()
+        pids, pids_by_comm = self.pid_counts()
         return {
             "events": self.pipeline.events,
             "lost_events": [self.lost[cpu] for cpu in sorted(self.lost)],
             "map_fill": {
-                "pids": sum(1 for _ in self.pids_map.keys()),
+                "pids": pids,
+                "pids_by_comm": pids_by_comm,
+                "comms": len(self.selection.comms),
                 "connections": len(self.pipeline.connections),
             },
             "kernel_errors": {k: v for k, v in errors.items()
@@ -193,6 +218,7 @@ async def serve(args: argparse.Namespace, *, task_status=trio.TASK_STATUS_IGNORE
             server = SpanServer(args.socket, stats_interval=args.stats_interval)
             agent = Agent(collection, rings, server, selection, args.max_connections)
             server.stats_source = agent.stats
+            agent.load_comms()
             agent.targets.rescan()
             # Attach last: every map and ring is ready before the first event.
             collection.attach_all()

@@ -1,9 +1,11 @@
 """Which processes to trace: by pid, by process name, or everything but us.
 
-The kernel side follows forks of traced processes by itself; this module
-finds the processes that match the user's selection when the agent starts
-and, on each ``rescan``, any new process whose name matches (a service
-restarted by its supervisor is not a child of a traced process).
+The kernel side follows forks of traced processes by itself, and adds a
+process whose name is in its ``comms`` map at exec (``comm_key`` builds those
+keys), so a program that starts and exits within milliseconds is traced from
+its first syscall.  This module finds the processes that already match when
+the agent starts and, on each ``rescan``, any process whose name changed to a
+match without an exec (``prctl(PR_SET_NAME)``, a thread renaming its process).
 """
 
 from __future__ import annotations
@@ -21,6 +23,25 @@ class TargetSelection:
     def everything(self) -> bool:
         """No --pid and no --comm: trace every process except the agent."""
         return not self.pids and not self.comms
+
+
+# task->comm: TASK_COMM_LEN (16) bytes, at most 15 of them the name.
+COMM_LEN = 16
+
+
+def comm_key(name: str) -> bytes:
+    """The kernel's task->comm for a process named ``name``: cut to 15 bytes, NUL padded.
+
+    The kernel cuts names at exec the same way, so a longer --comm still
+    matches the processes whose name it starts with up to the 15th byte.
+    """
+    raw = name.encode("utf-8", "surrogateescape")[:COMM_LEN - 1]
+    return raw.ljust(COMM_LEN, b"\0")
+
+
+def kernel_comm(name: str) -> str:
+    """``name`` as /proc/<pid>/comm shows it (see ``comm_key``)."""
+    return comm_key(name).rstrip(b"\0").decode("utf-8", "replace")
 
 
 def read_comm(pid: int) -> str | None:
@@ -42,8 +63,9 @@ def matching_tgids(selection: TargetSelection, exclude: int | None = None) -> se
     """
     found = {pid for pid in selection.pids if os.path.exists(f"/proc/{pid}")}
     if selection.comms:
+        names = {kernel_comm(name) for name in selection.comms}
         for pid in live_pids():
-            if read_comm(pid) in selection.comms:
+            if read_comm(pid) in names:
                 found.add(pid)
     found.discard(exclude if exclude is not None else -1)
     return found

@@ -5,7 +5,8 @@
  *   data:      syscalls/sys_exit_{read,readv,recvfrom,recvmsg,recvmmsg,
  *                                 write,writev,sendto,sendmsg,sendmmsg}
  *   lifecycle: syscalls/sys_exit_{connect,accept,accept4}, syscalls/sys_enter_close
- *   processes: task/task_newtask (fork follow), sched/sched_process_exit
+ *   processes: task/task_newtask (fork follow), sched/sched_process_exec
+ *              (process names), sched/sched_process_exit
  *
  * Exit-only data path.  The data syscalls need no sys_enter program and no
  * in-flight map: at sys_exit the syscall's arguments are still in the
@@ -88,6 +89,15 @@ struct {
 	__type(key, __u32);   /* tgid */
 	__type(value, __u32); /* enum st_pid_flags */
 } pids SEC(".maps");
+
+/* Process names to trace (the agent's --comm): a process whose comm after
+ * exec is a key here is added to `pids` by st_sched_process_exec. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, char[ST_COMM_LEN]); /* task->comm, NUL padded */
+	__type(value, __u32);
+} comms SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -900,6 +910,44 @@ int st_task_newtask(struct st_newtask_ctx *ctx)
 	fill_header(&s->ev, bpf_get_current_task_btf(), ST_EV_PROC_FORK, ST_SYS_NONE, ST_DIR_NONE, pid_tgid, -1, tgid, NULL);
 	s->ev.tgid = child;
 	emit(ctx, s, 0);
+	return 0;
+}
+
+/* sched_process_exec fires in exec_binprm() once the new image is loaded:
+ * begin_new_exec() has already set task->comm to the new program's name
+ * (NUL padded by __set_task_comm), and de_thread() has made the caller the
+ * thread group leader, so tgid is the process id.  A match in `comms` adds
+ * the process to `pids` before the new program runs a single instruction,
+ * so even a process that lives a few milliseconds is traced from its first
+ * syscall.  Runs for every exec on the host: one hash lookup when comms
+ * are selected, nothing else. */
+SEC("tracepoint/sched/sched_process_exec")
+int st_sched_process_exec(void *ctx)
+{
+	struct task_struct *task;
+	__u64 key[ST_COMM_LEN / 8];
+	__u32 tgid, flags, *pflags;
+	const __u64 *comm;
+
+	if (trace_all)
+		return 0;
+	task = bpf_get_current_task_btf();
+	comm = (const __u64 *)task->comm;
+	key[0] = comm[0];
+	key[1] = comm[1];
+	if (!bpf_map_lookup_elem(&comms, key))
+		return 0;
+	tgid = bpf_get_current_pid_tgid() >> 32;
+	if (tgid == agent_tgid)
+		return 0;
+	flags = ST_PID_TRACED | ST_PID_BY_COMM;
+	pflags = bpf_map_lookup_elem(&pids, &tgid);
+	if (pflags) {
+		*pflags |= flags;
+		return 0;
+	}
+	if (bpf_map_update_elem(&pids, &tgid, &flags, BPF_ANY))
+		count(ST_CNT_PIDS_FULL);
 	return 0;
 }
 

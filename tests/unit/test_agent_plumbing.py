@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import struct
 import subprocess
 import time
@@ -15,7 +16,7 @@ from agent._clock import WallClock, sample_offset
 from agent._fastdecode import FastDecoder, field_layout
 from agent._lru import BoundedTable
 from agent._merge import OUTPUT_MARGIN_NS, CpuMerger
-from agent._targets import TargetSelection, TargetTracker, matching_tgids, read_comm
+from agent._targets import TargetSelection, TargetTracker, comm_key, kernel_comm, matching_tgids, read_comm
 
 SAMPLE = cs.Struct(
     "kind" / cs.Int32ul,
@@ -122,6 +123,28 @@ def test_targets_by_comm_find_a_real_process_and_notice_its_exit():
         child.wait()
     tracker.rescan()
     assert child.pid in removed
+
+
+def test_comm_keys_are_cut_and_padded_like_task_comm():
+    assert comm_key("nginx") == b"nginx".ljust(16, b"\0")
+    assert comm_key("a-very-long-program-name") == b"a-very-long-pro\0"
+    assert kernel_comm("a-very-long-program-name") == "a-very-long-pro"
+    assert comm_key("\u00e9t\u00e9") == "\u00e9t\u00e9".encode().ljust(16, b"\0")
+
+
+def test_targets_by_a_long_comm_match_the_cut_name(tmp_path):
+    long_name = tmp_path / "a-very-long-program-name"
+    shutil.copy(shutil.which("sleep"), long_name)
+    child = subprocess.Popen([str(long_name), "30"])
+    try:
+        deadline = time.monotonic() + 5
+        while read_comm(child.pid) != "a-very-long-pro" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        selected = matching_tgids(TargetSelection(comms=frozenset({long_name.name})))
+        assert child.pid in selected
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_targets_by_pid_ignore_pids_that_do_not_exist():

@@ -144,7 +144,12 @@ enum st_counter {
 enum st_pid_flags {
 	ST_PID_TRACED = 1 << 0,    /* set by the agent */
 	ST_PID_INHERITED = 1 << 1, /* added by the kernel for a child of a traced process */
+	ST_PID_BY_COMM = 1 << 2,   /* added by the kernel at exec: the new comm is in `comms` */
 };
+
+/* Key of the `comms` map (value: u32, unused): a process name exactly as the
+ * kernel keeps task->comm, at most 15 bytes then NUL padded to 16. */
+#define ST_COMM_LEN 16
 
 typedef __u64 __attribute__((aligned(4))) st_u64;
 typedef __s64 __attribute__((aligned(4))) st_s64;
