@@ -1,20 +1,25 @@
 """CPU cost of the HTTP/1 parser per exchange (the agent's budget is ~10 us per span).
 
-Run: .venv/bin/python bench/bench_http1.py [--quick]
+Run: .venv/bin/python bench/bench_http1.py [--quick] [--baseline OLD_HTTP1_PY]
 Each scenario feeds a keep-alive connection syscall by syscall, as the agent
 does, and reports the best of several runs (least disturbed by the machine).
+``--baseline`` loads another version of agent/protocols/http1.py from a file
+(e.g. one saved from an earlier commit) and times it in the same run, runs of
+the two interleaved, so both see the same machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from agent.protocols.http1 import Http1Connection  # noqa: E402
+from agent.protocols import http1  # noqa: E402
+from agent.protocols.http import describe  # noqa: E402
 
 IN, OUT = "ingress", "egress"
 
@@ -49,6 +54,10 @@ def scenario_steps():
         "browser GET / JSON 200": ([(IN, BROWSER_GET, len(BROWSER_GET)), (OUT, JSON_200, len(JSON_200))], 1),
         "same + request_header() x2": ([(IN, BROWSER_GET, len(BROWSER_GET)), (OUT, JSON_200, len(JSON_200))], 1),
         "same + request_headers dict": ([(IN, BROWSER_GET, len(BROWSER_GET)), (OUT, JSON_200, len(JSON_200))], 1),
+        "same + describe() (a whole span)": ([(IN, BROWSER_GET, len(BROWSER_GET)),
+                                              (OUT, JSON_200, len(JSON_200))], 1),
+        "minimal + describe()": ([(IN, MINIMAL_GET, len(MINIMAL_GET)),
+                                  (OUT, MINIMAL_200, len(MINIMAL_200))], 1),
         "GET split in 3 syscalls": ([(IN, BROWSER_GET[:40], 40), (IN, BROWSER_GET[40:300], 260),
                                      (IN, BROWSER_GET[300:], len(BROWSER_GET) - 300),
                                      (OUT, JSON_200, len(JSON_200))], 1),
@@ -62,8 +71,8 @@ def scenario_steps():
     }
 
 
-def measure(steps, per_round, rounds, read):
-    conn = Http1Connection("server")
+def measure(module, steps, per_round, rounds, read):
+    conn = module.Http1Connection("server")
     feed = conn.feed
     count = 0
     start = time.process_time_ns()
@@ -75,6 +84,8 @@ def measure(steps, per_round, rounds, read):
                     ex.request_header("host"), ex.request_header("user-agent")
                 elif read == "dict":
                     ex.request_headers.get("host"), ex.request_headers.get("user-agent")
+                elif read == "describe":
+                    describe(ex, True)
     elapsed = time.process_time_ns() - start
     expected = rounds * per_round
     if count != expected:
@@ -82,23 +93,47 @@ def measure(steps, per_round, rounds, read):
     return elapsed / count
 
 
+def load_module(path):
+    spec = importlib.util.spec_from_file_location("http1_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds (for CI smoke runs)")
+    parser.add_argument("--baseline", metavar="HTTP1_PY",
+                        help="another http1.py to time against in the same run")
     args = parser.parse_args()
     # Many short runs, keeping the best: on a shared machine the minimum is
     # the closest to the parser's own cost.
     rounds = 500 if args.quick else 2_000
     repeats = 5 if args.quick else 25
+    modules = [http1]
+    if args.baseline:
+        modules.insert(0, load_module(args.baseline))
     print(f"HTTP/1 parser, CPU time per exchange (best of {repeats} x {rounds} rounds), "
           f"Python {sys.version.split()[0]}")
-    print(f"{'scenario':34} {'us/exchange':>12}")
-    print("-" * 47)
+    if args.baseline:
+        print(f"{'scenario':34} {'baseline us':>12} {'us':>8} {'speed-up':>9}")
+        print("-" * 66)
+    else:
+        print(f"{'scenario':34} {'us/exchange':>12}")
+        print("-" * 47)
     for name, (steps, per_round) in scenario_steps().items():
-        read = "lookup" if "request_header()" in name else "dict" if "dict" in name else None
-        best = min(measure(steps, per_round, rounds // per_round or 1, read)
-                   for _ in range(repeats))
-        print(f"{name:34} {best / 1000:12.2f}")
+        read = ("lookup" if "request_header()" in name else "dict" if "dict" in name
+                else "describe" if "describe" in name else None)
+        best = [float("inf")] * len(modules)
+        for _ in range(repeats):
+            for i, module in enumerate(modules):  # interleaved: both see the same machine
+                best[i] = min(best[i], measure(module, steps, per_round, rounds // per_round or 1,
+                                               read))
+        if args.baseline:
+            print(f"{name:34} {best[0] / 1000:12.2f} {best[1] / 1000:8.2f} "
+                  f"{best[0] / best[1]:8.2f}x")
+        else:
+            print(f"{name:34} {best[0] / 1000:12.2f}")
 
 
 if __name__ == "__main__":
