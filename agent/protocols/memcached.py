@@ -208,7 +208,15 @@ def query_text(tokens: list[bytes]) -> str:
 
 
 def _op_name(cmd: bytes) -> str:
-    return cmd.decode("ascii") if _OP_NAME.fullmatch(cmd) else "unknown"
+    name = _OPS.get(cmd)
+    if name is None:
+        name = cmd.decode("ascii") if _OP_NAME.fullmatch(cmd) else "unknown"
+        if len(_OPS) < 1024:  # bounded: a client could make up many words
+            _OPS[cmd] = name
+    return name
+
+
+_OPS: dict[bytes, str] = {}
 
 
 class _Request:

@@ -203,9 +203,17 @@ def query_text(name: str, parts: list[bytes | None], argc: int) -> str:
 
 
 def _command_name(first: bytes | None) -> str:
-    if first is None or _NAME.fullmatch(first) is None:
+    if first is None:
         return "UNKNOWN"
-    return first.decode("ascii").upper()
+    name = _NAMES.get(first)
+    if name is None:
+        name = first.decode("ascii").upper() if _NAME.fullmatch(first) else "UNKNOWN"
+        if len(_NAMES) < 4096:  # bounded: names are few, but a client could make up many
+            _NAMES[first] = name
+    return name
+
+
+_NAMES: dict[bytes, str] = {}
 
 
 class _Value:
@@ -288,8 +296,14 @@ class _Stream:
 
     def _parse(self, data: bytes, end: int, ts: int, seq: int | None) -> None:
         pos = 0
+        fast = self._fast_command if self.is_request else self._fast_reply
         while pos < end:
             if self.value is None:
+                # Most values lie whole inside one syscall: take them in one go.
+                done = fast(data, pos, end, ts, seq)
+                if done > pos:
+                    pos = done
+                    continue
                 self.value = _Value(ts, None if seq is None else (seq + pos) & _SEQ_MASK)
             left = self.bulk_left
             if left:
@@ -331,6 +345,122 @@ class _Stream:
             self._line(line, ts)
             if self.lost:
                 return
+
+    # --- fast paths: a whole value in this syscall's bytes ---------------------------------
+    #
+    # They build exactly the _Value the token-by-token path would, or give up
+    # (return -1) on anything unusual or cut, leaving it to that path.
+
+    def _fast_command(self, data: bytes, pos: int, end: int, ts: int, seq: int | None) -> int:
+        if data[pos] != 42:  # "*"
+            return -1
+        nl = data.find(b"\n", pos + 1, pos + 12)
+        if nl < 0 or data[nl - 1] != 13:
+            return -1
+        text = data[pos + 1:nl - 1]
+        if not text.isdigit() or len(text) > 6:
+            return -1
+        count = int(text)
+        if count == 0:
+            return -1
+        parts: list[bytes | None] = []
+        p = nl + 1
+        left = count
+        while left:
+            if p >= end:
+                break
+            if data[p] != 36:  # "$"
+                return -1
+            nl = data.find(b"\n", p + 1, p + 14)
+            if nl < 0:
+                break
+            if data[nl - 1] != 13:
+                return -1
+            text = data[p + 1:nl - 1]
+            if not text.isdigit():
+                return -1
+            start = nl + 1
+            stop = start + int(text)
+            if stop + 2 > end:
+                break
+            if data[stop] != 13 or data[stop + 1] != 10:
+                return -1
+            if len(parts) < KEEP_PARTS:
+                parts.append(data[start:min(stop, start + KEEP_BYTES)])
+            p = stop + 2
+            left -= 1
+        value = _Value(ts, None if seq is None else (seq + pos) & _SEQ_MASK)
+        value.kind = _STAR
+        value.count = count
+        value.parts = parts
+        if left:
+            # Cut by the end of these bytes: the token path goes on from this element.
+            self.value = value
+            self.stack.append(left)
+            self.attrs.append(False)
+            return p
+        self.conn._value_done(True, value)
+        return p
+
+    def _fast_reply(self, data: bytes, pos: int, end: int, ts: int, seq: int | None) -> int:
+        kind = data[pos]
+        nl = data.find(b"\n", pos + 1, end)
+        if nl < 0 or data[nl - 1] != 13:
+            return -1
+        if kind in _FAST_LINES:
+            if kind == 95 and nl != pos + 2:
+                return -1
+            parts: list[bytes | None] = [data[pos + 1:min(nl - 1, pos + 1 + KEEP_BYTES)]]
+            count = 0
+            p = nl + 1
+        elif kind == 36:  # "$": a reply's payload is never kept
+            text = data[pos + 1:nl - 1]
+            if text.isdigit() and len(text) <= 10:
+                p = nl + 1 + int(text)
+                if p + 2 > end or data[p] != 13 or data[p + 1] != 10:
+                    return -1
+                p += 2
+            elif text == b"-1":
+                p = nl + 1
+            else:
+                return -1
+            parts = [None]
+            count = 0
+        elif kind in _FAST_AGGREGATES:
+            text = data[pos + 1:nl - 1]
+            if text.isdigit() and len(text) <= 10:
+                count = int(text) * (2 if kind == 37 else 1)
+            elif text == b"-1":
+                count = 0
+            else:
+                return -1
+            p = nl + 1
+            if count:
+                parts = []
+                stack = [count]
+                p = _scan_elements(data, p, end, stack, parts)
+                if p < 0:
+                    return -1
+                if stack:
+                    # Cut by the end of these bytes: the token path goes on from this element.
+                    value = _Value(ts, None if seq is None else (seq + pos) & _SEQ_MASK)
+                    value.kind = kind
+                    value.count = count
+                    value.parts = parts
+                    self.value = value
+                    self.stack = stack
+                    self.attrs = [False] * len(stack)
+                    return p
+            else:
+                parts = [None]
+        else:
+            return -1
+        value = _Value(ts, None if seq is None else (seq + pos) & _SEQ_MASK)
+        value.kind = kind
+        value.count = count
+        value.parts = parts
+        self.conn._value_done(False, value)
+        return p
 
     def _line(self, line: bytes, ts: int) -> None:
         if line[-1:] == b"\r":
@@ -552,6 +682,82 @@ class _Stream:
         if value is not None and value.kind >= 0 and (value.parts or not self.is_request):
             return value
         return None
+
+
+_FAST_LINES: Final = frozenset(b"+-:,#(_")
+_FAST_AGGREGATES: Final = frozenset(b"*~%>")
+
+
+def _scan_elements(data: bytes, p: int, end: int, stack: list[int], parts: list[bytes | None]) -> int:
+    """Skip the elements ``stack`` counts from ``p``, keeping the first ones in ``parts``.
+
+    Returns where it stopped: the value's end (``stack`` empty), or the start
+    of an element cut by the end of ``data`` (``stack`` says what is left);
+    -1 on anything the token path should look at.
+    """
+    find = data.find
+    while stack:
+        if p >= end:
+            return p
+        kind = data[p]
+        nl = find(b"\n", p + 1, end)
+        if nl < 0:
+            return p
+        if data[nl - 1] != 13:
+            return -1
+        keep = len(stack) == 1 and len(parts) < KEEP_PARTS
+        if kind == 36:  # "$"
+            text = data[p + 1:nl - 1]
+            if text.isdigit() and len(text) <= 10:
+                start = nl + 1
+                stop = start + int(text)
+                if stop + 2 > end:
+                    return p
+                if data[stop] != 13 or data[stop + 1] != 10:
+                    return -1
+                if keep:
+                    parts.append(data[start:min(stop, start + REPLY_KEEP_BYTES)])
+                p = stop + 2
+            elif text == b"-1":
+                if keep:
+                    parts.append(None)
+                p = nl + 1
+            else:
+                return -1
+        elif kind in _FAST_LINES:
+            if kind == 95 and nl != p + 2:
+                return -1
+            if keep:
+                parts.append(data[p + 1:min(nl - 1, p + 1 + KEEP_BYTES)])
+            p = nl + 1
+        elif kind in _FAST_AGGREGATES:
+            text = data[p + 1:nl - 1]
+            if text.isdigit() and len(text) <= 10:
+                inner = int(text) * (2 if kind == 37 else 1)
+            elif text == b"-1":
+                inner = 0
+            else:
+                return -1
+            p = nl + 1
+            if inner:
+                if len(stack) >= MAX_DEPTH:
+                    return -1
+                stack.append(inner)
+                continue  # it counts as its parent's element once it ends
+            if keep:
+                parts.append(None)
+        else:
+            return -1  # attributes, streamed and verbatim values: the token path
+        # One element ended; so may the aggregates it closes.
+        while stack:
+            left = stack[-1] - 1
+            if left:
+                stack[-1] = left
+                break
+            stack.pop()
+            if len(stack) == 1 and len(parts) < KEEP_PARTS:
+                parts.append(None)
+    return p
 
 
 def _header_int(line: bytes) -> int | None:
