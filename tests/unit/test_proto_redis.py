@@ -32,14 +32,18 @@ BIG = 300_000
 
 # --- real servers and a recording proxy (shared with test_proto_memcached) -------------------
 
+def unavailable(reason: str) -> None:
+    """Skip for ``reason``, but fail in CI, where every test must run."""
+    if IN_CI:
+        pytest.fail(f"{reason}; CI must run this test")
+    pytest.skip(reason)
+
+
 def need_binary(name: str) -> str:
-    """The path of ``name``; skip without it, but fail in CI where every test must run."""
+    """The path of ``name`` (a server the tests run)."""
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
     if path is None:
-        reason = f"{name} is not installed (Debian package listed in tests/apt-packages.txt)"
-        if IN_CI:
-            pytest.fail(f"{reason}; CI must run this test")
-        pytest.skip(reason)
+        unavailable(f"{name} is not installed (Debian package listed in tests/apt-packages.txt)")
     return path
 
 
@@ -184,7 +188,10 @@ def summary(facts):
 
 # --- recorded conversations ---------------------------------------------------------------
 
-redis = pytest.importorskip("redis") if not IN_CI else __import__("redis")
+try:
+    import redis
+except ImportError:  # the fixtures that need it say so (and fail in CI)
+    redis = None
 
 PIPELINED = 200
 
@@ -284,6 +291,8 @@ SCENARIOS = {
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
+    if redis is None:
+        unavailable("redis-py is not installed (tests/requirements.txt)")
     binary = need_binary("redis-server")
     workdir = tmp_path_factory.mktemp("redis")
     port = free_port()
