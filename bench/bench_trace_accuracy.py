@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent._linker import SpanLinker  # noqa: E402
 from tests.kernel._procs import agent, stop, wait_for_socket  # noqa: E402
-from tests.kernel.apps.tier_rig import EdgeScore, ThreeTier, score  # noqa: E402
+from tests.kernel.apps.tier_rig import EdgeScore, ThreeTier, score, subscribe  # noqa: E402
 from wire import BlockingSubscriber, make_span  # noqa: E402
 
 GOALS = {"cross-process": 0.99, "thread-per-request": 0.99, "event-loop": 0.95}
@@ -100,7 +100,7 @@ def run_variant(variant: Variant, requests_total: int):
             sock = workdir / "agent.sock"
             with agent(sock, *[a for pid in app.all_pids for a in ("--pid", str(pid))]) as proc:
                 wait_for_socket(sock, proc)
-                with BlockingSubscriber(sock, timeout=0.5) as sub:
+                with subscribe(sock) as sub:
                     started = time.monotonic()
                     app.run_load()
                     load_seconds = time.monotonic() - started

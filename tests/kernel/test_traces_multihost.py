@@ -30,7 +30,7 @@ from pyroute2 import IPRoute, NetNS, netns
 from wire import BlockingSubscriber, validate
 
 from ._procs import APPS, REPO, agent, started, wait_for_socket
-from .apps.tier_rig import ground_truth, identify
+from .apps.tier_rig import ground_truth, identify, subscribe
 
 pytestmark = pytest.mark.kernel
 
@@ -126,8 +126,7 @@ def test_assemble_joins_the_spans_of_two_hosts_into_one_trace_per_request():
             wait_for_socket(sock_out, assembler)
 
             want = CLIENTS * REQUESTS * len(ROLES)
-            with BlockingSubscriber(sock_out, timeout=0.5) as joined, \
-                    BlockingSubscriber(sock_a, timeout=0.5) as only_a:
+            with subscribe(sock_out) as joined, subscribe(sock_a) as only_a:
                 assert joined.hello["schema_version"] >= 1
                 load.stdin.write("go\n")
                 load.stdin.flush()

@@ -170,6 +170,20 @@ class ThreeTier:
         return ground_truth(self.workdir, self.pids, self.ports)
 
 
+def subscribe(path: Path, timeout: float = 0.5, wait: float = 10):
+    """A BlockingSubscriber, retried while the socket exists but is not listening yet."""
+    from wire import BlockingSubscriber
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return BlockingSubscriber(path, timeout=timeout)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _accepts(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
