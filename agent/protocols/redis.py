@@ -877,9 +877,7 @@ class RedisConnection:
         if self._monitoring:
             return
         parts = value.parts
-        if value.kind == _INLINE:
-            name = _command_name(parts[0] if parts else None)
-        elif value.kind == _STAR:
+        if value.kind == _INLINE or value.kind == _STAR:
             name = _command_name(parts[0] if parts else None)
         else:
             name = "UNKNOWN"

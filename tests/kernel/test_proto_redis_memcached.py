@@ -54,6 +54,15 @@ with r.pipeline(transaction=False) as pipe:
     pipe.set("kt:p1", "a").set("kt:p2", "b").get("kt:p1")
     pipe.execute()
 r.delete("kt:user", "kt:h")
+p = redis.Redis(port=redis_port, protocol=2).pubsub()
+p.subscribe("kt:ch")
+assert p.get_message(timeout=5)["type"] == "subscribe"
+r.publish("kt:ch", "m1")
+r.publish("kt:ch", "m2")
+assert [p.get_message(timeout=5)["data"] for _ in range(2)] == [b"m1", b"m2"]
+p.unsubscribe()
+assert p.get_message(timeout=5)["type"] == "unsubscribe"
+p.close()
 r.close()
 
 c = Client(("127.0.0.1", memcached_port), default_noreply=False)
@@ -80,6 +89,11 @@ REDIS_EXPECTED = [
     ("SET", "SET kt:p2 ?", "unset"),
     ("GET", "GET kt:p1", "unset"),
     ("DEL", "DEL kt:user ?", "unset"),
+    # Pushed messages make no spans: one per (un)subscribe command.
+    ("SUBSCRIBE", "SUBSCRIBE kt:ch", "unset"),
+    ("PUBLISH", "PUBLISH kt:ch ?", "unset"),
+    ("PUBLISH", "PUBLISH kt:ch ?", "unset"),
+    ("UNSUBSCRIBE", "UNSUBSCRIBE", "unset"),
 ]
 MEMCACHED_EXPECTED = [
     ("set", "set kt:m ? ? ?", "unset"),
