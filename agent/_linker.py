@@ -30,8 +30,9 @@ on the child says which):
     has the same method, path and query as the client span, and this process
     has been seen to forward requests unchanged (reverse proxies).
 ``heuristic``
-    Several were open; the chosen one wrote its response first after the
-    client's response was read (``sidetrace.link.reason`` =
+    Several were open, in a process that makes about one call per request
+    (a relay); the chosen one wrote its response first after the client's
+    response was read (``sidetrace.link.reason`` =
     ``response-order``), or read its request last before the client's request
     was written (``request-order``), and the pairing is mutual: no other
     client span of that server is closer.  Also: the only one of several
@@ -98,6 +99,13 @@ _S = 1_000_000_000
 ADVANCE_EVERY_NS = 50 * _MS
 # A client span with no candidate parent yet is looked at again this often.
 RETRY_NS = 250 * _MS
+
+# Timing pairs calls with requests in event loops that make at most about
+# one call per request (seen over the last CALL_RATIO_WINDOW spans, and at
+# least RELAY_MIN_REQUESTS requests).
+RELAY_MAX_CALLS_PER_REQUEST = 1.2
+RELAY_MIN_REQUESTS = 8
+CALL_RATIO_WINDOW = 4096
 
 # A process "forwards content" once this many unambiguous links agreed on
 # method+path+query, and at most one in this many disagreed.
@@ -236,18 +244,42 @@ class _Thread:
 
 
 class _Process:
-    __slots__ = ("threads", "servers", "agree", "disagree")
+    __slots__ = ("threads", "servers", "agree", "disagree", "requests_seen", "calls_seen")
 
     def __init__(self) -> None:
         self.threads: dict[Any, _Thread] = {}
         self.servers = 0    # server spans indexed (held or remembered)
         self.agree = 0      # unambiguous links where the request was forwarded unchanged
         self.disagree = 0
+        self.requests_seen = 0   # server spans and client spans of this process, halved
+        self.calls_seen = 0      # now and then so that they follow changes
+
+    def count(self, server: bool) -> None:
+        if server:
+            self.requests_seen += 1
+        else:
+            self.calls_seen += 1
+        if self.requests_seen + self.calls_seen > CALL_RATIO_WINDOW:
+            self.requests_seen //= 2
+            self.calls_seen //= 2
 
     @property
     def forwards_content(self) -> bool:
         return (self.agree >= FORWARDING_MIN_AGREE
                 and self.disagree * FORWARDING_MAX_DISAGREE_RATIO <= self.agree)
+
+    @property
+    def relays(self) -> bool:
+        """At most about one call per request: timing pairs calls with requests.
+
+        Where a request makes several calls (or several at once), an event
+        loop interleaves their steps with other requests' and the first or
+        last event of a request no longer sits next to its call; measured on
+        an asyncio service with two calls per request, timing pairings were
+        wrong more often than right.  Such processes get no timing guesses.
+        """
+        return (self.requests_seen >= RELAY_MIN_REQUESTS
+                and self.calls_seen <= RELAY_MAX_CALLS_PER_REQUEST * self.requests_seen)
 
 
 def _unique_min(items: list[_Node], key: Callable[[_Node], int]) -> _Node | None:
@@ -296,6 +328,8 @@ def choose_local_parent(client: _Node, thread: _Thread | None, proc: _Process
             return same[0], CONTENT, SAME_REQUEST, count
         if same:
             pool = same
+    if not proc.relays:
+        return None, NONE, AMBIGUOUS, count
     # An event loop relays: it writes a request's response right after reading
     # the response it was waiting for, and writes the upstream request right
     # after reading the request that needs it.  Trust either pairing only
@@ -515,6 +549,7 @@ class SpanLinker:
         if thread is None:
             thread = proc.threads[node.tid] = _Thread()
         thread.add(node)
+        proc.count(node.server)
         node.local = True
         if node.server:
             proc.servers += 1

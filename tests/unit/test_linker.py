@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from agent._linker import (ADDRESS_TIME, AMBIGUOUS, CANDIDATES_ATTR, CONFIDENCE_ATTR, CONTENT,
                            EXACT, HEURISTIC, MEMORY_BOUND, NO_CLIENT_SPAN, NO_SERVER_SPAN, NONE,
-                           ONLY_CONTAINER, OTHER_THREAD, REASON_ATTR, REQUEST_ORDER, RESPONSE_ORDER, THREAD,
+                           ONLY_CONTAINER, OTHER_THREAD, REASON_ATTR, RELAY_MIN_REQUESTS, REQUEST_ORDER,
+                           RESPONSE_ORDER, THREAD,
                            SpanLinker)
 from wire import make_span, validate
 
@@ -273,9 +274,23 @@ def test_two_server_spans_on_other_threads_leave_the_client_span_a_root():
 # -- inside a process: event loops ------------------------------------------------------------
 
 
+def _warm_up(h: Harness, pid: int, tid: int, calls_per_request: int = 1) -> None:
+    """Lone requests long before the test's, making ``calls_per_request`` calls each
+    (to another path: content is not what this teaches)."""
+    for i in range(RELAY_MIN_REQUESTS):
+        base = -10_000 + 50 * i
+        spans = [span("server", pid, base, base + 40, tid=tid, path=f"/warm/{i}")]
+        for k in range(calls_per_request):
+            spans.append(span("client", pid, base + 1 + 10 * k, base + 9 + 10 * k, tid=tid,
+                              path="/up", seq=10_000 + 10 * i + k))
+        h.add(*reversed(spans))
+    h.run_for(1)
+
+
 def test_event_loop_pairs_by_response_order():
     """One thread, two requests open; each relays its own backend call."""
     h = Harness()
+    _warm_up(h, 3, 3)
     s1 = span("server", 3, 0.0, 10.05, tid=3, path="/a")
     s2 = span("server", 3, 0.1, 12.05, tid=3, path="/a")
     c1 = span("client", 3, 0.3, 10.0, tid=3, path="/a", seq=1)
@@ -294,6 +309,7 @@ def test_event_loop_pairs_by_response_order():
 def test_event_loop_falls_back_to_request_order_when_response_order_is_not_mutual():
     """s1 makes two calls: the first is paired by when s1 read its request."""
     h = Harness()
+    _warm_up(h, 3, 3)
     s2 = span("server", 3, 0.0, 10.1, tid=3)
     s1 = span("server", 3, 0.04, 30.0, tid=3)
     first = span("client", 3, 0.05, 9.0, tid=3, seq=1)      # s1's first call
@@ -310,6 +326,7 @@ def test_event_loop_falls_back_to_request_order_when_response_order_is_not_mutua
 def test_event_loop_ambiguity_leaves_a_root_that_says_so():
     """Same start, same end gap: nothing observable tells the two requests apart."""
     h = Harness()
+    _warm_up(h, 3, 3)
     s1 = span("server", 3, 0.0, 10.0, tid=3)
     s2 = span("server", 3, 0.0, 10.0, tid=3)
     c = span("client", 3, 1.0, 9.0, tid=3, seq=1)
@@ -322,6 +339,7 @@ def test_event_loop_ambiguity_leaves_a_root_that_says_so():
 
 def test_pipelined_requests_on_one_thread_pair_by_response_order():
     h = Harness()
+    _warm_up(h, 2, 21)
     s1 = span("server", 2, 0.0, 5.1, tid=21)
     s2 = span("server", 2, 0.0, 9.1, tid=21)   # read in the same syscall as s1
     c1 = span("client", 2, 0.2, 5.0, tid=21, seq=1)
@@ -330,6 +348,33 @@ def test_pipelined_requests_on_one_thread_pair_by_response_order():
     h.run_for(3)
     assert c1["parent_span_id"] == s1["span_id"]
     assert c2["parent_span_id"] == s2["span_id"]
+
+
+def test_event_loop_making_several_calls_per_request_gets_no_timing_guesses():
+    """Where requests fan out, timing pairings mislead: roots that say so instead."""
+    h = Harness()
+    _warm_up(h, 3, 3, calls_per_request=2)
+    s1 = span("server", 3, 0.0, 10.05, tid=3, path="/a")
+    s2 = span("server", 3, 0.1, 12.05, tid=3, path="/a")
+    c1 = span("client", 3, 0.3, 10.0, tid=3, path="/b", seq=1)
+    c2 = span("client", 3, 0.2, 12.0, tid=3, path="/b", seq=2)
+    h.add(c1, s1, c2, s2)
+    h.run_for(3)
+    assert c1["parent_span_id"] is None
+    assert conf(c1) == NONE and c1["attributes"][REASON_ATTR] == AMBIGUOUS
+    # Still linked: the only request in flight left open (no timing pairing needed).
+    assert c2["parent_span_id"] == s2["span_id"]
+    assert c2["attributes"][REASON_ATTR] == ONLY_CONTAINER
+
+
+def test_a_new_event_loop_gets_no_timing_guesses_before_it_has_shown_its_habits():
+    h = Harness()
+    s1 = span("server", 3, 0.0, 10.05, tid=3, path="/a")
+    s2 = span("server", 3, 0.1, 12.05, tid=3, path="/a")
+    c1 = span("client", 3, 0.3, 10.0, tid=3, path="/b", seq=1)
+    h.add(c1, s1, s2)
+    h.run_for(3)
+    assert c1["parent_span_id"] is None and c1["attributes"][REASON_ATTR] == AMBIGUOUS
 
 
 def _teach_forwarding(h: Harness, pid: int, path_out: str | None = None) -> None:
@@ -358,6 +403,7 @@ def test_a_proxy_that_forwards_paths_is_disambiguated_by_content():
 
 def test_content_is_ignored_where_the_process_does_not_forward_it():
     h = Harness()
+    _warm_up(h, 3, 3)
     _teach_forwarding(h, 3, path_out="/backend")
     start = 1000
     s_backend = span("server", 3, start, start + 10.2, tid=3, path="/backend")

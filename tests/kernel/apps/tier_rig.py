@@ -109,17 +109,20 @@ class ThreeTier:
             self._service("service", "--downstream", f"127.0.0.1:{self.ports['stock']}",
                           "--work-ms", str(self.service_work_ms), "--body-kb", str(self.body_kb))
             self._start_nginx()
-            self.load = self._start(
-                [sys.executable, str(APPS / "tier_load.py"), "--port", str(self.ports["nginx"]),
-                 "--log", str(self.workdir / "load.jsonl"), "--clients", str(self.clients),
-                 "--requests", str(self.requests), "--paths", ",".join(self.paths),
-                 *(["--keep-alive"] if self.keep_alive else [])],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            self.pids["load"] = [self.load.pid]
+            self._start_load("nginx")
         except BaseException:
             self._stack.close()
             raise
         return self
+
+    def _start_load(self, front: str) -> None:
+        self.load = self._start(
+            [sys.executable, str(APPS / "tier_load.py"), "--port", str(self.ports[front]),
+             "--log", str(self.workdir / "load.jsonl"), "--clients", str(self.clients),
+             "--requests", str(self.requests), "--paths", ",".join(self.paths),
+             *(["--keep-alive"] if self.keep_alive else [])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.pids["load"] = [self.load.pid]
 
     def _start_nginx(self) -> None:
         prefix = self.workdir / "nginx"
@@ -168,6 +171,57 @@ class ThreeTier:
 
     def truth(self) -> GroundTruth:
         return ground_truth(self.workdir, self.pids, self.ports)
+
+    def score(self, spans: list[dict[str, Any]]) -> Score:
+        return score(spans, self.truth())
+
+
+# load -> an asyncio service making several calls per request -> stock
+ASYNC_ROLES = ("load.client", "service.server", "service.client", "stock.server")
+ASYNC_EDGES = {
+    "service.server": ("load.client", "cross-process"),
+    "service.client": ("service.server", "event-loop"),
+    "stock.server": ("service.client", "cross-process"),
+}
+
+
+@dataclasses.dataclass
+class AsyncTier(ThreeTier):
+    """tier_load --> tier_async (asyncio, ``calls`` calls per request) --> stock (threads)."""
+
+    calls: int = 2
+    parallel: bool = False
+
+    def __enter__(self) -> AsyncTier:
+        try:
+            self._service("stock", "--work-ms", str(self.stock_work_ms))
+            proc = self._start([sys.executable, str(APPS / "tier_async.py"),
+                                "--log", str(self.workdir / "service.jsonl"),
+                                "--downstream", f"127.0.0.1:{self.ports['stock']}",
+                                "--calls", str(self.calls),
+                                *(["--parallel"] if self.parallel else [])],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            self.ports["service"] = int(proc.stdout.readline())
+            self.pids["service"] = [proc.pid]
+            self._start_load("service")
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    @property
+    def spans_per_request(self) -> int:
+        return 2 + 2 * self.calls
+
+    @property
+    def expected_spans(self) -> int:
+        return self.clients * self.requests * self.spans_per_request
+
+    def truth(self) -> GroundTruth:
+        return ground_truth(self.workdir, self.pids, self.ports, front="service")
+
+    def score(self, spans: list[dict[str, Any]]) -> Score:
+        return score(spans, self.truth(), ASYNC_EDGES, ASYNC_ROLES, self.spans_per_request)
 
 
 def subscribe(path: Path, timeout: float = 0.5, wait: float = 10):
@@ -297,6 +351,7 @@ class Score:
     requests: int
     unidentified_spans: int
     confidence_counts: dict[str, dict[str, int]]
+    edge_names: dict[str, tuple[str, str]] = dataclasses.field(default_factory=lambda: EDGES)
 
     @property
     def completeness(self) -> float:
@@ -304,7 +359,7 @@ class Score:
 
     def lines(self) -> list[str]:
         out = [f"{'edge':<34} {'true':>5} {'linked':>6} {'correct':>7} {'precision':>9} {'recall':>7}"]
-        rows = [(f"{EDGES[c][0]} -> {c}", s) for c, s in self.edges.items()]
+        rows = [(f"{self.edge_names[c][0]} -> {c}", s) for c, s in self.edges.items()]
         rows += [(f"[{k}]", s) for k, s in self.by_kind.items()] + [("[all]", self.overall)]
         for name, s in rows:
             out.append(f"{name:<34} {s.true_edges:>5} {s.linked:>6} {s.correct:>7} "
@@ -339,43 +394,63 @@ def identify(spans: list[dict[str, Any]], truth: GroundTruth) -> dict[bytes, tup
     return out
 
 
-def score(spans: list[dict[str, Any]], truth: GroundTruth) -> Score:
+def _connection(span: dict[str, Any]) -> tuple[Any, Any]:
+    attrs = span["attributes"]
+    return attrs.get("client.port"), attrs.get("server.port")
+
+
+def true_parent(span: dict[str, Any], role: str, request: dict[str, list[dict[str, Any]]],
+                edges: dict[str, tuple[str, str]]) -> dict[str, Any] | None:
+    """The span that caused ``span``, among the spans of its request.
+
+    Across processes it is the client span at the other end of the same
+    connection; inside a process, the request's one server span there.
+    """
+    parent_role, kind = edges[role]
+    candidates = request.get(parent_role, [])
+    if kind == "cross-process":
+        candidates = [c for c in candidates if _connection(c) == _connection(span)]
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def score(spans: list[dict[str, Any]], truth: GroundTruth,
+          edges: dict[str, tuple[str, str]] = EDGES, roles: tuple[str, ...] = ROLES,
+          spans_per_request: int = len(ROLES)) -> Score:
     known = identify(spans, truth)
-    by_request: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    by_request: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for span in spans:
         if span["span_id"] in known:
             request_id, role = known[span["span_id"]]
-            by_request[request_id][role] = span
-    edges = {child: EdgeScore() for child in EDGES}
-    kinds = {kind: EdgeScore() for _, kind in EDGES.values()}
+            by_request[request_id][role].append(span)
+    per_edge = {child: EdgeScore() for child in edges}
+    kinds = {kind: EdgeScore() for _, kind in edges.values()}
     overall = EdgeScore()
-    confidence: dict[str, dict[str, int]] = {role: defaultdict(int) for role in ROLES}
+    confidence: dict[str, dict[str, int]] = {role: defaultdict(int) for role in roles}
     false_roots = 0
+    right: dict[bytes, bool] = {}
     for span in spans:
         if span["span_id"] not in known:
             continue
         request_id, role = known[span["span_id"]]
-        conf = span["attributes"].get("sidetrace.link.confidence", "-")
-        confidence[role][conf] += 1
-        if role not in EDGES:
+        confidence[role][span["attributes"].get("sidetrace.link.confidence", "-")] += 1
+        if role not in edges:
             false_roots += span["parent_span_id"] is not None
+            right[span["span_id"]] = span["parent_span_id"] is None
             continue
-        parent_role, kind = EDGES[role]
-        parent = by_request[request_id].get(parent_role)
+        parent = true_parent(span, role, by_request[request_id], edges)
         linked = span["parent_span_id"] is not None
-        for tally in (edges[role], kinds[kind], overall):
-            if parent is not None:
-                tally.true_edges += 1
-            if linked:
-                tally.linked += 1
-                if parent is not None and span["parent_span_id"] == parent["span_id"]:
-                    tally.correct += 1
+        correct = parent is not None and span["parent_span_id"] == parent["span_id"]
+        right[span["span_id"]] = correct
+        for tally in (per_edge[role], kinds[edges[role][1]], overall):
+            tally.true_edges += parent is not None
+            tally.linked += linked
+            tally.correct += correct
     complete = 0
     for request_id in truth.requests:
-        hops = by_request.get(request_id, {})
-        if len(hops) == len(ROLES) and len({s["trace_id"] for s in hops.values()}) == 1 and all(
-                hops[child]["parent_span_id"] == hops[parent]["span_id"]
-                for child, (parent, _) in EDGES.items()):
+        hops = [s for group in by_request.get(request_id, {}).values() for s in group]
+        if (len(hops) == spans_per_request and len({s["trace_id"] for s in hops}) == 1
+                and all(right[s["span_id"]] for s in hops)):
             complete += 1
-    return Score(edges, kinds, overall, false_roots, complete, len(truth.requests),
-                 len(spans) - len(known), {r: dict(c) for r, c in confidence.items()})
+    return Score(per_edge, kinds, overall, false_roots, complete, len(truth.requests),
+                 len(spans) - len(known), {r: dict(c) for r, c in confidence.items()},
+                 edges)
