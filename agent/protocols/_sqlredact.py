@@ -40,30 +40,43 @@ MAX_SUMMARY_CHARS = 2048
 
 # --- redaction ---------------------------------------------------------------
 
-_COMMON_HEAD = r"""
-    (?P<comment> --[^\n]* | /\*.*?(?:\*/|\Z) )
+# Speed: ``re`` jumps from one candidate to the next in C only when a pattern
+# starts with a character class, so each pattern is "a character that can
+# start something", then branches that look back at which one it was.
+# ``(?<![\w$].)`` says the character before it is not part of a word (so the
+# 1 of t1 or the E of WHERE start nothing).  A number takes any letters stuck
+# to it ("0x1F", "0B02", "12abc"): none of it is a name.
+_NUMBER_TAIL = r"""
+  | (?<=\d)(?<![\w$].) (?P<number> [\d_]* (?:\.\d*)? (?:[eE][+-]?\d+)? [\w$]* )
+  | (?<=\.)(?<![\w$].) (?P<fraction> \d[\d_]* (?:[eE][+-]?\d+)? [\w$]* )
 """
-# A number takes any letters stuck to it ("0B02", "12abc"): none of it is a name.
-_NUMBER = r"""
-  | (?P<number> (?<![\w$]) (?:
-        0[xX][0-9A-Fa-f_]+ | 0[bB][01_]+ | 0[oO][0-7_]+
-      | (?: \d[\d_]* (?:\.\d*)? | \.\d+ ) (?:[eE][+-]?\d+)? ) [\w$]* )
-"""
-_PG_PATTERN = re.compile(_COMMON_HEAD + r"""
-  | (?P<dollar> \$(?P<tag>(?:[A-Za-z_\x80-\U0010ffff][\w\x80-\U0010ffff]*)?)\$ .*? (?:\$(?P=tag)\$|\Z) )
-  | (?P<escaped> (?<![\w$])[Ee]'(?:[^'\\]|''|\\.)*(?:'|\Z) )
-  | (?P<string> (?:(?<![\w$])(?:[BbXxNn]|[Uu]&))? '(?:[^']|'')*(?:'|\Z) )
-  | (?P<ident> "(?:[^"]|"")*(?:"|\Z) )
-""" + _NUMBER, re.VERBOSE | re.DOTALL)
-_MYSQL_PATTERN = re.compile(_COMMON_HEAD + r"""
-  | (?P<hash> \#[^\n]* )
-  | (?P<string> (?:(?<![\w$])(?:_[A-Za-z0-9]+\s*|[BbXxNn]))?
-        (?: '(?:[^'\\]|''|\\.)*(?:'|\Z) | "(?:[^"\\]|""|\\.)*(?:"|\Z) ) )
-  | (?P<ident> `(?:[^`]|``)*(?:`|\Z) )
-""" + _NUMBER, re.VERBOSE | re.DOTALL)
+_PG_PATTERN = re.compile(r"""
+  [-/'"$EeBbXxNnUu0-9.]
+  (?: (?<=-) (?P<comment> -[^\n]* )
+    | (?<=/) (?P<block> \*.*?(?:\*/|\Z) )
+    | (?<=') (?P<string> (?:[^']|'')*(?:'|\Z) )
+    | (?<=[BbXxNn])(?<![\w$].) (?P<prefixed> '(?:[^']|'')*(?:'|\Z) )
+    | (?<=[Uu])(?<![\w$].) (?P<unicode> &'(?:[^']|'')*(?:'|\Z) )
+    | (?<=[Ee])(?<![\w$].) (?P<escaped> '(?:[^'\\]|''|\\.)*(?:'|\Z) )
+    | (?<=\$) (?P<dollar> (?P<tag>(?:[^\W\d]\w*)?)\$ .*? (?:\$(?P=tag)\$|\Z) )
+    | (?<=") (?P<ident> (?:[^"]|"")*(?:"|\Z) )
+""" + _NUMBER_TAIL + ")", re.VERBOSE | re.DOTALL)
+_MYSQL_QUOTED = r"""(?: '(?:[^'\\]|''|\\.)*(?:'|\Z) | "(?:[^"\\]|""|\\.)*(?:"|\Z) )"""
+_MYSQL_PATTERN = re.compile(r"""
+  [-/\#'"`BbXxNn_0-9.]
+  (?: (?<=-) (?P<comment> -[^\n]* )
+    | (?<=/) (?P<block> \*.*?(?:\*/|\Z) )
+    | (?<=\#) (?P<hash> [^\n]* )
+    | (?<=') (?P<string> (?:[^'\\]|''|\\.)*(?:'|\Z) )
+    | (?<=") (?P<double> (?:[^"\\]|""|\\.)*(?:"|\Z) )
+    | (?<=[BbXxNn])(?<![\w$].) (?P<prefixed> """ + _MYSQL_QUOTED + r""" )
+    | (?<=_)(?<![\w$].) (?P<charset> [A-Za-z0-9]+ \s* """ + _MYSQL_QUOTED + r""" )
+    | (?<=`) (?P<ident> (?:[^`]|``)*(?:`|\Z) )
+""" + _NUMBER_TAIL + ")", re.VERBOSE | re.DOTALL)
 _PATTERNS = {POSTGRESQL: _PG_PATTERN, MYSQL: _MYSQL_PATTERN}
-_KEPT = frozenset(("comment", "hash", "ident"))
-_IN_LIST = re.compile(r"(?i)(?<![\w$])(IN\s*)\(\s*\?(?:\s*,\s*\?)+\s*\)")
+_KEPT = frozenset(("comment", "block", "hash", "ident"))
+_LIST = re.compile(r"\?\s*,\s*\?")
+_IN_LIST = re.compile(r"([Ii](?<![\w$].)[Nn]\s*)\(\s*\?(?:\s*,\s*\?)+\s*\)")
 # Repeats of a tuple of placeholders (multi-row VALUES); text cut short may end in part of one.
 _TUPLE = r"\(\s*\?(?:\s*,\s*\?)*\s*\)"
 _CUT_TUPLE = r"\s*,\s*\([\s?,]*\Z"
@@ -85,7 +98,7 @@ def redact(sql: str, dialect: str = POSTGRESQL) -> str:
     if out is None:
         pattern = _PATTERNS.get(dialect, _PG_PATTERN)
         out = pattern.sub(_replace, sql)
-        if "?" in out:
+        if _LIST.search(out):  # cheap test first: the collapsing patterns are slower
             out = _TUPLES.sub(r"\1", _IN_LIST.sub(r"\1(?)", out))
         if len(_redacted) >= CACHE_SIZE:
             _redacted.clear()

@@ -190,10 +190,37 @@ class _Stream:
             if not self.request or not looks_like_command(data, strict=False):
                 return
             self.reset()
+        handler = self.handler
+        request = self.request
+        keep = REQUEST_KEEP if request else RESPONSE_KEEP
         while pos < end:
             if self.remaining:
                 pos = self._body(data, pos, end, ts)
                 continue
+            if not self.head and not self.continued and end - pos >= 4:
+                # Fast path: a packet wholly inside this syscall, parsed in place.
+                length = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
+                stop = pos + 4 + length
+                if stop <= end:
+                    command = handler._command
+                    if (not request and command is not None and command.state == _ROWS and length
+                            and data[pos + 4] < 0xFE and data[pos + 3] == handler._next_seq
+                            and length < MAX_PACKET):
+                        # The hottest path: one more row of a result set (see _answer).
+                        command.rows += 1
+                        command.end_ns = ts
+                        handler._next_seq = (data[pos + 3] + 1) & 0xFF
+                        pos = stop
+                        continue
+                    self.continued = length == MAX_PACKET
+                    kept = pos + 4 + keep
+                    handler._packet(request, data[pos + 3], length, data, pos + 4,
+                                    kept if kept < stop else stop, False, ts,
+                                    None if seq is None else (seq + pos) & _SEQ_MASK, ts)
+                    if self.lost:
+                        return
+                    pos = stop
+                    continue
             if self.head:
                 need = 4 - len(self.head)
                 hdr = self.head + data[pos:pos + need]
@@ -606,15 +633,16 @@ class MysqlHandler:
             self._responses.lose()  # out of step: a packet went by unseen
             return
         self._next_seq = (seq_id + 1) & 0xFF
+        command.end_ns = end_ns
+        state = command.state
+        first = buf[start] if stop > start else -1
+        if state == _ROWS and first < 0xFE:
+            command.rows += 1  # the commonest packet: a row
+            return
         if command.response_seq is None:
             command.response_seq = msg_seq
-        command.end_ns = end_ns
-        if stop <= start:
-            if command.state == _ROWS:
-                command.rows += 1  # a row of one empty string... or nothing we can read
-            return
-        first = buf[start]
-        state = command.state
+        if first < 0:
+            return  # an empty packet: nothing to read
         if state == _ROWS:
             if first == 0xFE and length < MAX_PACKET:
                 if _terminator_status(buf, start, stop, length) & SERVER_MORE_RESULTS_EXISTS:

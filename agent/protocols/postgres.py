@@ -355,11 +355,45 @@ class _Stream:
         pos = 0
         end = len(data)
         self.last_ns = ts
+        types = self.types
+        keep_table = self.keep_table
+        handler = self.handler
+        frontend = self.frontend
+        unpack = _U32.unpack_from
         while pos < end:
             if self.remaining:
                 pos = self._body(data, pos, end, ts)
             elif self.lost:
                 pos = self._resync(data, pos, end, ts, seq)
+            elif (end - pos >= 5 and not self.head and not self.answer_byte
+                  and (data[pos] or not self.untyped_ok)):
+                # Fast path: a typed message wholly inside this syscall, parsed in place.
+                t = data[pos]
+                length = unpack(data, pos + 1)[0]
+                stop = pos + 1 + length
+                if stop > end or t not in types or length < 4:
+                    pos = self._header(data, pos, end, ts, seq)
+                    continue
+                msg_seq = None if seq is None else (seq + pos) & _SEQ_MASK
+                if frontend:
+                    self.untyped_ok = False
+                    keep = pos + 5 + keep_table.get(t, 0)
+                    handler._frontend_message(t, data, pos + 5, keep if keep < stop else stop, False,
+                                              ts, msg_seq, ts)
+                elif t == 0x44:
+                    # The hottest path: one more row for the oldest request (see _data_row).
+                    pending = handler._pending
+                    if pending:
+                        head = pending[0]
+                        head.rows += 1
+                        head.end_ns = ts
+                        if head.group is not None and head.group.response_seq is None:
+                            head.group.response_seq = msg_seq
+                else:
+                    keep = pos + 5 + keep_table.get(t, 0)
+                    handler._backend_message(t, data, pos + 5, keep if keep < stop else stop,
+                                             ts, msg_seq, ts)
+                pos = stop
             else:
                 pos = self._header(data, pos, end, ts, seq)
         if total > end:
