@@ -45,6 +45,8 @@ PID_TRACED = 1
 PID_BY_COMM = 1 << 2
 COMM_SELECTED = 1
 _U32 = struct.Struct("<I")
+# Kernel counters that count work, not errors.
+_NOT_ERRORS = frozenset({"events", "connections", "truncated", "proto_known", "proto_opaque", "opaque_data"})
 _U64 = struct.Struct("<Q")
 
 
@@ -144,9 +146,19 @@ class Agent:
                 "comms": len(self.selection.comms),
                 "connections": len(self.pipeline.connections),
             },
-            "kernel_errors": {k: v for k, v in errors.items()
-                              if k not in ("events", "connections", "truncated")},
+            "kernel_errors": {k: v for k, v in errors.items() if k not in _NOT_ERRORS},
             "kernel_events": errors.get("events", 0),
+            # in-kernel protocol inference: connections classified / given up
+            # on, data syscalls of given-up connections (dropped or header only),
+            # and how the agent's detectors took the kernel's guesses
+            "protocol_inference": {
+                "known": errors.get("proto_known", 0),
+                "opaque": errors.get("proto_opaque", 0),
+                "opaque_syscalls": errors.get("opaque_data", 0),
+                "hints_confirmed": self.pipeline.hints_confirmed,
+                "hints_refuted": self.pipeline.hints_refuted,
+                "opaque_conflicts": self.pipeline.opaque_conflicts,
+            },
             "malformed_events": self.malformed,
             "corrupt_ring_batches": self.corrupt_batches,
             "parse_errors": self.pipeline.parse_errors,

@@ -110,13 +110,28 @@ class Flag(enum.IntFlag):
     NEW_CONN = 1 << 4
     MULTI_MSG = 1 << 5
     PEEK = 1 << 6
+    OPAQUE = 1 << 7
+
+
+class AppProto(enum.IntEnum):
+    """enum st_app_proto: the kernel's guess at a connection's protocol."""
+
+    UNKNOWN = 0
+    HTTP1 = 1
+    HTTP2 = 2
+    REDIS = 3
+    POSTGRES = 4
+    MYSQL = 5
+    DNS = 6
+    MEMCACHED = 7
+    OPAQUE = 255
 
 
 # Slots of the per-CPU `counters` map, as reported in stats.kernel_errors.
 COUNTER_NAMES = (
     "events", "perf_output_failed", "conns_full", "pids_full", "kernel_read_failed",
     "user_read_failed", "not_socket", "not_inet", "truncated", "no_scratch", "connections",
-    "bad_fd",
+    "bad_fd", "proto_known", "proto_opaque", "opaque_data",
 )
 
 IPPROTO_TCP = 6

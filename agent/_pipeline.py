@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._clock import WallClock
-from ._events import IPPROTO_TCP, Direction, Event, Flag, Kind, Role, address_text, comm_text
+from ._events import IPPROTO_TCP, AppProto, Direction, Event, Flag, Kind, Role, address_text, comm_text
 from ._lru import BoundedTable
 from ._spans import build_span
 from .protocols import EGRESS, INGRESS, REGISTRY, ConnectionHints, ProtocolHandler, SpanFacts
@@ -24,6 +24,19 @@ IDLE_TIMEOUT_NS = 300 * 1_000_000_000
 # Per connection: (timestamp, tid) of recent data events, to name the thread
 # that handled an exchange.
 TID_HISTORY = 64
+
+# The kernel's protocol guess (st_event.app_proto) -> the handler's ``name``.
+HINT_NAMES = {
+    AppProto.HTTP1: "http",
+    AppProto.HTTP2: "http2",
+    AppProto.REDIS: "redis",
+    AppProto.POSTGRES: "postgresql",
+    AppProto.MYSQL: "mysql",
+    AppProto.DNS: "dns",
+    AppProto.MEMCACHED: "memcached",
+}
+_OPAQUE = int(AppProto.OPAQUE)
+_F_OPAQUE = int(Flag.OPAQUE)
 
 _DIRECTION_NAME = {Direction.INGRESS: INGRESS, Direction.EGRESS: EGRESS}
 _ROLE_NAME = {Role.CLIENT: "client", Role.SERVER: "server", Role.UNKNOWN: "unknown"}
@@ -95,12 +108,22 @@ class Pipeline:
                  protocols: tuple[type[ProtocolHandler], ...] = REGISTRY) -> None:
         self.publish = publish
         self.protocols = protocols
+        # app_proto value -> the handler to try first (only those in `protocols`)
+        by_name = {handler.name: handler for handler in protocols}
+        self.hinted = {int(value): by_name[name] for value, name in HINT_NAMES.items() if name in by_name}
         self.clock = clock or WallClock()
         self.connections: BoundedTable[int, Connection] = BoundedTable(max_connections)
         self.events = 0
         self.spans = 0
         self.parse_errors = 0
         self.unrecognised = 0
+        # kernel protocol hints: confirmed by the hinted handler / not confirmed
+        self.hints_confirmed = 0
+        self.hints_refuted = 0
+        # DATA events of connections the kernel gave up on (OPAQUE: header only)
+        self.opaque_events = 0
+        # connections the kernel gave up on after the agent had recognised them
+        self.opaque_conflicts = 0
         self.last_ts = 0
 
     # -- events --------------------------------------------------------------
@@ -110,6 +133,10 @@ class Pipeline:
         self.last_ts = ev.ts_ns
         kind = ev.kind
         if kind == Kind.DATA:
+            if ev.flags & _F_OPAQUE:
+                # The kernel gave up on this connection: no payload, nothing to parse.
+                self.opaque_events += 1
+                return
             self._data(ev)
         elif kind == Kind.CONN_OPEN:
             self._connection(ev)
@@ -131,6 +158,18 @@ class Pipeline:
         conn.events += 1
         if ev.flags & Flag.PEER_FROM_ARG:
             conn.set_peer(ev)
+        give_up = False
+        if ev.app_proto == _OPAQUE and conn.protocol != "opaque":
+            # This payload made the kernel give up: no later one will come.
+            if conn.parser is None:
+                if conn.protocol is None:
+                    self.unrecognised += 1
+                conn.protocol = "opaque"
+                return
+            # The agent recognised what the kernel did not: parse this last
+            # payload, then flush what can be completed.
+            self.opaque_conflicts += 1
+            give_up = True
         if conn.parser is None:
             if conn.protocol is not None or not self._detect(conn, ev):
                 return
@@ -148,6 +187,10 @@ class Pipeline:
             return
         for facts in exchanges:
             self._emit(conn, facts, ev.tid)
+        if give_up:
+            self._flush(conn, ev.ts_ns)
+            conn.parser = None
+            conn.protocol = "opaque"
 
     def _detect(self, conn: Connection, ev: Event) -> bool:
         payload = ev.payload
@@ -159,21 +202,34 @@ class Pipeline:
             local_port=conn.local_port, remote_port=conn.remote_port,
             role=_ROLE_NAME.get(conn.role, "unknown"),
         )
+        # The kernel's guess first, confirmed by that handler's own detect;
+        # then every handler in registry order.
+        hinted = self.hinted.get(ev.app_proto)
+        if hinted is not None:
+            if self._try(hinted, conn, payload, direction, hints):
+                self.hints_confirmed += 1
+                return True
+            self.hints_refuted += 1
         for handler in self.protocols:
-            try:
-                matched = handler.detect(payload, direction, hints)
-            except Exception:  # a detector bug must not take the agent down
-                self.parse_errors += 1
-                matched = False
-            if matched:
-                conn.protocol = handler.name
-                conn.parser = handler(hints.role)
+            if handler is not hinted and self._try(handler, conn, payload, direction, hints):
                 return True
         conn.detect_left -= 1
         if conn.detect_left <= 0:
             conn.protocol = "unknown"
             self.unrecognised += 1
         return False
+
+    def _try(self, handler: type[ProtocolHandler], conn: Connection, payload: bytes, direction: str,
+             hints: ConnectionHints) -> bool:
+        try:
+            matched = handler.detect(payload, direction, hints)
+        except Exception:  # a detector bug must not take the agent down
+            self.parse_errors += 1
+            return False
+        if matched:
+            conn.protocol = handler.name
+            conn.parser = handler(hints.role)
+        return matched
 
     def _emit(self, conn: Connection, facts: SpanFacts, fallback_tid: int) -> None:
         tid = conn.tid_at(facts.start_ns, fallback_tid)

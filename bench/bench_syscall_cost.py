@@ -13,7 +13,14 @@ median ns per call over ROUNDS rounds.  The same loop runs under:
               (the floor of an enter+exit design, for comparison)
   full-miss   sidetrace.bpf.o, loop process not traced (pid filter miss)
   full        sidetrace.bpf.o, loop process traced: one event per call with
-              64 B of payload, drained by a reader thread (as the agent does)
+              64 B of payload, drained by a reader thread (as the agent does);
+              every message starts with "GET " so the connection is classified
+              HTTP/1 by its first event and stays on the full path
+  opaque      traced, but the messages are 'x' bytes: after ST_PROTO_TRIES
+              events the connection is OPAQUE and its calls are dropped in the
+              kernel (drop_opaque = 1, the default): no copy, no record
+  opaque-hdr  the same with drop_opaque = 0: a 128-byte header-only record per
+              call (no payload copy, no TCP sequence read)
 
 Conditions are interleaved over REPS repetitions and the median is kept, as
 the machine is noisy.  A second pass with kernel.bpf_stats_enabled=1 reports
@@ -74,12 +81,20 @@ def foreign_tracers() -> list[str]:
             if p.get("type") in TRACING_TYPES and p.get("id") not in _own_ids]
 
 
-def run_loop(exe: Path, args: argparse.Namespace, register=None) -> tuple[float, float]:
+# Start of every message in `full`: a protocol the tracer recognises (HTTP/1).
+CLASSIFIED_PREFIX = "GET "
+TRACED = ("full", "opaque", "opaque-hdr")
+
+
+def run_loop(exe: Path, args: argparse.Namespace, register=None, prefix: str | None = None) -> tuple[float, float]:
     global disturbed_runs
     others = foreign_tracers()
     if others:
         disturbed_runs += 1
-    proc = subprocess.Popen([str(exe), "4", str(args.rounds), str(args.batch), str(args.size), "wait"],
+    argv = [str(exe), "4", str(args.rounds), str(args.batch), str(args.size), "wait"]
+    if prefix:
+        argv.append(prefix)
+    proc = subprocess.Popen(argv,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         pid = int(proc.stdout.readline().strip().split("=")[1])
@@ -152,21 +167,24 @@ def condition(name: str, exe: Path, args: argparse.Namespace, stats: dict | None
             if stats is not None:
                 stats.update(prog_stats(coll, ("read", "write")))
             return result
-    with Collection.load_file(FULL_OBJ) as coll:
+    spec = load_object_spec(FULL_OBJ).with_constants(drop_opaque=0 if name == "opaque-hdr" else 1)
+    with Collection(spec) as coll:
         _own(coll)
         coll.attach_all()
-        drainer = Drainer(coll) if name == "full" else None
+        traced = name in TRACED
+        drainer = Drainer(coll) if traced else None
         pids = coll.maps["pids"]
 
         def register(pid: int) -> None:
             pids[struct.pack("<I", pid)] = struct.pack("<I", 1)
 
         try:
-            result = run_loop(exe, args, register if name == "full" else None)
+            result = run_loop(exe, args, register if traced else None,
+                              CLASSIFIED_PREFIX if name == "full" else None)
         finally:
             if drainer is not None:
                 drainer.close()
-        if drainer is not None:
+        if drainer is not None and name != "opaque":  # opaque: nothing is sent after the verdict
             expected = 2 * args.batch * args.rounds
             if drainer.lost or drainer.samples < expected:
                 print(f"  warning: {name}{' (stats pass)' if stats is not None else ''}: {drainer.samples} samples for >= {expected} calls, "
@@ -204,7 +222,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_syscall_cost: needs root; skipped")
         return 0
-    names = ["none", "empty", "empty2", "full-miss", "full"]
+    names = ["none", "empty", "empty2", "full-miss", "full", "opaque", "opaque-hdr"]
     results: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp:
         exe = build_loop(Path(tmp))
@@ -218,7 +236,7 @@ def main() -> int:
             old = ctl.read_text().strip()
             ctl.write_text("1")
             try:
-                for n in ("empty", "full-miss", "full"):
+                for n in ("empty", "full-miss", "full", "opaque", "opaque-hdr"):
                     run_stats[n] = {}
                     condition(n, exe, args, stats=run_stats[n])
             finally:

@@ -5,7 +5,10 @@
  * phases are timed separately with CLOCK_MONOTONIC.  Prints
  * "write_ns=<per call> read_ns=<per call>" (medians over rounds).
  * With a 5th argument "wait", it first prints "pid=<pid>" and waits for a
- * line on stdin, so the caller can register the pid with the tracer. */
+ * line on stdin, so the caller can register the pid with the tracer.
+ * A 6th argument, if given, is written at the start of every message (e.g.
+ * "GET " so the tracer recognises the connection's protocol); the rest of
+ * each message is 'x' bytes. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -51,6 +54,11 @@ int main(int argc, char **argv)
 	double *w = calloc(rounds, sizeof(double)), *rd = calloc(rounds, sizeof(double));
 
 	memset(buf, 'x', sizeof(buf));
+	if (argc > 6) {
+		size_t n = strlen(argv[6]);
+
+		memcpy(buf, argv[6], n < (size_t)size ? n : (size_t)size);
+	}
 	if (fam == 6) {
 		struct sockaddr_in6 *a = (void *)&ss;
 		a->sin6_family = AF_INET6;

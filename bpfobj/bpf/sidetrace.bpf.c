@@ -81,6 +81,7 @@ char LICENSE[] SEC("license") = "GPL";
 const volatile __u32 trace_all = 0;     /* 1: trace every process except agent_tgid */
 const volatile __u32 agent_tgid = 0;    /* never traced */
 const volatile __u32 max_payload = 4096; /* payload bytes per event, clamped to ST_MAX_PAYLOAD */
+const volatile __u32 drop_opaque = 1;   /* 1: nothing for OPAQUE connections; 0: header-only events */
 
 /* ---- maps ---- */
 struct {
@@ -564,6 +565,203 @@ static __always_inline void peer_from_sockaddr(struct st_event *e, __u64 uaddr)
 	e->flags |= ST_F_PEER_FROM_ARG;
 }
 
+/* ---- protocol inference ---- */
+
+/* Little-endian integer of the first 2..8 characters of a string literal
+ * (clang folds these to constants). */
+#define S2(t) ((__u64)(__u8)(t)[0] | (__u64)(__u8)(t)[1] << 8)
+#define S3(t) (S2(t) | (__u64)(__u8)(t)[2] << 16)
+#define S4(t) (S3(t) | (__u64)(__u8)(t)[3] << 24)
+#define S5(t) (S4(t) | (__u64)(__u8)(t)[4] << 32)
+#define S6(t) (S5(t) | (__u64)(__u8)(t)[5] << 40)
+#define S7(t) (S6(t) | (__u64)(__u8)(t)[6] << 48)
+#define S8(t) (S7(t) | (__u64)(__u8)(t)[7] << 56)
+#define LO(w, n) ((w) & ((1ULL << (8 * (n))) - 1)) /* first n (< 8) bytes */
+
+/* PostgreSQL message types (either direction) from '@' (0x40) up:
+ * A B C D E F G H I K N P Q R S T V W X Z  c d f n p s t */
+#define PG_TYPES ((1ULL << ('A' - 0x40)) | (1ULL << ('B' - 0x40)) | (1ULL << ('C' - 0x40)) | \
+		  (1ULL << ('D' - 0x40)) | (1ULL << ('E' - 0x40)) | (1ULL << ('F' - 0x40)) | \
+		  (1ULL << ('G' - 0x40)) | (1ULL << ('H' - 0x40)) | (1ULL << ('I' - 0x40)) | \
+		  (1ULL << ('K' - 0x40)) | (1ULL << ('N' - 0x40)) | (1ULL << ('P' - 0x40)) | \
+		  (1ULL << ('Q' - 0x40)) | (1ULL << ('R' - 0x40)) | (1ULL << ('S' - 0x40)) | \
+		  (1ULL << ('T' - 0x40)) | (1ULL << ('V' - 0x40)) | (1ULL << ('W' - 0x40)) | \
+		  (1ULL << ('X' - 0x40)) | (1ULL << ('Z' - 0x40)) | (1ULL << ('c' - 0x40)) | \
+		  (1ULL << ('d' - 0x40)) | (1ULL << ('f' - 0x40)) | (1ULL << ('n' - 0x40)) | \
+		  (1ULL << ('p' - 0x40)) | (1ULL << ('s' - 0x40)) | (1ULL << ('t' - 0x40)))
+
+static __always_inline bool is_digit(__u8 b)
+{
+	return (__u8)(b - '0') < 10;
+}
+
+static __always_inline bool is_upper(__u8 b)
+{
+	return (__u8)(b - 'A') < 26;
+}
+
+/* A plausible DNS header (12 bytes, big-endian fields) at `b`: one question, opcode QUERY/IQUERY/STATUS, and
+ * fewer than 256 answer, authority and additional records. */
+static __always_inline bool dns_header(const __u8 *b)
+{
+	return b[4] == 0 && b[5] == 1 && ((b[2] >> 3) & 0xf) <= 2 && b[6] == 0 && b[8] == 0 && b[10] == 0;
+}
+
+/* The protocol of a connection from the first `got` captured bytes of one
+ * payload (`total` bytes moved by the syscall), or ST_PROTO_UNKNOWN.  Only
+ * fixed-offset loads of the first 16 bytes: bytes past `got` are stale
+ * scratch and are masked off before any comparison.  Deliberately generous:
+ * a wrong guess only costs the agent a failed confirmation, a missed
+ * protocol would end as OPAQUE. */
+static __always_inline __u16 classify(struct st_scratch *s, __u32 got, __u64 total, const struct st_conn *c)
+{
+	__u64 w0 = *(__u64 *)&s->payload[0];
+	__u64 w1 = *(__u64 *)&s->payload[8];
+	__u8 b[16];
+	__u32 h, len;
+	int i;
+
+	if (got < 16) {
+		w1 = got > 8 ? LO(w1, got - 8) : 0;
+		if (got < 8)
+			w0 = LO(w0, got);
+	}
+	for (i = 0; i < 8; i++) {
+		b[i] = w0 >> (8 * i);
+		b[8 + i] = w1 >> (8 * i);
+	}
+	h = (__u32)w0;
+
+	/* DNS: UDP datagram (or TCP with its 2-byte length) on port 53/5353, or
+	 * any UDP datagram / length-prefixed TCP message with a sane header */
+	if (got >= 12) {
+		bool port = c->sport == 53 || c->dport == 53 || c->sport == 5353 || c->dport == 5353;
+
+		if (c->l4_proto == IPPROTO_UDP)
+			return port || dns_header(b) ? ST_PROTO_DNS : ST_PROTO_UNKNOWN;
+		if (got >= 14 && ((__u32)b[0] << 8 | b[1]) + 2 == total && (port || dns_header(&b[2])))
+			return ST_PROTO_DNS;
+	}
+	if (c->l4_proto != IPPROTO_TCP)
+		return ST_PROTO_UNKNOWN;
+
+	/* HTTP/1: request line of a standard method, or an HTTP/1.x status line */
+	if (h == S4("GET ") || h == S4("PUT ") || h == S4("POST") || h == S4("HEAD") ||
+	    h == S4("OPTI") || h == S4("PATC") || h == S4("CONN") || h == S4("TRAC") ||
+	    LO(w0, 7) == S7("DELETE ") || LO(w0, 7) == S7("HTTP/1."))
+		return ST_PROTO_HTTP1;
+	/* HTTP/2: client preface */
+	if (w0 == S8("PRI * HT"))
+		return ST_PROTO_HTTP2;
+	/* TLS record (handshake, alert, change cipher spec, application data):
+	 * nothing to read in the payload, ever */
+	if (got >= 5 && b[0] >= 0x14 && b[0] <= 0x17 && b[1] == 3 && b[2] <= 4)
+		return ST_PROTO_OPAQUE;
+	/* memcached binary protocol: request/response magic, known opcode */
+	if (got >= 24 && (b[0] == 0x80 || b[0] == 0x81) && b[1] <= 0x48)
+		return ST_PROTO_MEMCACHED;
+	/* PostgreSQL startup: length, then protocol 3.0, SSLRequest, GSSENCRequest
+	 * or CancelRequest */
+	if (got >= 8 && b[0] == 0 && b[1] == 0 && ((__u32)b[2] << 8 | b[3]) >= 8) {
+		__u32 code = w0 >> 32; /* bytes 4..7, little-endian load of a big-endian code */
+
+		if (code == 0x00000300 /* 3.0 */ || code == 0x2f16d204 /* 80877103 SSLRequest */ ||
+		    code == 0x3016d204 /* 80877104 GSSENCRequest */ || code == 0x2e16d204 /* 80877102 cancel */)
+			return ST_PROTO_POSTGRES;
+	}
+	/* MySQL: one whole packet (3-byte length, sequence 0): the server
+	 * greeting (protocol 10) or a command (COM_QUERY, ...) */
+	len = b[0] | (__u32)b[1] << 8 | (__u32)b[2] << 16;
+	if (got >= 5 && b[3] == 0 && len && len + 4 == total && b[4] <= 0x1f)
+		return ST_PROTO_MYSQL;
+	/* PostgreSQL message (joined mid-stream): type, then a 4-byte big-endian
+	 * length of at least 4 and under 1 MiB */
+	if (got >= 5 && ((b[0] >= '1' && b[0] <= '3') || (b[0] >= 0x40 && b[0] < 0x80 && (PG_TYPES >> (b[0] - 0x40)) & 1))) {
+		__u32 plen = (__u32)b[1] << 24 | (__u32)b[2] << 16 | (__u32)b[3] << 8 | b[4];
+
+		if (plen >= 4 && plen < (1 << 20))
+			return ST_PROTO_POSTGRES;
+	}
+	/* MySQL reply packets (sequence >= 1): OK, ERR, EOF or a result set */
+	if (got >= 5 && b[3] >= 1 && len && len + 4 <= total)
+		return ST_PROTO_MYSQL;
+	/* HTTP/2 frame header (joined mid-stream): length <= 16 KiB, type <= 9
+	 * (DATA..CONTINUATION), reserved bit clear */
+	if (got >= 9 && b[0] == 0 && b[1] <= 0x40 && b[3] <= 9 && !(b[5] & 0x80))
+		return ST_PROTO_HTTP2;
+	/* Redis RESP2/RESP3: arrays, replies, pushes */
+	switch (b[0]) {
+	case '*':
+	case '$':
+	case ':':
+	case '%':
+	case '~':
+	case '>':
+		if (is_digit(b[1]) || b[1] == '-')
+			return ST_PROTO_REDIS;
+		break;
+	case '+':
+		if (is_upper(b[1]) || is_upper(b[1] - 0x20))
+			return ST_PROTO_REDIS;
+		break;
+	case '-':
+		if (is_upper(b[1]))
+			return ST_PROTO_REDIS;
+		break;
+	case '_':
+		if (b[1] == '\r')
+			return ST_PROTO_REDIS;
+		break;
+	case '#':
+		if (b[1] == 't' || b[1] == 'f')
+			return ST_PROTO_REDIS;
+		break;
+	}
+	/* memcached text: commands (lower case) and replies (upper case) */
+	if (h == S4("get ") || h == S4("gets") || h == S4("set ") || h == S4("add ") ||
+	    h == S4("incr") || h == S4("decr") || h == S4("cas ") || h == S4("dele") ||
+	    h == S4("touc") || h == S4("appe") || h == S4("prep") || h == S4("repl") ||
+	    h == S4("stat") || h == S4("vers") || h == S4("flus") || h == S4("verb") ||
+	    h == S4("gat ") || h == S4("gats") ||
+	    LO(w0, 3) == S3("mg ") || LO(w0, 3) == S3("ms ") || LO(w0, 3) == S3("md ") ||
+	    LO(w0, 3) == S3("ma ") || LO(w0, 3) == S3("me ") || LO(w0, 3) == S3("mn\r") ||
+	    LO(w0, 6) == S6("VALUE ") || LO(w0, 7) == S7("STORED\r") || h == S4("END\r") ||
+	    w0 == S8("DELETED\r") || w0 == S8("NOT_FOUN") || w0 == S8("NOT_STOR") ||
+	    LO(w0, 7) == S7("EXISTS\r") || LO(w0, 7) == S7("TOUCHED") || LO(w0, 6) == S6("ERROR\r") ||
+	    w0 == S8("CLIENT_E") || w0 == S8("SERVER_E") || LO(w0, 3) == S3("VA ") ||
+	    LO(w0, 3) == S3("HD\r") || LO(w0, 3) == S3("HD ") || LO(w0, 3) == S3("EN\r") ||
+	    LO(w0, 3) == S3("NF\r") || LO(w0, 3) == S3("NS\r") || LO(w0, 3) == S3("EX\r") ||
+	    LO(w0, 3) == S3("MN\r"))
+		return ST_PROTO_MEMCACHED;
+	/* Redis inline command: an upper-case word, then a space or CRLF */
+	if (is_upper(b[0]) && is_upper(b[1]) && is_upper(b[2])) {
+		for (i = 3; i < 12; i++) {
+			if (b[i] == ' ' || b[i] == '\r')
+				return ST_PROTO_REDIS;
+			if (!is_upper(b[i]))
+				break;
+		}
+	}
+	return ST_PROTO_UNKNOWN;
+}
+
+/* Sticky per-connection protocol from one payload (see the header). */
+static __always_inline void infer_proto(struct st_scratch *s, struct st_conn *c, __u32 got, __u64 total)
+{
+	__u16 proto = classify(s, got, total, c);
+
+	if (proto == ST_PROTO_UNKNOWN) {
+		if (c->proto_tries + 1 < ST_PROTO_TRIES) {
+			c->proto_tries++;
+			return;
+		}
+		proto = ST_PROTO_OPAQUE;
+	}
+	c->app_proto = proto;
+	s->ev.app_proto = proto;
+	count(proto == ST_PROTO_OPAQUE ? ST_CNT_PROTO_OPAQUE : ST_CNT_PROTO_KNOWN);
+}
+
 /* ---- data syscalls (sys_exit only) ---- */
 static __always_inline bool reportable(__s64 ret)
 {
@@ -574,6 +772,43 @@ static __always_inline bool reportable(__s64 ret)
 	if (ret <= -ERESTARTSYS && ret >= -ERESTART_RESTARTBLOCK)
 		return false;
 	return true;
+}
+
+/* A DATA syscall on an OPAQUE connection: no payload copy, no TCP sequence
+ * read; nothing at all with drop_opaque, else the header alone.  The byte
+ * offsets still advance (not for recvmmsg/sendmmsg, whose per-message
+ * length would need the mmsghdr read). */
+static __always_inline int on_opaque_data(struct st_sys_exit_ctx *ctx, const int sys, struct task_struct *task,
+					  struct pt_regs *regs, __u64 pid_tgid, int fd, __s64 ret,
+					  struct st_conn *c, __u8 evflags)
+{
+	const bool egress = sys >= ST_SYS_WRITE;
+	struct st_scratch *s;
+	__u64 flags = 0;
+
+	count(ST_CNT_OPAQUE_DATA);
+	if (sys == ST_SYS_RECVFROM || sys == ST_SYS_RECVMMSG)
+		flags = regs->r10;
+	else if (sys == ST_SYS_RECVMSG)
+		flags = regs->dx;
+	if (!drop_opaque) {
+		s = get_scratch();
+		if (s) {
+			fill_header(&s->ev, task, ST_EV_DATA, sys, egress ? ST_DIR_EGRESS : ST_DIR_INGRESS,
+				    pid_tgid, fd, ret, c);
+			s->ev.flags |= evflags | ST_F_OPAQUE;
+			if (!egress && (flags & MSG_PEEK))
+				s->ev.flags |= ST_F_PEEK;
+			emit(ctx, s, 0);
+		}
+	}
+	if (ret > 0 && sys != ST_SYS_RECVMMSG && sys != ST_SYS_SENDMMSG) {
+		if (egress)
+			__sync_fetch_and_add(&c->bytes_tx, ret);
+		else if (!(flags & MSG_PEEK))
+			__sync_fetch_and_add(&c->bytes_rx, ret);
+	}
+	return 0;
 }
 
 static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int sys)
@@ -621,6 +856,8 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 	}
 	if (c->flags & ST_CONN_IGNORE)
 		return 0;
+	if (c->app_proto == ST_PROTO_OPAQUE)
+		return on_opaque_data(ctx, sys, task, regs, pid_tgid, fd, ret, c, evflags);
 	s = get_scratch();
 	if (!s)
 		return 0;
@@ -686,6 +923,9 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 		break;
 	}
 	}
+
+	if (c->app_proto == ST_PROTO_UNKNOWN && got)
+		infer_proto(s, c, got, bytes);
 
 	if (c->l4_proto == IPPROTO_UDP && uaddr)
 		peer_from_sockaddr(&s->ev, uaddr);

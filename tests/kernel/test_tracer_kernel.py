@@ -39,8 +39,13 @@ SYS = dict(read=1, readv=2, recvfrom=3, recvmsg=4, recvmmsg=5, write=6, writev=7
            sendmsg=9, sendmmsg=10, connect=11, accept=12, accept4=13, close=14)
 INGRESS, EGRESS = 1, 2
 ROLE_UNKNOWN, ROLE_CLIENT, ROLE_SERVER = 0, 1, 2
-F_SEQ_VALID, F_PEER_FROM_ARG, F_V4MAPPED, F_TRUNCATED, F_NEW_CONN, F_MULTI_MSG, F_PEEK = 1, 2, 4, 8, 16, 32, 64
+F_SEQ_VALID, F_PEER_FROM_ARG, F_V4MAPPED, F_TRUNCATED, F_NEW_CONN, F_MULTI_MSG, F_PEEK, F_OPAQUE = (
+    1, 2, 4, 8, 16, 32, 64, 128)
 CNT_EVENTS, CNT_PERF_FAIL, CNT_NOT_SOCKET = 0, 1, 6
+CNT_PROTO_KNOWN, CNT_PROTO_OPAQUE, CNT_OPAQUE_DATA = 12, 13, 14
+# enum st_app_proto
+P_UNKNOWN, P_HTTP1, P_HTTP2, P_REDIS, P_POSTGRES, P_MYSQL, P_DNS, P_MEMCACHED, P_OPAQUE = 0, 1, 2, 3, 4, 5, 6, 7, 255
+PROTO_TRIES = 4
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 MAX_PAYLOAD = 4096
 
@@ -181,7 +186,9 @@ def test_tcp_exchange(tracer: Tracer, family: int, host: str) -> None:
     for e in evs:
         assert e.family == fam and e.l4_proto == IPPROTO_TCP
         assert e.saddr == loop and e.daddr == loop
-        assert e.reserved == 0 and e.app_proto == 0
+        assert e.reserved == 0
+        # classified HTTP/1 by the request on both ends, from the first data event on
+        assert e.app_proto == (P_UNKNOWN if e.kind == EV_OPEN else P_HTTP1)
         assert e.comm  # the test process's comm
 
     def mine(local_port):
@@ -601,3 +608,186 @@ def test_event_struct_in_object_btf_matches_the_decoder() -> None:
         expected[name] = off
         off += struct.calcsize("<" + code)
     assert offsets == expected
+
+
+# --- in-kernel protocol inference -------------------------------------------------
+
+def exchange(cli: socket.socket, srv: socket.socket, messages: list[bytes]) -> None:
+    """Each message written by the client, then read whole by the server."""
+    for msg in messages:
+        cli.sendall(msg)
+        got = b""
+        while len(got) < len(msg):
+            got += srv.recv(len(msg) - len(got))
+
+
+def conn_events(events: list[Ev], cport: int) -> tuple[list[Ev], list[Ev]]:
+    """(client DATA events, server DATA events) of the connection from `cport`."""
+    data = [e for e in of_ports(events, cport) if e.kind == EV_DATA]
+    return [e for e in data if e.sport == cport], [e for e in data if e.dport == cport]
+
+
+# First payloads of real protocols -> the kernel's classification.
+PG_STARTUP = struct.pack(">II", 8 + 14, 0x00030000) + b"user\0alice\0\0\0"[:14]
+MYSQL_QUERY = struct.pack("<I", 9)[:3] + b"\0" + b"\x03SELECT 1"[:9]
+MYSQL_GREETING = struct.pack("<I", 20)[:3] + b"\0" + b"\x0a8.0.36\0" + b"\0" * 12
+SAMPLES = {
+    "http1-request": (b"POST /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n", P_HTTP1),
+    "http1-response": (b"HTTP/1.1 204 No Content\r\n\r\n", P_HTTP1),
+    "http2-preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", P_HTTP2),
+    "http2-settings": (b"\0\0\x06\x04\0\0\0\0\0\0\x03\0\0\0\x64", P_HTTP2),
+    "redis-command": (b"*1\r\n$4\r\nPING\r\n", P_REDIS),
+    "redis-inline": (b"PING\r\n", P_REDIS),
+    "redis-reply": (b"+OK\r\n", P_REDIS),
+    "postgres-startup": (PG_STARTUP, P_POSTGRES),
+    "postgres-sslrequest": (struct.pack(">II", 8, 80877103), P_POSTGRES),
+    "postgres-query": (b"Q\0\0\0\x0dSELECT 1\0", P_POSTGRES),
+    "mysql-query": (MYSQL_QUERY, P_MYSQL),
+    "mysql-greeting": (MYSQL_GREETING, P_MYSQL),
+    "memcached-get": (b"get user:1\r\n", P_MEMCACHED),
+    "memcached-value": (b"VALUE user:1 0 3\r\nabc\r\nEND\r\n", P_MEMCACHED),
+    "memcached-binary": (b"\x80\x00\x00\x03" + b"\0" * 20 + b"key", P_MEMCACHED),
+    "tls-client-hello": (b"\x16\x03\x01\x00\x40" + bytes(64), P_OPAQUE),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_first_payload_classifies_the_connection_on_both_ends(tracer: Tracer, name: str) -> None:
+    payload, proto = SAMPLES[name]
+    tracer.drain()
+    ls, cli, srv = tcp_pair(socket.AF_INET, "127.0.0.1")
+    try:
+        cport = cli.getsockname()[1]
+        exchange(cli, srv, [payload])
+    finally:
+        cli.close()
+        srv.close()
+        ls.close()
+    client, server = conn_events(tracer.drain(), cport)
+    assert [(e.app_proto, e.payload) for e in client] == [(proto, payload)]
+    assert [(e.app_proto, e.payload) for e in server] == [(proto, payload)]
+
+
+def test_http_on_loopback_is_http1_on_both_ends_and_sticks(tracer: Tracer) -> None:
+    tracer.drain()
+    ls, cli, srv = tcp_pair(socket.AF_INET6, "::1")
+    body = bytes(range(256)) * 4  # a body that on its own would classify as nothing useful
+    try:
+        cport = cli.getsockname()[1]
+        exchange(cli, srv, [b"PUT /blob HTTP/1.1\r\nContent-Length: 1024\r\n\r\n", body])
+        exchange(srv, cli, [b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"])
+        exchange(cli, srv, [b"zz-not-a-protocol" * 4] * (PROTO_TRIES + 2))
+    finally:
+        cli.close()
+        srv.close()
+        ls.close()
+    evs = tracer.drain()
+    client, server = conn_events(evs, cport)
+    assert len(client) == len(server) == PROTO_TRIES + 5
+    for e in client + server:
+        assert e.app_proto == P_HTTP1 and e.payload_len == e.ret and not e.flags & F_OPAQUE
+    closes = [e for e in of_ports(evs, cport) if e.kind == EV_CLOSE]
+    assert [e.app_proto for e in closes] == [P_HTTP1, P_HTTP1]
+
+
+def test_dns_query_over_udp_is_classified(tracer: Tracer) -> None:
+    query = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + b"\x07example\x03com\x00\x00\x01\x00\x01"
+    tracer.drain()
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        a.bind(("127.0.0.1", 0))
+        b.sendto(query, a.getsockname())
+        assert a.recv(512) == query
+        aport = a.getsockname()[1]
+    finally:
+        a.close()
+        b.close()
+    evs = [e for e in of_ports(tracer.drain(), aport) if e.kind == EV_DATA]
+    assert [(e.direction, e.app_proto) for e in evs] == [(EGRESS, P_DNS), (INGRESS, P_DNS)]
+
+
+def noise(i: int) -> bytes:
+    """64 bytes no classifier accepts ('z' starts nothing, then random bytes)."""
+    return b"zz-%02d-" % i + os.urandom(58)
+
+
+def test_unrecognised_bytes_turn_opaque_then_cost_no_events(tracer: Tracer) -> None:
+    tracer.drain()
+    known, opaque, skipped = (tracer.counter(c) for c in (CNT_PROTO_KNOWN, CNT_PROTO_OPAQUE, CNT_OPAQUE_DATA))
+    ls, cli, srv = tcp_pair(socket.AF_INET, "127.0.0.1")
+    msgs = [noise(i) for i in range(PROTO_TRIES + 6)]
+    try:
+        cport = cli.getsockname()[1]
+        exchange(cli, srv, msgs)
+        exchange(cli, srv, [b"GET / HTTP/1.1\r\n\r\n"])  # too late: the verdict sticks
+    finally:
+        cli.close()
+        srv.close()
+        ls.close()
+    evs = tracer.drain()
+    client, server = conn_events(evs, cport)
+    for side in (client, server):
+        # payloads while undecided; the one that decided says OPAQUE; then nothing
+        assert [e.payload for e in side] == msgs[:PROTO_TRIES]
+        assert [e.app_proto for e in side] == [P_UNKNOWN] * (PROTO_TRIES - 1) + [P_OPAQUE]
+    assert tracer.counter(CNT_PROTO_OPAQUE) == opaque + 2
+    assert tracer.counter(CNT_PROTO_KNOWN) == known
+    assert tracer.counter(CNT_OPAQUE_DATA) >= skipped + 2 * (len(msgs) - PROTO_TRIES + 1)
+    # byte offsets still advance while nothing is sent
+    closes = {e.sport: e for e in of_ports(evs, cport) if e.kind == EV_CLOSE}
+    total = sum(map(len, msgs)) + len(b"GET / HTTP/1.1\r\n\r\n")
+    assert closes[cport].bytes_tx == total and closes[cport].app_proto == P_OPAQUE
+    assert [e.bytes_rx for e in closes.values() if e.sport != cport] == [total]
+
+
+def test_tls_is_opaque_at_once(tracer: Tracer) -> None:
+    tracer.drain()
+    hello = b"\x16\x03\x01\x00\x3b" + os.urandom(59)
+    ls, cli, srv = tcp_pair(socket.AF_INET, "127.0.0.1")
+    try:
+        cport = cli.getsockname()[1]
+        exchange(cli, srv, [hello, b"\x17\x03\x03\x00\x10" + os.urandom(16), noise(0)])
+    finally:
+        cli.close()
+        srv.close()
+        ls.close()
+    client, server = conn_events(tracer.drain(), cport)
+    assert [(e.app_proto, e.payload) for e in client] == [(P_OPAQUE, hello)]
+    assert [(e.app_proto, e.payload) for e in server] == [(P_OPAQUE, hello)]
+
+
+def test_opaque_connections_send_headers_only_when_not_dropped() -> None:
+    spec = load_object_spec(OBJ).with_constants(drop_opaque=0)
+    with Collection(spec) as coll:
+        coll.attach_all()
+        with PerfEventArray(coll.maps["events"], pages=64) as rings:
+            t = Tracer(coll, rings)
+            t.trace(os.getpid())
+            try:
+                t.drain()
+                ls, cli, srv = tcp_pair(socket.AF_INET, "127.0.0.1")
+                msgs = [noise(i) for i in range(PROTO_TRIES + 3)]
+                try:
+                    cport = cli.getsockname()[1]
+                    exchange(cli, srv, msgs)
+                finally:
+                    cli.close()
+                    srv.close()
+                    ls.close()
+                client, server = conn_events(t.drain(), cport)
+            finally:
+                t.untrace(os.getpid())
+    for side, direction in ((client, EGRESS), (server, INGRESS)):
+        assert len(side) == len(msgs)
+        decided, after = side[:PROTO_TRIES], side[PROTO_TRIES:]
+        assert [e.payload for e in decided] == msgs[:PROTO_TRIES]
+        assert not any(e.flags & F_OPAQUE for e in decided)
+        assert decided[-1].app_proto == P_OPAQUE
+        off = sum(map(len, msgs[:PROTO_TRIES]))
+        for e, msg in zip(after, msgs[PROTO_TRIES:]):
+            assert e.flags & F_OPAQUE and e.app_proto == P_OPAQUE and e.direction == direction
+            assert e.payload_len == 0 and e.payload == b"" and e.ret == len(msg)
+            assert not e.flags & F_SEQ_VALID and e.tcp_seq == 0
+            assert (e.bytes_tx if direction == EGRESS else e.bytes_rx) == off
+            off += len(msg)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import socket
 
 from agent._clock import WallClock
-from agent._events import IPPROTO_TCP, Direction, Event, Flag, Kind, Role
-from agent._pipeline import DETECT_ATTEMPTS, IDLE_TIMEOUT_NS, Pipeline
+from agent._events import IPPROTO_TCP, AppProto, Direction, Event, Flag, Kind, Role
+from agent._pipeline import DETECT_ATTEMPTS, HINT_NAMES, IDLE_TIMEOUT_NS, Pipeline
+from agent.protocols import REGISTRY
 from wire import validate
 
 V4 = lambda a: bytes(10) + b"\xff\xff" + socket.inet_aton(a)  # noqa: E731
@@ -128,3 +129,106 @@ def test_unconnected_udp_spans_name_each_datagrams_own_peer():
         pipe.handle(event(ts=15 + i * 10, direction=Direction.EGRESS, payload=DNS_REPLY, **kw)._replace(**udp))
     assert [s["attributes"]["client.port"] for s in spans] == [40001, 40002]
     assert all(s["kind"] == "server" and s["attributes"]["network.transport"] == "udp" for s in spans)
+
+
+# --- the kernel's protocol hints (st_event.app_proto) ---------------------------------
+
+
+class _Counting:
+    """Wraps a handler class: counts detect calls, answers as the real one."""
+
+    def __init__(self, handler):
+        self.handler = handler
+        self.name = handler.name
+        self.calls = 0
+
+    def detect(self, data, direction, hints):
+        self.calls += 1
+        return self.handler.detect(data, direction, hints)
+
+    def __call__(self, role):
+        return self.handler(role)
+
+
+def counting_pipeline():
+    spans = []
+    handlers = tuple(_Counting(h) for h in REGISTRY)
+    return Pipeline(spans.append, max_connections=8, protocols=handlers), spans, {h.name: h for h in handlers}
+
+
+def test_every_kernel_protocol_id_names_a_registered_handler():
+    names = {h.name for h in REGISTRY}
+    assert set(HINT_NAMES.values()) <= names
+    assert set(HINT_NAMES) == set(AppProto) - {AppProto.UNKNOWN, AppProto.OPAQUE}
+
+
+def test_hinted_handler_is_tried_first_and_confirms():
+    pipe, spans, handlers = counting_pipeline()
+    hint = dict(app_proto=AppProto.HTTP1)
+    pipe.handle(event(payload=REQ)._replace(**hint))
+    pipe.handle(event(ts=2_000, direction=Direction.EGRESS, payload=RESP)._replace(**hint))
+    assert len(spans) == 1 and spans[0]["protocol"] == "http"
+    assert handlers["http"].calls == 1
+    assert sum(h.calls for h in handlers.values()) == 1  # nobody else was asked
+    assert (pipe.hints_confirmed, pipe.hints_refuted) == (1, 0)
+
+
+def test_hint_deep_in_the_registry_skips_the_handlers_before_it():
+    pipe, spans, handlers = counting_pipeline()
+    pipe.handle(event(conn=3, sport=53, dport=40000, payload=DNS_QUERY)._replace(l4_proto=17, app_proto=AppProto.DNS))
+    pipe.handle(event(conn=3, ts=2_000, direction=Direction.EGRESS, sport=53, dport=40000,
+                      payload=DNS_REPLY)._replace(l4_proto=17, app_proto=AppProto.DNS))
+    assert [s["protocol"] for s in spans] == ["dns"]
+    assert handlers["dns"].calls == 1 and handlers["http"].calls == 0
+    assert pipe.hints_confirmed == 1
+
+
+def test_a_wrong_hint_falls_back_to_the_whole_registry():
+    pipe, spans, handlers = counting_pipeline()
+    wrong = dict(app_proto=AppProto.REDIS)  # the kernel guessed from an upper-case word
+    pipe.handle(event(payload=REQ)._replace(**wrong))
+    pipe.handle(event(ts=2_000, direction=Direction.EGRESS, payload=RESP)._replace(**wrong))
+    assert [s["protocol"] for s in spans] == ["http"]
+    assert handlers["redis"].calls == 1  # asked first, once, and not again in the fallback
+    assert (pipe.hints_confirmed, pipe.hints_refuted) == (0, 1)
+
+
+def test_unknown_hint_values_are_ignored():
+    pipe, spans, _ = counting_pipeline()
+    pipe.handle(event(payload=REQ)._replace(app_proto=99))
+    pipe.handle(event(ts=2_000, direction=Direction.EGRESS, payload=RESP)._replace(app_proto=99))
+    assert len(spans) == 1
+    assert (pipe.hints_confirmed, pipe.hints_refuted) == (0, 0)
+
+
+def test_opaque_header_only_events_are_counted_and_skipped():
+    pipe, spans, handlers = counting_pipeline()
+    opaque = dict(app_proto=AppProto.OPAQUE, flags=Flag.OPAQUE, payload_len=0)
+    for i in range(5):
+        pipe.handle(event(conn=7, ts=i, payload=b"", ret=64)._replace(**opaque))
+    assert pipe.opaque_events == 5 and pipe.events == 5
+    assert spans == [] and len(pipe.connections) == 0
+    assert sum(h.calls for h in handlers.values()) == 0
+
+
+def test_the_payload_that_made_the_kernel_give_up_ends_detection():
+    pipe, spans, handlers = counting_pipeline()
+    pipe.handle(event(payload=b"zz-noise")._replace(app_proto=AppProto.OPAQUE))
+    # even a recognisable payload afterwards is not parsed: the kernel sends no more
+    pipe.handle(event(ts=2, payload=REQ))
+    pipe.handle(event(ts=3, direction=Direction.EGRESS, payload=RESP))
+    assert spans == [] and pipe.unrecognised == 1
+    assert sum(h.calls for h in handlers.values()) == 0
+
+
+def test_kernel_giving_up_after_the_agent_recognised_flushes_and_counts_a_conflict():
+    pipe, spans, _ = counting_pipeline()
+    pipe.handle(event(payload=REQ))  # the agent recognises HTTP; the kernel did not (hint 0)
+    pipe.handle(event(ts=2, direction=Direction.EGRESS,
+                      payload=b"HTTP/1.0 200 OK\r\n\r\nbody until close")._replace(app_proto=AppProto.OPAQUE))
+    assert pipe.opaque_conflicts == 1
+    # the last payload is parsed, then the connection is flushed: the response
+    # delimited by the (now unseen) close is complete, not lost
+    assert len(spans) == 1 and spans[0]["attributes"]["http.response.status_code"] == 200
+    pipe.handle(event(ts=3, payload=b"", ret=64)._replace(app_proto=AppProto.OPAQUE, flags=Flag.OPAQUE))
+    assert pipe.opaque_events == 1 and len(spans) == 1

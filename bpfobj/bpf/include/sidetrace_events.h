@@ -54,12 +54,26 @@
  *                        sockaddr argument (sendto/recvfrom/msg_name) it is
  *                        the per-datagram peer and ST_F_PEER_FROM_ARG is set.
  *  108  16  comm         comm of the calling thread, NUL padded
- *  124   2  app_proto    application protocol id (0 = unknown; reserved for
- *                        in-kernel inference, always 0 today)
+ *  124   2  app_proto    enum st_app_proto: the connection's protocol as
+ *                        classified in the kernel from the first bytes of its
+ *                        payloads (a hint: the agent confirms it); 0 while
+ *                        unknown, ST_PROTO_OPAQUE once the kernel gave up.
+ *                        The event whose payload decided it carries it.
  *  126   2  reserved     0
  *  128   -  payload      first payload_len bytes of the data (DATA only)
  *
  * s = local end and d = remote end of the socket, whatever the direction.
+ *
+ * Protocol inference: while a connection's app_proto is UNKNOWN, every DATA
+ * event with payload is classified from its first 16 bytes (HTTP/1 request
+ * line or status line, HTTP/2 preface or frame header, RESP, PostgreSQL
+ * startup/SSLRequest or a typed message, MySQL packet, DNS header,
+ * memcached text or binary); the first match sticks to the connection.  A
+ * TLS record, or ST_PROTO_TRIES payloads that match nothing, make it OPAQUE:
+ * from then on its DATA events are dropped in the kernel (.rodata
+ * drop_opaque = 1, the default) or sent as the header alone (payload_len 0,
+ * ST_F_OPAQUE, tcp_seq not read), so unrecognised traffic costs no payload
+ * copy and no (or a small) perf record.
  *
  * Connection ids: unique per loaded object (and boot): ((cpu + 1) << 48) | n,
  * n counting per CPU.  A connection is one socket (identified in the kernel by
@@ -121,7 +135,24 @@ enum st_event_flags {
 	ST_F_NEW_CONN = 1 << 4,      /* connection first seen by this event (no CONN_OPEN was sent) */
 	ST_F_MULTI_MSG = 1 << 5,     /* recvmmsg/sendmmsg moved more than one message; only the first is reported */
 	ST_F_PEEK = 1 << 6,          /* MSG_PEEK read: the data will be read again */
+	ST_F_OPAQUE = 1 << 7,        /* OPAQUE connection: header only, no payload, no tcp_seq */
 };
+
+/* st_event.app_proto / st_conn.app_proto. */
+enum st_app_proto {
+	ST_PROTO_UNKNOWN = 0,   /* not classified yet */
+	ST_PROTO_HTTP1 = 1,
+	ST_PROTO_HTTP2 = 2,
+	ST_PROTO_REDIS = 3,
+	ST_PROTO_POSTGRES = 4,
+	ST_PROTO_MYSQL = 5,
+	ST_PROTO_DNS = 6,
+	ST_PROTO_MEMCACHED = 7,
+	ST_PROTO_OPAQUE = 255,  /* gave up (or TLS): no payload is captured any more */
+};
+
+/* Payload-carrying DATA events classified before a connection turns OPAQUE. */
+#define ST_PROTO_TRIES 4
 
 /* Slots of the per-CPU `counters` array (u64 each); sum over CPUs. */
 enum st_counter {
@@ -137,6 +168,9 @@ enum st_counter {
 	ST_CNT_NO_SCRATCH = 9,      /* per-CPU scratch lookup failed (should never happen) */
 	ST_CNT_CONN_SEQ = 10,       /* connections created on this CPU (conn_id sequence) */
 	ST_CNT_BAD_FD = 11,         /* fd out of range or not open at the hook */
+	ST_CNT_PROTO_KNOWN = 12,    /* connections classified as a known protocol */
+	ST_CNT_PROTO_OPAQUE = 13,   /* connections given up on (OPAQUE) */
+	ST_CNT_OPAQUE_DATA = 14,    /* DATA syscalls on OPAQUE connections (dropped or header only) */
 	ST_CNT_MAX = 16,
 };
 
@@ -221,9 +255,9 @@ struct st_conn {
 	__u16 dport;    /* host order */
 	__u8 l4_proto;  /* IPPROTO_TCP / IPPROTO_UDP; 0 = not traced (see ST_CONN_IGNORE) */
 	__u8 role;      /* enum st_role */
-	__u16 app_proto;
-	__u8 flags;     /* ST_CONN_* */
-	__u8 reserved;
+	__u16 app_proto;  /* enum st_app_proto */
+	__u8 flags;       /* ST_CONN_* */
+	__u8 proto_tries; /* payloads classified without a match (< ST_PROTO_TRIES) */
 	__u8 saddr[16];
 	__u8 daddr[16];
 };
