@@ -164,7 +164,7 @@ class _Stream:
     """Splits one direction's bytes into packets, counting what was not captured."""
 
     __slots__ = ("handler", "request", "head", "seq_id", "length", "remaining", "keep", "body",
-                 "cut", "msg_ns", "msg_seq", "lost", "continued", "last_ns")
+                 "msg_ns", "msg_seq", "lost", "continued", "last_ns")
 
     def __init__(self, handler: MysqlHandler, request: bool) -> None:
         self.handler = handler
@@ -175,7 +175,6 @@ class _Stream:
         self.remaining = 0
         self.keep = 0
         self.body = bytearray()
-        self.cut = False
         self.msg_ns = 0
         self.msg_seq: int | None = None
         self.lost = False
@@ -215,7 +214,7 @@ class _Stream:
                     self.continued = length == MAX_PACKET
                     kept = pos + 4 + keep
                     handler._packet(request, data[pos + 3], length, data, pos + 4,
-                                    kept if kept < stop else stop, False, ts,
+                                    kept if kept < stop else stop, ts,
                                     None if seq is None else (seq + pos) & _SEQ_MASK, ts)
                     if self.lost:
                         return
@@ -252,14 +251,13 @@ class _Stream:
         if keep > length:
             keep = length
         if pos + length <= end:
-            self._dispatch(seq_id, length, data, pos, pos + keep, False, msg_ns, msg_seq, ts)
+            self._dispatch(seq_id, length, data, pos, pos + keep, msg_ns, msg_seq, ts)
             return pos + length
         self.seq_id = seq_id
         self.length = length
         self.remaining = length
         self.keep = keep
         self.body = bytearray()
-        self.cut = False
         self.msg_ns = msg_ns
         self.msg_seq = msg_seq
         return self._body(data, pos, end, ts)
@@ -280,7 +278,7 @@ class _Stream:
     def _dispatch_buffered(self, ts: int) -> None:
         body = bytes(self.body)
         self.body = bytearray()
-        self._dispatch(self.seq_id, self.length, body, 0, len(body), self.cut, self.msg_ns,
+        self._dispatch(self.seq_id, self.length, body, 0, len(body), self.msg_ns,
                        self.msg_seq, ts)
 
     def _skip(self, count: int, ts: int) -> None:
@@ -292,14 +290,13 @@ class _Stream:
             self.remaining -= take
             count -= take
             if len(self.body) < self.keep:
-                self.cut = True
                 self.keep = len(self.body)  # later bytes would not follow on from these
             if not self.remaining:
                 self._dispatch_buffered(ts)
         if count > 0:
             self.lose()
 
-    def _dispatch(self, seq_id: int, length: int, buf: bytes, start: int, stop: int, cut: bool,
+    def _dispatch(self, seq_id: int, length: int, buf: bytes, start: int, stop: int,
                   msg_ns: int, msg_seq: int | None, end_ns: int) -> None:
         if self.continued:
             # The tail of a logical packet longer than 16 MiB - 1: nothing new starts here.
@@ -307,7 +304,7 @@ class _Stream:
             self.handler._continuation(self.request, seq_id, end_ns)
             return
         self.continued = length == MAX_PACKET
-        self.handler._packet(self.request, seq_id, length, buf, start, stop, cut, msg_ns,
+        self.handler._packet(self.request, seq_id, length, buf, start, stop, msg_ns,
                              msg_seq, end_ns)
 
     def lose(self) -> None:
@@ -481,14 +478,14 @@ class MysqlHandler:
     # --- packets -----------------------------------------------------------------------------
 
     def _packet(self, request: bool, seq_id: int, length: int, buf: bytes, start: int, stop: int,
-                cut: bool, msg_ns: int, msg_seq: int | None, end_ns: int) -> None:
+                msg_ns: int, msg_seq: int | None, end_ns: int) -> None:
         phase = self._phase
         if phase is None:
             self._first_packet(request, seq_id, length, buf, start, stop)
             phase = self._phase
         if phase == _COMMAND:
             if request:
-                self._request(seq_id, length, buf, start, stop, cut, msg_ns, msg_seq, end_ns)
+                self._request(seq_id, length, buf, start, stop, msg_ns, msg_seq, end_ns)
             else:
                 self._answer(seq_id, length, buf, start, stop, msg_seq, end_ns)
         elif phase == _HANDSHAKE:
@@ -506,7 +503,7 @@ class MysqlHandler:
                     # Authentication packets never restart at 0: this is a command,
                     # so the server's OK went by unseen.
                     self._phase = _COMMAND
-                    self._request(seq_id, length, buf, start, stop, cut, msg_ns, msg_seq, end_ns)
+                    self._request(seq_id, length, buf, start, stop, msg_ns, msg_seq, end_ns)
             elif stop > start and buf[start] == 0x00:
                 self._phase = _COMMAND
                 if self._pending_database is not None:
@@ -576,7 +573,7 @@ class MysqlHandler:
 
     # --- commands --------------------------------------------------------------------------
 
-    def _request(self, seq_id: int, length: int, buf: bytes, start: int, stop: int, cut: bool,
+    def _request(self, seq_id: int, length: int, buf: bytes, start: int, stop: int,
                  msg_ns: int, msg_seq: int | None, end_ns: int) -> None:
         command = self._command
         if seq_id != 0 or length == 0:

@@ -329,7 +329,7 @@ def looks_like_backend(data: bytes) -> bool:
 class _Stream:
     """Splits one direction's bytes into messages, counting what was not captured."""
 
-    __slots__ = ("frontend", "handler", "head", "type", "remaining", "keep", "body", "cut",
+    __slots__ = ("frontend", "handler", "head", "type", "remaining", "keep", "body",
                  "msg_ns", "msg_seq", "lost", "untyped_ok", "answer_byte", "last_ns", "types",
                  "keep_table")
 
@@ -343,7 +343,6 @@ class _Stream:
         self.remaining = 0       # body bytes still to come
         self.keep = 0            # body bytes still wanted for parsing
         self.body = bytearray()
-        self.cut = False         # some wanted body bytes were not captured
         self.msg_ns = 0
         self.msg_seq: int | None = None
         self.lost = False
@@ -378,8 +377,8 @@ class _Stream:
                 if frontend:
                     self.untyped_ok = False
                     keep = pos + 5 + keep_table.get(t, 0)
-                    handler._frontend_message(t, data, pos + 5, keep if keep < stop else stop, False,
-                                              ts, msg_seq, ts)
+                    handler._frontend_message(t, data, pos + 5, keep if keep < stop else stop, ts,
+                                              msg_seq, ts)
                 elif t == 0x44:
                     # The hottest path: one more row for the oldest request (see _data_row).
                     pending = handler._pending
@@ -451,13 +450,12 @@ class _Stream:
             keep = size
         if pos + size <= end:
             # The whole message is in this syscall: parse it in place.
-            self._dispatch(t, data, pos, pos + keep, False, msg_ns, msg_seq, ts)
+            self._dispatch(t, data, pos, pos + keep, msg_ns, msg_seq, ts)
             return pos + size
         self.type = t
         self.remaining = size
         self.keep = keep
         self.body = bytearray()
-        self.cut = False
         self.msg_ns = msg_ns
         self.msg_seq = msg_seq
         return self._body(data, pos, end, ts)
@@ -474,7 +472,7 @@ class _Stream:
         if not self.remaining:
             body = bytes(self.body)
             self.body = bytearray()
-            self._dispatch(self.type, body, 0, len(body), self.cut, self.msg_ns, self.msg_seq, ts)
+            self._dispatch(self.type, body, 0, len(body), self.msg_ns, self.msg_seq, ts)
         return pos
 
     def _skip(self, count: int, ts: int) -> None:
@@ -486,19 +484,18 @@ class _Stream:
             self.remaining -= take
             count -= take
             if len(self.body) < self.keep:
-                self.cut = True
                 self.keep = len(self.body)  # later bytes would not follow on from these
             if not self.remaining:
                 body = bytes(self.body)
                 self.body = bytearray()
-                self._dispatch(self.type, body, 0, len(body), self.cut, self.msg_ns, self.msg_seq, ts)
+                self._dispatch(self.type, body, 0, len(body), self.msg_ns, self.msg_seq, ts)
         if count > 0:
             self._lose()
 
-    def _dispatch(self, t: int, buf: bytes, start: int, stop: int, cut: bool, msg_ns: int,
+    def _dispatch(self, t: int, buf: bytes, start: int, stop: int, msg_ns: int,
                   msg_seq: int | None, end_ns: int) -> None:
         if self.frontend:
-            self.handler._frontend_message(t, buf, start, stop, cut, msg_ns, msg_seq, end_ns)
+            self.handler._frontend_message(t, buf, start, stop, msg_ns, msg_seq, end_ns)
         else:
             self.handler._backend_message(t, buf, start, stop, msg_ns, msg_seq, end_ns)
 
@@ -530,7 +527,7 @@ class _Stream:
             if after <= end and data[at + 5] in b"ITE" and (
                     end - after < 5 or _chain(data[after:], False, MAX_MESSAGE, 1)):
                 self.lost = False
-                self._dispatch(0x5A, data, at + 5, after, False, ts,
+                self._dispatch(0x5A, data, at + 5, after, ts,
                                None if seq is None else (seq + at) & _SEQ_MASK, ts)
                 return after
             at = data.find(b"Z\0\0\0\x05", at + 1, end)
@@ -689,8 +686,8 @@ class PostgresHandler:
 
     # --- frontend messages ----------------------------------------------------------------
 
-    def _frontend_message(self, t: int, buf: bytes, start: int, stop: int, cut: bool,
-                          msg_ns: int, msg_seq: int | None, end_ns: int) -> None:
+    def _frontend_message(self, t: int, buf: bytes, start: int, stop: int, msg_ns: int,
+                          msg_seq: int | None, end_ns: int) -> None:
         if t == 0:
             self._startup(buf, start, stop)
             return
