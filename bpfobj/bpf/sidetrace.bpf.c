@@ -123,9 +123,16 @@ struct {
 
 /* Staging area for one record: header, then payload.  Twice ST_MAX_PAYLOAD
  * so every bounded write the verifier can prove is in range. */
+struct st_iovec {
+	__u64 base;
+	__u64 len;
+};
+
 struct st_scratch {
 	struct st_event ev;
 	__u8 payload[2 * ST_MAX_PAYLOAD];
+	/* The user's iovec array, copied once: too large for the BPF stack. */
+	struct st_iovec iov[ST_MAX_IOV];
 };
 
 struct {
@@ -159,11 +166,6 @@ struct st_newtask_ctx {
 };
 
 /* ---- user ABI structs (x86_64 UAPI, fixed layouts) ---- */
-struct st_iovec {
-	__u64 base;
-	__u64 len;
-};
-
 struct st_msghdr_head { /* first 32 bytes of struct user_msghdr */
 	__u64 name;
 	__s32 namelen;
@@ -501,7 +503,7 @@ static __always_inline __u32 capture_buf(struct st_scratch *s, __u64 ubuf, __u64
  * iovecs of a user iovec array. */
 static __always_inline __u32 capture_iov(struct st_scratch *s, __u64 uiov, __u64 iovcnt, __u32 lim)
 {
-	struct st_iovec iov[ST_MAX_IOV] = {};
+	struct st_iovec *iov = s->iov;
 	__u32 cnt = iovcnt < ST_MAX_IOV ? iovcnt : ST_MAX_IOV;
 	__u32 off = 0;
 	int i;

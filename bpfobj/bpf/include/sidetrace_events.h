@@ -87,7 +87,7 @@
  * 4096) lowers it.  Must be a power of two. */
 #define ST_MAX_PAYLOAD 4096
 /* iovecs gathered by readv/writev/recvmsg/sendmsg capture. */
-#define ST_MAX_IOV 8
+#define ST_MAX_IOV 32
 
 enum st_event_kind {
 	ST_EV_DATA = 1,       /* one read/write-family syscall on a traced socket */
