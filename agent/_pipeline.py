@@ -37,6 +37,10 @@ HINT_NAMES = {
 }
 _OPAQUE = int(AppProto.OPAQUE)
 _F_OPAQUE = int(Flag.OPAQUE)
+# Plain ints: IntFlag's `&` runs Python code, on every event.
+_F_PEER_FROM_ARG = int(Flag.PEER_FROM_ARG)
+_F_SEQ_VALID = int(Flag.SEQ_VALID)
+_DATA, _CONN_OPEN, _CONN_CLOSE = int(Kind.DATA), int(Kind.CONN_OPEN), int(Kind.CONN_CLOSE)
 
 _DIRECTION_NAME = {Direction.INGRESS: INGRESS, Direction.EGRESS: EGRESS}
 _ROLE_NAME = {Role.CLIENT: "client", Role.SERVER: "server", Role.UNKNOWN: "unknown"}
@@ -132,15 +136,15 @@ class Pipeline:
         self.events += 1
         self.last_ts = ev.ts_ns
         kind = ev.kind
-        if kind == Kind.DATA:
+        if kind == _DATA:
             if ev.flags & _F_OPAQUE:
                 # The kernel gave up on this connection: no payload, nothing to parse.
                 self.opaque_events += 1
                 return
             self._data(ev)
-        elif kind == Kind.CONN_OPEN:
+        elif kind == _CONN_OPEN:
             self._connection(ev)
-        elif kind == Kind.CONN_CLOSE:
+        elif kind == _CONN_CLOSE:
             conn = self.connections.pop(ev.conn_id)
             if conn is not None:
                 self._flush(conn, ev.ts_ns)
@@ -156,7 +160,7 @@ class Pipeline:
     def _data(self, ev: Event) -> None:
         conn = self._connection(ev)
         conn.events += 1
-        if ev.flags & Flag.PEER_FROM_ARG:
+        if ev.flags & _F_PEER_FROM_ARG:
             conn.set_peer(ev)
         give_up = False
         if ev.app_proto == _OPAQUE and conn.protocol != "opaque":
@@ -179,7 +183,7 @@ class Pipeline:
             return
         try:
             exchanges = conn.parser.feed(direction, ev.payload, ev.ret, ev.ts_ns,
-                                         ev.tcp_seq if ev.flags & 1 else None)
+                                         ev.tcp_seq if ev.flags & _F_SEQ_VALID else None)
         except Exception:  # a parser bug must not take the agent down
             self.parse_errors += 1
             conn.parser = None
