@@ -921,10 +921,18 @@ class PostgresHandler:
                 self._finish(item, None)
 
     def _stream_lost(self, frontend: bool) -> None:
-        if frontend:
-            self._group = None
         for item in self._pending:
             item.truncated = True
+        if frontend:
+            pending = self._pending
+            if self._group is not None and pending and pending[-1].kind in (_BIND, _DESCRIBE):
+                # A Bind too big to capture (a large parameter) hid what followed it; every
+                # driver follows a Bind with Execute and Sync, so expect their answers.
+                execute = _Item(_EXECUTE, self._group, pending[-1].text)
+                execute.truncated = True
+                self._push(execute)
+                self._push(_Item(_SYNC, None, None))
+            self._group = None
 
     def _flush_lost(self) -> None:
         """The client moved on while the backend stream was lost: its answers are over."""

@@ -26,7 +26,18 @@ from agent.protocols import ConnectionHints
 from agent.protocols.mysql import MysqlHandler
 
 from .test_proto_postgres import IN, OUT, RecordingProxy, free_port, replay, stop_process, \
-    unavailable, wait_port
+    unavailable, wait_ready
+
+
+def mariadb_accepts(sock) -> bool:
+    """The server greets with a protocol 10 handshake, not an error packet."""
+    greeting = b""
+    while len(greeting) < 5:
+        chunk = sock.recv(5 - len(greeting))
+        if not chunk:
+            return False
+        greeting += chunk
+    return greeting[4] == 10
 
 
 def mariadb_binaries() -> tuple[str, str] | None:
@@ -72,7 +83,7 @@ def mariadb_server():
              f"--pid-file={directory / 'pid'}", f"--log-error={log}", "--innodb-buffer-pool-size=16M",
              "--skip-name-resolve", "--local-infile=1"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=directory)
-        wait_port(port, proc, log)
+        wait_ready(port, proc, log, mariadb_accepts)
         yield MariadbServer(port, proc, directory)
     finally:
         if proc is not None:

@@ -46,17 +46,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+def wait_ready(port: int, proc: subprocess.Popen, log: Path, accepts, timeout: float = 30) -> None:
+    """Wait until ``accepts(sock)`` says the server on ``port`` takes clients (not just TCP)."""
+    def log_text() -> str:
+        return log.read_text(errors="replace") if log.exists() else "(no log)"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text(errors='replace')}")
+            raise RuntimeError(f"server exited with {proc.returncode}: {log_text()}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                if accepts(sock):
+                    return
         except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server did not listen on {port} within {timeout}s")
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"server on {port} not ready within {timeout}s: {log_text()}")
+
+
+def postgres_accepts(sock: socket.socket) -> bool:
+    """A startup message is answered with an authentication request, not "starting up"."""
+    params = b"user\0postgres\0database\0postgres\0\0"
+    sock.sendall((8 + len(params)).to_bytes(4, "big") + (196608).to_bytes(4, "big") + params)
+    return sock.recv(1) == b"R"
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
@@ -129,7 +141,7 @@ def postgres_server():
                  "-c", "shared_buffers=16MB", "-c", "max_connections=20"],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, cwd=directory,
                 **run_as)
-        wait_port(port, proc, log)
+        wait_ready(port, proc, log, postgres_accepts)
         yield PostgresServer(port, proc, directory)
     finally:
         if proc is not None:
@@ -728,6 +740,17 @@ def test_lost_header_resyncs_at_ready_for_query():
                              (OUT, answer[:CAPTURE], len(answer) - len(tail)), (OUT, tail)])
     assert [(f.name, f.end_ns, f.attributes.get("sidetrace.db.truncated")) for f in facts] == [
         ("SELECT big", 5, True)]
+
+
+def test_a_bind_too_big_to_capture_still_makes_its_span():
+    blob = b"\xab" * 100_000
+    request = parse("INSERT INTO files (data) VALUES ($1)") + bind(values=(blob,)) + execute() + SYNC
+    answer = PARSE_COMPLETE + BIND_COMPLETE + complete("INSERT 0 1") + READY
+    facts = run(HANDSHAKE + [(IN, request[:CAPTURE], len(request)), (OUT, answer),
+                             (IN, query("SELECT 1")), (OUT, complete("SELECT 1") + READY)])
+    assert [(f.name, f.status, f.start_ns, f.end_ns, f.attributes.get("sidetrace.db.truncated"))
+            for f in facts] == [("INSERT files", "unset", 3, 4, True), ("SELECT", "unset", 5, 6, None)]
+    assert facts[0].attributes["db.query.text"] == "INSERT INTO files (data) VALUES ($1)"
 
 
 def test_messages_split_anywhere_and_bodies_not_buffered():
