@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.protocols import ConnectionHints
@@ -306,7 +306,7 @@ def test_client_side_and_unknown_role_see_the_same_exchanges(recorded, scenario)
     assert unknown.role == "server"
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None)
 @given(data=st.data())
 def test_random_resplits_of_a_real_conversation_give_identical_facts(recorded, data):
     conversation = recorded["prepared"]
