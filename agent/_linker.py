@@ -59,14 +59,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import time
 from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
-
-log = logging.getLogger("sidetrace.linker")
 
 CONFIDENCE_ATTR = "sidetrace.link.confidence"
 REASON_ATTR = "sidetrace.link.reason"

@@ -29,6 +29,7 @@ MAX_LABEL = 56
 # Links worth pointing out: everything but a sequence-number match and a
 # thread-per-request containment is inferred.
 _SURE = {"exact", "thread", None}
+_UNSURE_ROOTS = {"ambiguous", "memory-bound"}
 
 
 class TraceBuffer:
@@ -124,7 +125,13 @@ def _note(span: Mapping[str, Any], orphan: bool) -> str:
     if orphan:
         return "(parent not seen)"
     if span.get("parent_span_id") is None:
-        return ""
+        # A root because no caller was traced is the normal case; a root
+        # because the linker could not choose, or ran out of room, is news.
+        reason = attrs.get("sidetrace.link.reason")
+        if reason not in _UNSURE_ROOTS:
+            return ""
+        candidates = attrs.get("sidetrace.link.candidates")
+        return f"~root ({reason}" + (f", {candidates} candidates)" if candidates else ")")
     confidence = attrs.get("sidetrace.link.confidence")
     if confidence in _SURE:
         return ""

@@ -132,6 +132,14 @@ def test_a_root_does_not_show_why_it_is_one():
     assert "no-server-span" not in line and "~" not in line
 
 
+def test_a_root_the_linker_could_not_place_says_so():
+    line = render([span(1, 0, 10, kind="client", confidence="none", reason="ambiguous")])
+    assert line.splitlines()[1].endswith("~root (ambiguous)")
+    s = span(1, 0, 10, kind="client", confidence="none", reason="ambiguous")
+    s["attributes"]["sidetrace.link.candidates"] = 3
+    assert render([s]).splitlines()[1].endswith("~root (ambiguous, 3 candidates)")
+
+
 def test_malformed_parent_cycles_still_draw_every_span():
     spans = [span(1, 0, 10, parent=2), span(2, 1, 9, parent=1)]
     lines = render(spans).splitlines()
