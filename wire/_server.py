@@ -192,14 +192,27 @@ class SpanServer:
             os.makedirs(parent, mode=0o755, exist_ok=True)
         await self._remove_stale_socket()
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        # Bind and listen under a private name, then rename into place: the
+        # path never names a socket that refuses connections, so a subscriber
+        # that sees the file can connect at once.
+        staging = f"{self.path}.{os.getpid()}.tmp"
         try:
-            await sock.bind(self.path)
-            os.chmod(self.path, self.socket_mode)
-            st = os.stat(self.path)
-            self._socket_identity = (st.st_dev, st.st_ino)
+            try:
+                os.unlink(staging)
+            except FileNotFoundError:
+                pass
+            await sock.bind(staging)
+            os.chmod(staging, self.socket_mode)
             sock.listen(min(self.max_subscribers, 128))
+            st = os.stat(staging)
+            os.rename(staging, self.path)
+            self._socket_identity = (st.st_dev, st.st_ino)
         except BaseException:
             sock.close()
+            try:
+                os.unlink(staging)
+            except OSError:
+                pass
             self._unlink_socket()
             raise
         return sock
