@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
+import os
 import random
+import shutil
+import tempfile
+from time import time_ns
 
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent import _assemble
 from agent._linker import (ADDRESS_TIME, AMBIGUOUS, CANDIDATES_ATTR, CONFIDENCE_ATTR, CONTENT,
                            EXACT, HEURISTIC, MEMORY_BOUND, NO_CLIENT_SPAN, NO_SERVER_SPAN, NONE,
-                           ONLY_CONTAINER, OTHER_THREAD, REASON_ATTR, RELAY_MIN_REQUESTS, REQUEST_ORDER,
-                           RESPONSE_ORDER, THREAD,
-                           SpanLinker)
-from wire import make_span, validate
+                           ONLY_CONTAINER, OTHER_THREAD, REASON_ATTR, RELAY_MIN_REQUESTS,
+                           REQUEST_ORDER, RESPONSE_ORDER, THREAD, SpanLinker)
+from wire import SpanServer, make_span, open_subscriber, validate
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -648,3 +654,66 @@ def test_every_span_is_published_once_with_a_consistent_trace(work):
             parent = published[parent_id]
             assert parent["trace_id"] == s["trace_id"]
             assert parent["kind"] != s["kind"]   # server -> client -> server ...
+
+
+# -- sidetrace assemble over real sockets ---------------------------------------------------------
+
+
+@pytest.fixture
+def sock_dir():
+    path = tempfile.mkdtemp(prefix="st-asm-", dir="/tmp")  # short Unix socket paths
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_assemble_joins_two_agents_streams_and_waits_for_a_late_agent(sock_dir):
+    path_a, path_b, path_out = (os.path.join(sock_dir, n) for n in ("a.sock", "b.sock", "out.sock"))
+    args = argparse.Namespace(connect=[path_a, path_b], socket=path_out, hold=0.3, stats_interval=0.2)
+    conn = dict(client=("10.200.0.1", 41000), server=("10.200.0.2", 8080))
+    now_ms = (time_ns() - T0) / MS
+    client_a = span("client", 7, now_ms, now_ms + 20, seq=99, **conn)
+    server_b = span("server", 7, now_ms + 1, now_ms + 19, seq=99, **conn)   # same pid, other host
+    server_b["attributes"][CONFIDENCE_ATTR] = NONE
+    agent_a, agent_b = SpanServer(path_a), SpanServer(path_b)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent_a.serve)
+        assembler = await nursery.start(_assemble.serve, args)   # agent b is not there yet
+        async with open_subscriber(path_out) as sub:
+            with trio.fail_after(10):
+                while not assembler.upstreams[0].connected:
+                    await trio.sleep(0.01)
+            await trio.sleep(0.3)
+            await nursery.start(agent_b.serve)
+            with trio.fail_after(10):
+                while not assembler.upstreams[1].connected:
+                    await trio.sleep(0.01)
+            agent_b.publish(server_b)
+            agent_a.publish(client_a)
+            got = {}
+            stats = None
+            with trio.fail_after(10):
+                async for msg in sub:
+                    if msg["type"] == "span":
+                        got[msg["span_id"]] = msg
+                    elif msg["type"] == "stats":
+                        stats = msg
+                    if len(got) == 2 and stats is not None:
+                        break
+        nursery.cancel_scope.cancel()
+    joined_server, joined_client = got[server_b["span_id"]], got[client_a["span_id"]]
+    for s in got.values():
+        validate(s)
+    assert joined_server["parent_span_id"] == client_a["span_id"]
+    assert joined_server["trace_id"] == client_a["trace_id"]
+    assert joined_server["attributes"][CONFIDENCE_ATTR] == EXACT
+    assert joined_client["parent_span_id"] is None
+    assert [u["spans"] for u in stats["upstreams"]] == [1, 1]
+    assert assembler.upstreams[1].connections == 1
+
+
+def test_assemble_refuses_to_serve_on_a_socket_it_reads(sock_dir, capsys):
+    path = os.path.join(sock_dir, "a.sock")
+    args = argparse.Namespace(connect=[path], socket=path, hold=1.0, stats_interval=5.0,
+                              verbose=False)
+    assert _assemble.run_assemble(args) == 2
+    assert "must differ" in capsys.readouterr().err
