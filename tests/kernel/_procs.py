@@ -59,3 +59,33 @@ def wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = 20) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"agent did not create {path} within {timeout}s")
         time.sleep(0.05)
+
+
+def collect_spans(sub, want: int, *, settle: float = 1.5, limit: float = 30,
+                  protocols: tuple[str, ...] | None = None, stats: list | None = None) -> list[dict]:
+    """Spans from ``sub`` until ``want`` arrived and nothing more came for ``settle`` seconds.
+
+    Gives up after ``limit`` seconds or when the agent closes the stream.  With
+    ``protocols``, only spans of those protocols are kept (and counted); stats
+    messages are appended to ``stats`` if given.
+    """
+    spans = []
+    deadline = time.monotonic() + limit
+    quiet_until = None
+    while time.monotonic() < deadline:
+        if len(spans) >= want:
+            quiet_until = quiet_until or time.monotonic() + settle
+            if time.monotonic() > quiet_until:
+                break
+        try:
+            msg = sub.receive()
+        except TimeoutError:
+            continue
+        if msg is None:
+            break
+        if msg["type"] == "span":
+            if protocols is None or msg["protocol"] in protocols:
+                spans.append(msg)
+        elif msg["type"] == "stats" and stats is not None:
+            stats.append(msg)
+    return spans

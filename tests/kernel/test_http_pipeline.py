@@ -15,7 +15,7 @@ import pytest
 
 from wire import BlockingSubscriber, validate
 
-from ._procs import agent, app, stop, wait_for_socket
+from ._procs import agent, app, collect_spans, stop, wait_for_socket
 
 pytestmark = pytest.mark.kernel
 
@@ -24,28 +24,6 @@ EXPECTED_STATUS = {
     "/pipe/1": 200, "/pipe/2": 200, "/pipe/3": 200, "/v6/1": 200, "/missing/1": 404,
     "/big/1": 200,
 }
-
-
-def _collect(sub: BlockingSubscriber, want_spans: int, settle: float = 1.5, limit: float = 20):
-    spans, stats = [], []
-    deadline = time.monotonic() + limit
-    quiet_until = None
-    while time.monotonic() < deadline:
-        if len(spans) >= want_spans:
-            quiet_until = quiet_until or time.monotonic() + settle
-            if time.monotonic() > quiet_until:
-                break
-        try:
-            msg = sub.receive()
-        except TimeoutError:
-            continue
-        if msg is None:
-            break
-        if msg["type"] == "span":
-            spans.append(msg)
-        elif msg["type"] == "stats":
-            stats.append(msg)
-    return spans, stats
 
 
 def test_http_requests_become_exactly_one_server_and_one_client_span_each(tmp_path):
@@ -69,7 +47,8 @@ def test_http_requests_become_exactly_one_server_and_one_client_span_each(tmp_pa
                             break
                         path, status, local_port = line.split()
                         results[path] = (int(status), int(local_port))
-                    spans, stats = _collect(sub, want_spans=2 * len(EXPECTED_STATUS))
+                    stats = []
+                    spans = collect_spans(sub, 2 * len(EXPECTED_STATUS), limit=20, stats=stats)
                 assert stop(agent_proc) == 0, agent_proc.stderr.read()
             assert not sock.exists(), "agent left its socket behind"
 

@@ -8,14 +8,14 @@ status codes and DNS response codes the clients themselves saw.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import pytest
 
 from wire import BlockingSubscriber, validate
 
-from ._procs import agent, app, stop, wait_for_socket
+from .._servers import wait_for_dns
+from ._procs import agent, app, collect_spans, stop, wait_for_socket
 
 pytestmark = pytest.mark.kernel
 
@@ -33,27 +33,6 @@ def _require(module: str) -> None:
         pytest.skip(f"{module} is not installed")
 
 
-def _collect(sub: BlockingSubscriber, want: int, settle: float = 1.5, limit: float = 30):
-    """Spans until ``want`` arrived and nothing more came for ``settle`` seconds."""
-    spans = []
-    deadline = time.monotonic() + limit
-    quiet_until = None
-    while time.monotonic() < deadline:
-        if len(spans) >= want:
-            quiet_until = quiet_until or time.monotonic() + settle
-            if time.monotonic() > quiet_until:
-                break
-        try:
-            msg = sub.receive()
-        except TimeoutError:
-            continue
-        if msg is None:
-            break
-        if msg["type"] == "span":
-            spans.append(msg)
-    return spans
-
-
 def _lines(proc) -> list[list[str]]:
     out = []
     for line in proc.stdout:
@@ -61,20 +40,6 @@ def _lines(proc) -> list[list[str]]:
             return out
         out.append(line.split())
     raise AssertionError(f"client ended early (exit {proc.wait()})")
-
-
-def _wait_until_answering(port: int) -> None:
-    import dns.exception
-    import dns.message
-    import dns.query
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            dns.query.udp(dns.message.make_query("ready.test", "A"), "127.0.0.1", port=port,
-                          timeout=0.3)
-            return
-        except (OSError, dns.exception.Timeout):
-            assert time.monotonic() < deadline, "unbound did not answer"
 
 
 def test_grpc_calls_and_dns_queries_become_server_and_client_spans(tmp_path):
@@ -86,7 +51,7 @@ def test_grpc_calls_and_dns_queries_become_server_and_client_spans(tmp_path):
     with app("h2_grpc_server") as grpc_server, app("dns_unbound", str(unbound_dir)) as unbound:
         grpc_port = int(grpc_server.stdout.readline())
         dns_port = int(unbound.stdout.readline())
-        _wait_until_answering(dns_port)  # before the agent starts: this query is not traced
+        wait_for_dns(dns_port)  # before the agent starts: this query is not traced
         with app("h2_grpc_client", str(grpc_port), "--wait") as grpc_client, \
                 app("dns_client", str(dns_port), "--wait") as dns_client:
             pids = [grpc_server.pid, grpc_client.pid, unbound.pid, dns_client.pid]
@@ -99,7 +64,7 @@ def test_grpc_calls_and_dns_queries_become_server_and_client_spans(tmp_path):
                         client.stdin.flush()
                     calls = _lines(grpc_client)
                     queries = _lines(dns_client)
-                    spans = _collect(sub, want=2 * (GRPC_CALLS + DNS_QUERIES))
+                    spans = collect_spans(sub, 2 * (GRPC_CALLS + DNS_QUERIES))
                 assert stop(agent_proc) == 0, agent_proc.stderr.read()
 
     assert len(calls) == GRPC_CALLS and len(queries) == DNS_QUERIES

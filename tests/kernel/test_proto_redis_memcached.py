@@ -11,21 +11,17 @@ on the TCP sequence number of its first byte.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from wire import BlockingSubscriber, validate
 
-from ._procs import agent, started, stop, wait_for_socket
+from .._servers import free_port, need_binary, wait_for_port
+from ._procs import agent, collect_spans, started, stop, wait_for_socket
 
 pytestmark = pytest.mark.kernel
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # The client: waits for a line on stdin, runs the commands, prints "done".
 CLIENT = r'''
@@ -106,54 +102,6 @@ MEMCACHED_EXPECTED = [
 HANDSHAKE = ("CLIENT", "HELLO")
 
 
-def _binary(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
-    if path is None:
-        reason = f"{name} is not installed (Debian package listed in tests/apt-packages.txt)"
-        if IN_CI:
-            pytest.fail(f"{reason}; CI must run this test")
-        pytest.skip(reason)
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"server exited with {proc.returncode}"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
-
-
-def _collect(sub: BlockingSubscriber, want: int, settle: float = 1.5, limit: float = 30):
-    spans = []
-    deadline = time.monotonic() + limit
-    quiet_until = None
-    while time.monotonic() < deadline:
-        if len(spans) >= want:
-            quiet_until = quiet_until or time.monotonic() + settle
-            if time.monotonic() > quiet_until:
-                break
-        try:
-            msg = sub.receive()
-        except TimeoutError:
-            continue
-        if msg is None:
-            break
-        if msg["type"] == "span" and msg["protocol"] in ("redis", "memcached"):
-            spans.append(msg)
-    return spans
-
-
 def _rows(spans):
     ordered = sorted(spans, key=lambda s: s["start_time_unix_nano"])
     return [(s["name"], s["attributes"]["db.query.text"], s["status"]) for s in ordered]
@@ -162,8 +110,8 @@ def _rows(spans):
 def test_redis_and_memcached_commands_become_one_server_and_one_client_span_each(tmp_path):
     pytest.importorskip("redis")
     pytest.importorskip("pymemcache")
-    redis_bin, memcached_bin = _binary("redis-server"), _binary("memcached")
-    redis_port, memcached_port = _free_port(), _free_port()
+    redis_bin, memcached_bin = need_binary("redis-server"), need_binary("memcached")
+    redis_port, memcached_port = free_port(), free_port()
     memcached_args = [memcached_bin, "-l", "127.0.0.1", "-p", str(memcached_port), "-U", "0"]
     if os.geteuid() == 0:
         memcached_args += ["-u", "root"]
@@ -172,8 +120,8 @@ def test_redis_and_memcached_commands_become_one_server_and_one_client_span_each
     with started([redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                   "--appendonly", "no", "--dir", str(tmp_path)], **quiet) as redis_server, \
             started(memcached_args, **quiet) as memcached:
-        _wait_for_port(redis_port, redis_server)
-        _wait_for_port(memcached_port, memcached)
+        wait_for_port(redis_port, redis_server)
+        wait_for_port(memcached_port, memcached)
         with started([sys.executable, "-c", CLIENT, str(redis_port), str(memcached_port)],
                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as client:
             pids = [str(p) for p in (redis_server.pid, memcached.pid, client.pid)]
@@ -190,7 +138,7 @@ def test_redis_and_memcached_commands_become_one_server_and_one_client_span_each
                     assert lines and lines[-1].strip() == "done", lines
                     assert client.wait(10) == 0
                     want = 2 * (len(REDIS_EXPECTED) + len(MEMCACHED_EXPECTED))
-                    spans = _collect(sub, want)
+                    spans = collect_spans(sub, want, protocols=("redis", "memcached"))
                 assert stop(agent_proc) == 0, agent_proc.stderr.read()
 
     for span in spans:

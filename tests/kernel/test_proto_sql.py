@@ -21,7 +21,7 @@ from wire import BlockingSubscriber, validate
 
 from ..unit.test_proto_mysql import mariadb_server
 from ..unit.test_proto_postgres import postgres_server
-from ._procs import agent, started, stop, wait_for_socket
+from ._procs import agent, collect_spans, started, stop, wait_for_socket
 
 pytestmark = pytest.mark.kernel
 
@@ -73,26 +73,6 @@ MYSQL_EXPECTED = [
 ]
 
 
-def _collect(sub: BlockingSubscriber, want: int, settle: float = 1.5, limit: float = 30):
-    spans = []
-    deadline = time.monotonic() + limit
-    quiet_until = None
-    while time.monotonic() < deadline:
-        if len(spans) >= want:
-            quiet_until = quiet_until or time.monotonic() + settle
-            if time.monotonic() > quiet_until:
-                break
-        try:
-            msg = sub.receive()
-        except TimeoutError:
-            continue
-        if msg is None:
-            break
-        if msg["type"] == "span" and msg["protocol"] in ("postgresql", "mysql"):
-            spans.append(msg)
-    return spans
-
-
 def _subscribe(path, timeout: float = 10) -> BlockingSubscriber:
     """A subscriber; the socket file can appear a moment before the agent listens on it."""
     deadline = time.monotonic() + timeout
@@ -131,7 +111,8 @@ def test_sql_statements_become_one_server_and_one_client_span_each(tmp_path):
                             break
                     assert lines and lines[-1].strip() == "done", lines
                     assert client.wait(10) == 0
-                    spans = _collect(sub, 2 * (len(POSTGRES_EXPECTED) + len(MYSQL_EXPECTED)))
+                    spans = collect_spans(sub, 2 * (len(POSTGRES_EXPECTED) + len(MYSQL_EXPECTED)),
+                                          protocols=("postgresql", "mysql"))
                 assert stop(agent_proc) == 0, agent_proc.stderr.read()
 
     for span in spans:

@@ -23,7 +23,7 @@ from agent._targets import comm_key
 from bpfobj import Collection
 from wire import BlockingSubscriber, validate
 
-from ._procs import agent, app, started, stop, wait_for_socket
+from ._procs import agent, app, collect_spans, started, stop, wait_for_socket
 
 pytestmark = pytest.mark.kernel
 
@@ -91,26 +91,6 @@ def test_exec_keeps_flags_of_an_already_traced_process(tracer: Collection):
         tracer.maps["pids"].delete(me)
 
 
-def _collect_spans(sub: BlockingSubscriber, want: int, limit: float = 20, settle: float = 1.0) -> list[dict]:
-    spans = []
-    deadline = time.monotonic() + limit
-    quiet_until = None
-    while time.monotonic() < deadline:
-        if len(spans) >= want:
-            quiet_until = quiet_until or time.monotonic() + settle
-            if time.monotonic() > quiet_until:
-                break
-        try:
-            msg = sub.receive()
-        except TimeoutError:
-            continue
-        if msg is None:
-            break
-        if msg["type"] == "span":
-            spans.append(msg)
-    return spans
-
-
 @pytest.mark.skipif(CURL is None, reason="curl is not installed")
 def test_short_lived_curl_runs_are_traced_by_name(tmp_path: Path):
     sock = tmp_path / "agent.sock"
@@ -130,7 +110,7 @@ def test_short_lived_curl_runs_are_traced_by_name(tmp_path: Path):
                     finally:
                         stop(proc)
                     curl_pids[path] = proc.pid
-                spans = _collect_spans(sub, want=runs)
+                spans = collect_spans(sub, runs, limit=20, settle=1.0)
             assert stop(agent_proc) == 0, agent_proc.stderr.read()
 
     for span in spans:

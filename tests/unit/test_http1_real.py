@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
-import socket
 import threading
-import time
 import urllib.request
 
 import pytest
@@ -19,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.protocols.http1 import ExchangeFlags, Http1Connection
+from tests._recording import RecordingProxy
 
 F = ExchangeFlags
 BIG = 300_000
@@ -79,78 +78,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_PUT(self):  # reached after the automatic 100 Continue
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self._send(201, b"stored %d" % len(body))
-
-
-class RecordingProxy:
-    """Forwards 127.0.0.1 connections to ``upstream``; records each recv() chunk."""
-
-    def __init__(self, upstream):
-        self.upstream = upstream
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
-        self.port = self.listener.getsockname()[1]
-        self.conversations: list[list[tuple[str, bytes, int]]] = []
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.threads: list[threading.Thread] = []
-        self.sockets: list[socket.socket] = []
-        self._spawn(self._accept_loop)
-
-    def _spawn(self, target, *args):
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self.threads.append(thread)
-        thread.start()
-
-    def _accept_loop(self):
-        while not self.stopping.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            client.settimeout(None)
-            server = socket.create_connection(self.upstream)
-            record: list[tuple[str, bytes, int]] = []
-            with self.lock:
-                self.sockets += [client, server]
-                self.conversations.append(record)
-            self._spawn(self._pump, client, server, "ingress", record)
-            self._spawn(self._pump, server, client, "egress", record)
-
-    def _pump(self, src, dst, direction, record):
-        try:
-            while data := src.recv(65536):
-                with self.lock:  # recorded before forwarding, so the order is causal
-                    record.append((direction, data, time.monotonic_ns()))
-                dst.sendall(data)
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def wait_idle(self, count):
-        """Wait until ``count`` conversations have finished in both directions."""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with self.lock:
-                pumps = [t for t in self.threads[1:]]
-            if len(pumps) >= 2 * count and not any(t.is_alive() for t in pumps):
-                return
-            time.sleep(0.01)
-        raise TimeoutError("conversations did not finish")
-
-    def close(self):
-        self.stopping.set()
-        for thread in self.threads[:1]:
-            thread.join(5)
-        self.listener.close()
-        for sock in self.sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in self.threads[1:]:
-            thread.join(5)
-        for sock in self.sockets:
-            sock.close()
 
 
 # (method, path, status, request body size, response body size) per exchange.

@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 
 from agent.protocols import ConnectionHints
 from agent.protocols.dns import DnsHandler, looks_like_dns, parse_message
+from tests._recording import RecordingProxy
+from tests._servers import wait_for_dns
 from tests.conftest import IN_CI
 from tests.kernel._procs import APPS, stop
 
@@ -68,15 +70,7 @@ def unbound(tmp_path_factory):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline())
-        deadline = time.monotonic() + 20
-        while True:  # ready when it answers
-            try:
-                dns.query.udp(dns.message.make_query("ready.test", "A"), "127.0.0.1", port=port,
-                              timeout=0.3)
-                break
-            except (OSError, dns.exception.Timeout):
-                assert proc.poll() is None, proc.stderr.read()
-                assert time.monotonic() < deadline, "unbound did not answer"
+        wait_for_dns(port, proc)  # ready when it answers
         yield port
     finally:
         stop(proc)
@@ -120,45 +114,6 @@ class UdpRelay:
             sock.close()
 
 
-class TcpRecorder:
-    """A loopback proxy to ``port`` for one connection; records each recv() chunk."""
-
-    def __init__(self, port: int) -> None:
-        self.upstream = port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.record: list[tuple[str, bytes, int]] = []
-        self.lock = threading.Lock()
-        self.sockets: list[socket.socket] = []
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
-
-    def _accept(self) -> None:
-        client, _ = self.listener.accept()
-        server = socket.create_connection(("127.0.0.1", self.upstream))
-        self.sockets += [client, server]
-        for src, dst, direction in ((client, server, IN), (server, client, OUT)):
-            thread = threading.Thread(target=self._pump, args=(src, dst, direction), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def _pump(self, src, dst, direction) -> None:
-        try:
-            while data := src.recv(65536):
-                with self.lock:
-                    self.record.append((direction, data, time.monotonic_ns()))
-                dst.sendall(data)
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        for thread in self.threads:
-            thread.join(5)
-        for sock in [self.listener, *self.sockets]:
-            sock.close()
-
-
 @pytest.fixture(scope="module")
 def udp_recording(unbound):
     relay = UdpRelay(unbound)
@@ -183,15 +138,17 @@ def udp_recording(unbound):
 
 @pytest.fixture(scope="module")
 def tcp_recording(unbound):
-    recorder = TcpRecorder(unbound)
+    recorder = RecordingProxy(unbound)
     try:
         with socket.create_connection(("127.0.0.1", recorder.port), timeout=5) as sock:
             answers = [dns.query.tcp(dns.message.make_query(name, rdtype), "127.0.0.1",
                                      port=recorder.port, sock=sock, timeout=5)
                        for name, rdtype in QUERIES]
+        recorder.wait_idle(1)
     finally:
         recorder.close()
-    return recorder.record, answers
+    (record,) = recorder.conversations
+    return record, answers
 
 
 def replay(chunks, flip=False, handler=None, seq=False, close_ns=None):

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import random
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -23,6 +21,7 @@ from hypothesis import strategies as st
 from agent.protocols import ConnectionHints
 from agent.protocols.http2 import (MAX_OPEN_STREAMS, PREFACE, STATIC_TABLE, HeaderDecoder,
                                    Http2Handler, looks_like_http2)
+from tests._recording import RecordingProxy
 from tests.conftest import IN_CI
 from tests.kernel._procs import APPS, stop
 
@@ -56,79 +55,13 @@ def require(module: str) -> None:
 # --- recording real conversations ---------------------------------------------------
 
 
-class Recorder:
-    """A loopback proxy to ``port``: records each recv() chunk of every connection, in order."""
-
-    def __init__(self, port: int) -> None:
-        self.upstream = port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
-        self.port = self.listener.getsockname()[1]
-        self.conversations: list[list[tuple[str, bytes, int]]] = []
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.sockets: list[socket.socket] = []
-        self.pumps: list[threading.Thread] = []
-        self.acceptor = threading.Thread(target=self._accept, daemon=True)
-        self.acceptor.start()
-
-    def _accept(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            client.settimeout(None)
-            server = socket.create_connection(("127.0.0.1", self.upstream))
-            record: list[tuple[str, bytes, int]] = []
-            with self.lock:
-                self.sockets += [client, server]
-                self.conversations.append(record)
-                for src, dst, direction in ((client, server, IN), (server, client, OUT)):
-                    pump = threading.Thread(target=self._pump, args=(src, dst, direction, record),
-                                            daemon=True)
-                    self.pumps.append(pump)
-                    pump.start()
-
-    def _pump(self, src, dst, direction, record) -> None:
-        try:
-            while data := src.recv(65536):
-                with self.lock:  # recorded before forwarding: the order is causal
-                    record.append((direction, data, time.monotonic_ns()))
-                dst.sendall(data)
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.acceptor.join(5)
-        self.listener.close()
-        with self.lock:
-            for sock in self.sockets:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        for pump in self.pumps:
-            pump.join(5)
-        for sock in self.sockets:
-            sock.close()
-
-    def __enter__(self) -> Recorder:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 def record(server_app: str, client_args) -> tuple[list[list[tuple[str, bytes, int]]], str]:
-    """Run ``server_app``; run the client command made by ``client_args(port)`` through a Recorder."""
+    """Run ``server_app``; run the client command made by ``client_args(port)`` through a RecordingProxy."""
     server = subprocess.Popen([sys.executable, str(APPS / f"{server_app}.py")],
                               stdout=subprocess.PIPE, text=True)
     try:
         port = int(server.stdout.readline())
-        with Recorder(port) as rec:
+        with RecordingProxy(port) as rec:
             client = subprocess.run(client_args(rec.port), capture_output=True, text=True,
                                     timeout=60)
             assert client.returncode == 0, client.stderr

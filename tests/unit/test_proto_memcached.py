@@ -3,7 +3,7 @@
 A ``memcached`` on 127.0.0.1 (no UDP) answers pymemcache (text protocol;
 meta commands through its ``raw_command``) and hand-built binary-protocol
 packets (no binary client is packaged for Python) through the recording proxy
-of ``test_proto_redis``; the proxy's recv() chunks stand in for the syscalls
+of ``tests._recording``; the proxy's recv() chunks stand in for the syscalls
 the agent would capture on the server.
 """
 
@@ -21,8 +21,10 @@ from agent.protocols import REGISTRY, ConnectionHints
 from agent.protocols.memcached import (MemcachedConnection, MemcachedHandler, looks_like_binary,
                                        looks_like_text_command, query_text)
 
-from .test_proto_redis import (Feeder, RecordingProxy, free_port, need_binary, replay, running,
-                               unavailable)
+from tests._recording import RecordingProxy
+from tests._servers import free_port, need_binary, running, unavailable
+
+from .test_proto_redis import Feeder, replay
 
 try:
     from pymemcache.client.base import Client

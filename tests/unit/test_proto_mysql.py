@@ -4,7 +4,7 @@ A throw-away MariaDB (mariadb-install-db into a temporary directory, root
 with an empty password over TCP, listening on 127.0.0.1 only) answers
 PyMySQL (text protocol) and mysql-connector-python's pure-Python client
 (server-side prepared statements) through the recording proxy of
-test_proto_postgres; the proxy's recv() chunks stand in for the server's
+tests._recording; the proxy's recv() chunks stand in for the server's
 syscalls.
 """
 
@@ -25,8 +25,10 @@ from hypothesis import strategies as st
 from agent.protocols import ConnectionHints
 from agent.protocols.mysql import MysqlHandler
 
-from .test_proto_postgres import IN, OUT, RecordingProxy, free_port, replay, stop_process, \
-    unavailable, wait_ready
+from tests._recording import IN, OUT, RecordingProxy
+from tests._servers import free_port, unavailable
+
+from .test_proto_postgres import replay, stop_process, wait_ready
 
 
 def mariadb_accepts(sock) -> bool:
@@ -173,9 +175,10 @@ def recorded():
         except ImportError:
             unavailable(f"MySQL client {module} not installed (tests/requirements.txt)")
     with mariadb_server() as server:
-        proxy = RecordingProxy(server.port)
+        proxy = RecordingProxy(server.port, chunk=16384)
         try:
-            yield {name: proxy.record(lambda port, talk=talk: talk(port, server.directory))
+            yield {name: proxy.record(lambda port, talk=talk: talk(port, server.directory),
+                                       timestamps=False)
                    for name, talk in (("text", _text_protocol), ("prepared", _prepared))}
         finally:
             proxy.close()

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,23 +26,10 @@ from hypothesis import strategies as st
 
 from agent.protocols import ConnectionHints
 from agent.protocols.postgres import PostgresHandler
+from tests._recording import IN, OUT, RecordingProxy
+from tests._servers import free_port, unavailable
 
-IN, OUT = "ingress", "egress"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CAPTURE = 4096
-
-
-def unavailable(reason: str) -> None:
-    """Skip a test that needs something missing; in CI that is a failure."""
-    if IN_CI:
-        pytest.fail(f"{reason} (required in CI)")
-    pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(port: int, proc: subprocess.Popen, log: Path, accepts, timeout: float = 30) -> None:
@@ -147,98 +133,6 @@ def postgres_server():
         if proc is not None:
             stop_process(proc, signal.SIGINT)  # "fast" shutdown
         shutil.rmtree(directory, ignore_errors=True)
-
-
-# --- recording proxy ------------------------------------------------------------------
-
-
-class RecordingProxy:
-    """Relays 127.0.0.1 connections to ``upstream_port``, recording each recv() per direction.
-
-    ``conversations[i]`` is a list of (direction, bytes) in causal order:
-    "ingress" is client -> server, as the server's syscalls would see it.
-    recv() takes at most ``chunk`` bytes, about what a server writes at once
-    (PostgreSQL flushes 8 KiB buffers), so big answers arrive in several chunks.
-    """
-
-    def __init__(self, upstream_port: int, chunk: int = 16384) -> None:
-        self.upstream_port = upstream_port
-        self.chunk = chunk
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
-        self.port = self.listener.getsockname()[1]
-        self.conversations: list[list[tuple[str, bytes]]] = []
-        self.accepted = 0
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.pumps: list[threading.Thread] = []
-        self.sockets: list[socket.socket] = []
-        self.acceptor = threading.Thread(target=self._accept_loop, daemon=True)
-        self.acceptor.start()
-
-    def _accept_loop(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            client.settimeout(None)
-            server = socket.create_connection(("127.0.0.1", self.upstream_port))
-            record: list[tuple[str, bytes]] = []
-            with self.lock:
-                self.sockets += [client, server]
-                self.conversations.append(record)
-                self.accepted += 1
-                for src, dst, direction in ((client, server, IN), (server, client, OUT)):
-                    pump = threading.Thread(target=self._pump, args=(src, dst, direction, record),
-                                            daemon=True)
-                    self.pumps.append(pump)
-                    pump.start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, direction: str,
-              record: list[tuple[str, bytes]]) -> None:
-        try:
-            while data := src.recv(self.chunk):
-                with self.lock:  # recorded before forwarding, so the order is causal
-                    record.append((direction, data))
-                dst.sendall(data)
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def record(self, talk) -> list[tuple[str, bytes]]:
-        """Run ``talk(port)`` (one connection, closed when it returns); its recorded chunks."""
-        before = self.accepted
-        talk(self.port)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with self.lock:
-                done = self.accepted > before and not any(p.is_alive() for p in self.pumps)
-            if done:
-                break
-            time.sleep(0.01)
-        else:
-            raise TimeoutError("the conversation did not finish")
-        with self.lock:
-            taken, self.conversations = self.conversations, []
-        assert len(taken) == 1, f"expected one connection, got {len(taken)}"
-        return taken[0]
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.acceptor.join(5)
-        self.listener.close()
-        for sock in self.sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for pump in self.pumps:
-            pump.join(5)
-        for sock in self.sockets:
-            sock.close()
 
 
 def replay(handler, conversation, capture: int | None = None, role_in: str = IN):
@@ -350,9 +244,11 @@ def recorded():
         except ImportError:
             unavailable(f"PostgreSQL client {module} not installed (tests/requirements.txt)")
     with postgres_server() as server:
-        proxy = RecordingProxy(server.port)
+        # recv() takes at most 16 KiB, about what a server writes at once (PostgreSQL
+        # flushes 8 KiB buffers), so big answers arrive in several chunks.
+        proxy = RecordingProxy(server.port, chunk=16384)
         try:
-            yield {name: proxy.record(talk) for name, talk in (
+            yield {name: proxy.record(talk, timestamps=False) for name, talk in (
                 ("simple", _simple), ("extended", _extended), ("pipeline", _pipeline),
                 ("copy", _copy), ("pg8000", _pg8000))}
         finally:

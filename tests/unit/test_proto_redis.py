@@ -9,15 +9,7 @@ RESP3 attributes and streamed types, CLIENT REPLY, lost captures).
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import threading
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,145 +17,10 @@ from hypothesis import strategies as st
 
 from agent.protocols import REGISTRY, ConnectionHints
 from agent.protocols.redis import RedisConnection, RedisHandler, looks_like_command, query_text
+from tests._recording import RecordingProxy
+from tests._servers import free_port, need_binary, running, unavailable
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 BIG = 300_000
-
-
-# --- real servers and a recording proxy (shared with test_proto_memcached) -------------------
-
-def unavailable(reason: str) -> None:
-    """Skip for ``reason``, but fail in CI, where every test must run."""
-    if IN_CI:
-        pytest.fail(f"{reason}; CI must run this test")
-    pytest.skip(reason)
-
-
-def need_binary(name: str) -> str:
-    """The path of ``name`` (a server the tests run)."""
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
-    if path is None:
-        unavailable(f"{name} is not installed (Debian package listed in tests/apt-packages.txt)")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
-
-
-@contextmanager
-def running(args: list[str], port: int, cwd: Path):
-    """Run a server until the block ends; stopped by its pid."""
-    proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        wait_for_port(port, proc)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-        proc.stderr.close()
-
-
-class RecordingProxy:
-    """Relays 127.0.0.1 connections to ``port``; records each recv() chunk per connection.
-
-    Chunks are (direction, bytes, monotonic ns) with the direction as the
-    server would see it: ``ingress`` from the client, ``egress`` to it.
-    """
-
-    def __init__(self, port: int) -> None:
-        self.upstream = ("127.0.0.1", port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
-        self.port = self.listener.getsockname()[1]
-        self.conversations: list[list[tuple[str, bytes, int]]] = []
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.pumps: list[threading.Thread] = []
-        self.sockets: list[socket.socket] = []
-        self.acceptor = threading.Thread(target=self._accept_loop, daemon=True)
-        self.acceptor.start()
-
-    def _accept_loop(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            client.settimeout(None)
-            server = socket.create_connection(self.upstream)
-            record: list[tuple[str, bytes, int]] = []
-            with self.lock:
-                self.sockets += [client, server]
-                self.conversations.append(record)
-                for args in ((client, server, "ingress", record), (server, client, "egress", record)):
-                    pump = threading.Thread(target=self._pump, args=args, daemon=True)
-                    self.pumps.append(pump)
-                    pump.start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, direction: str, record: list) -> None:
-        try:
-            while data := src.recv(65536):
-                with self.lock:  # recorded before it is forwarded: the order is causal
-                    record.append((direction, data, time.monotonic_ns()))
-                dst.sendall(data)
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def settle(self, count: int, quiet: float = 0.3, timeout: float = 10) -> None:
-        """Wait for ``count`` connections and ``quiet`` seconds without a new chunk."""
-        deadline = time.monotonic() + timeout
-        last = None
-        last_change = time.monotonic()
-        while time.monotonic() < deadline:
-            with self.lock:
-                state = (len(self.conversations), sum(len(c) for c in self.conversations))
-            if state != last:
-                last, last_change = state, time.monotonic()
-            elif state[0] >= count and time.monotonic() - last_change >= quiet:
-                return
-            time.sleep(0.02)
-        raise TimeoutError(f"conversations did not settle: {last}")
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.acceptor.join(5)
-        self.listener.close()
-        with self.lock:
-            sockets = list(self.sockets)
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for pump in self.pumps:
-            pump.join(5)
-        for sock in sockets:
-            sock.close()
 
 
 def replay(conn, steps, *, capture=None, flip=False, seq0=(1000, 9000)):
