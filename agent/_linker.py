@@ -355,8 +355,8 @@ class SpanLinker:
 
     def __init__(self, publish: Callable[[dict[str, Any]], None], *,
                  hold_ns: int = 2 * _S, settle_ns: int = 500 * _MS, min_wait_ns: int = 500 * _MS,
-                 remember_ns: int = 10 * _S, max_held: int = 100_000,
-                 max_remembered: int = 200_000, clock_skew_ns: int = 2 * _MS,
+                 remember_ns: int = 5 * _S, max_held: int = 30_000,
+                 max_remembered: int = 50_000, clock_skew_ns: int = 2 * _MS,
                  local_inference: bool = True,
                  clock: Callable[[], int] = time.time_ns) -> None:
         self.publish = publish

@@ -707,6 +707,7 @@ async def test_assemble_joins_two_agents_streams_and_waits_for_a_late_agent(sock
     assert joined_server["trace_id"] == client_a["trace_id"]
     assert joined_server["attributes"][CONFIDENCE_ATTR] == EXACT
     assert joined_client["parent_span_id"] is None
+    validate(stats)
     assert [u["spans"] for u in stats["upstreams"]] == [1, 1]
     assert assembler.upstreams[1].connections == 1
 
