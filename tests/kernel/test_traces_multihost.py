@@ -95,6 +95,21 @@ def collect(sub: BlockingSubscriber, want: int, settle: float = 2.0, limit: floa
     return spans
 
 
+def wait_until_assembling(sub: BlockingSubscriber, agents: int, limit: float = 15) -> None:
+    """Until the assembler's stats say it is subscribed to every agent."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            msg = sub.receive()
+        except TimeoutError:
+            continue
+        if msg is not None and msg["type"] == "stats":
+            upstreams = msg.get("upstreams", [])
+            if len(upstreams) == agents and all(u["connected"] for u in upstreams):
+                return
+    raise AssertionError("the assembler did not subscribe to every agent")
+
+
 def test_assemble_joins_the_spans_of_two_hosts_into_one_trace_per_request():
     workdir = Path(tempfile.mkdtemp(prefix="st-mh-", dir="/tmp"))  # short Unix socket paths
     try:
@@ -128,6 +143,7 @@ def test_assemble_joins_the_spans_of_two_hosts_into_one_trace_per_request():
             want = CLIENTS * REQUESTS * len(ROLES)
             with subscribe(sock_out) as joined, subscribe(sock_a) as only_a:
                 assert joined.hello["schema_version"] >= 1
+                wait_until_assembling(joined, agents=2)
                 load.stdin.write("go\n")
                 load.stdin.flush()
                 assert load.stdout.readline().strip() == "done"
