@@ -163,6 +163,7 @@ class Agent:
             "corrupt_ring_batches": self.corrupt_batches,
             "parse_errors": self.pipeline.parse_errors,
             "connections_evicted": self.pipeline.connections.evicted,
+            "linker": self.linker.stats(),
         }
 
 

@@ -97,3 +97,5 @@ def test_http_requests_become_exactly_one_server_and_one_client_span_each(tmp_pa
     last = stats[-1]
     assert sum(last["lost_events"]) == 0
     assert last["events"] > 0
+    linker = last["linker"]
+    assert linker["links"].get("exact", 0) >= len(EXPECTED_STATUS)  # every client->server hop keyed
