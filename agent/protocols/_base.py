@@ -70,3 +70,32 @@ class ProtocolHandler(Protocol):
     def close(self, ts_ns: int | None) -> list[SpanFacts]:
         """The connection closed (or is forgotten): flush what can be completed."""
         ...
+
+
+class ConnectionHandler:
+    """A handler whose per-connection parser already returns SpanFacts.
+
+    Subclasses set ``name``, ``connection_class`` and ``detect``; the rest
+    is delegation every such handler would otherwise repeat.
+    """
+
+    name: ClassVar[str]
+    connection_class: ClassVar[type]
+
+    def __init__(self, role: str) -> None:
+        self._conn = self.connection_class(role)
+
+    @property
+    def role(self) -> str:
+        return self._conn.role
+
+    @property
+    def connection(self) -> Any:
+        return self._conn
+
+    def feed(self, direction: str, data: bytes, total_len: int, ts_ns: int,
+             tcp_seq: int | None) -> list[SpanFacts]:
+        return self._conn.feed(direction, data, total_len, ts_ns, tcp_seq)
+
+    def close(self, ts_ns: int | None) -> list[SpanFacts]:
+        return self._conn.close(ts_ns)

@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
-from ._base import EGRESS, INGRESS, ConnectionHints, SpanFacts
+from ._base import EGRESS, INGRESS, ConnectionHandler, ConnectionHints, SpanFacts
 
 __all__ = ["MemcachedConnection", "MemcachedHandler", "looks_like_binary",
            "looks_like_text_command", "looks_like_text_reply", "query_text"]
@@ -897,9 +897,10 @@ class MemcachedConnection:
         ))
 
 
-class MemcachedHandler:
+class MemcachedHandler(ConnectionHandler):
     """The protocol handler the pipeline uses."""
 
+    connection_class = MemcachedConnection
     name = "memcached"
 
     @staticmethod
@@ -914,21 +915,3 @@ class MemcachedHandler:
         # A reply first (joined mid-stream) is too weak a signal without the port.
         return ((hints.local_port in MEMCACHED_PORTS or hints.remote_port in MEMCACHED_PORTS)
                 and looks_like_text_reply(data))
-
-    def __init__(self, role: str) -> None:
-        self._conn = MemcachedConnection(role)
-
-    @property
-    def role(self) -> str:
-        return self._conn.role
-
-    @property
-    def connection(self) -> MemcachedConnection:
-        return self._conn
-
-    def feed(self, direction: str, data: bytes, total_len: int, ts_ns: int,
-             tcp_seq: int | None) -> list[SpanFacts]:
-        return self._conn.feed(direction, data, total_len, ts_ns, tcp_seq)
-
-    def close(self, ts_ns: int | None) -> list[SpanFacts]:
-        return self._conn.close(ts_ns)

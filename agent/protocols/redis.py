@@ -40,7 +40,7 @@ import re
 from collections import deque
 from typing import Any, Final
 
-from ._base import EGRESS, INGRESS, ConnectionHints, SpanFacts
+from ._base import EGRESS, INGRESS, ConnectionHandler, ConnectionHints, SpanFacts
 
 __all__ = ["RedisConnection", "RedisHandler", "looks_like_command", "looks_like_reply",
            "query_text"]
@@ -1096,9 +1096,10 @@ class RedisConnection:
         ))
 
 
-class RedisHandler:
+class RedisHandler(ConnectionHandler):
     """The protocol handler the pipeline uses."""
 
+    connection_class = RedisConnection
     name = "redis"
 
     @staticmethod
@@ -1112,21 +1113,3 @@ class RedisHandler:
         # A reply first (joined mid-stream) is too weak a signal without the port.
         return ((hints.local_port in REDIS_PORTS or hints.remote_port in REDIS_PORTS)
                 and looks_like_reply(data))
-
-    def __init__(self, role: str) -> None:
-        self._conn = RedisConnection(role)
-
-    @property
-    def role(self) -> str:
-        return self._conn.role
-
-    @property
-    def connection(self) -> RedisConnection:
-        return self._conn
-
-    def feed(self, direction: str, data: bytes, total_len: int, ts_ns: int,
-             tcp_seq: int | None) -> list[SpanFacts]:
-        return self._conn.feed(direction, data, total_len, ts_ns, tcp_seq)
-
-    def close(self, ts_ns: int | None) -> list[SpanFacts]:
-        return self._conn.close(ts_ns)
