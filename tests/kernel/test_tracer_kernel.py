@@ -29,9 +29,10 @@ pytestmark = pytest.mark.kernel
 OBJ = Path(__file__).resolve().parents[2] / "bpfobj" / "bpf" / "sidetrace.bpf.o"
 
 # struct st_event (bpfobj/bpf/include/sidetrace_events.h), 128 bytes, then payload.
-HDR = struct.Struct("<IQQqQQIIiIIHBBHHHBB16s16s16sHH")
-FIELDS = ("kind ts_ns conn_id ret bytes_tx bytes_rx tgid tid fd tcp_seq payload_len syscall "
-          "direction role family sport dport l4_proto flags saddr daddr comm app_proto reserved").split()
+from agent._events import HEADER as _EVENT_HEADER  # noqa: E402
+# The one declaration of the layout, shared with the agent.
+HDR = _EVENT_HEADER.struct
+FIELDS = list(_EVENT_HEADER.names)
 assert HDR.size == 128
 
 EV_DATA, EV_OPEN, EV_CLOSE, EV_FORK, EV_EXIT = 1, 2, 3, 4, 5
