@@ -8,6 +8,8 @@ decoded only for the types CO-RE actually asks about.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import threading
 
@@ -43,6 +45,38 @@ def kernel_btf(path: str = VMLINUX_BTF_PATH) -> Btf:
 
 
 def clear_cache() -> None:
-    """Forget parsed kernel BTF (tests, or after loading a kernel module)."""
+    """Forget parsed kernel BTF (tests, or after loading a kernel module).
+
+    The parsed types are several MiB of small objects; once they are freed
+    the C allocator keeps most of those pages unless asked to give them back,
+    so a long-running process that drops the BTF after attaching would not
+    shrink.  Collecting cycles first frees what only a cycle still holds.
+    """
     with _lock:
+        had_any = bool(_cached)
         _cached.clear()
+    if had_any:
+        gc.collect()
+        return_free_memory()
+
+
+def return_free_memory() -> bool:
+    """Ask the C allocator to return its free pages to the kernel.
+
+    glibc keeps freed memory in its heap for reuse; ``malloc_trim(0)``
+    releases every free page it can (also inside the heap, with
+    MADV_DONTNEED).  Returns False where the C library has no
+    ``malloc_trim`` (musl, other systems).
+    """
+    trim = _malloc_trim()
+    return bool(trim is not None and trim(0))
+
+
+def _malloc_trim():
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
