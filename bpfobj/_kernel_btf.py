@@ -8,9 +8,9 @@ decoded only for the types CO-RE actually asks about.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import os
+import sys
 import threading
 
 from ._btf import Btf
@@ -66,13 +66,18 @@ def return_free_memory() -> bool:
     glibc keeps freed memory in its heap for reuse; ``malloc_trim(0)``
     releases every free page it can (also inside the heap, with
     MADV_DONTNEED).  Returns False where the C library has no
-    ``malloc_trim`` (musl, other systems).
+    ``malloc_trim`` (musl, other systems) or ctypes is not loaded.
     """
     trim = _malloc_trim()
     return bool(trim is not None and trim(0))
 
 
 def _malloc_trim():
+    # Parsing modules never import the syscall layer (ctypes among it); a
+    # process that loads and attaches programs has loaded it already.
+    ctypes = sys.modules.get("ctypes")
+    if ctypes is None:
+        return None
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):

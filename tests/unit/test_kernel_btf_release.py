@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes  # noqa: F401  (loaded in every process that attaches programs)
 import gc
 import os
 import weakref
