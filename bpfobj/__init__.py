@@ -32,7 +32,7 @@ from ._perf import (
     possible_cpus,
     walk_ring,
 )
-from ._programs import Link, Program
+from ._programs import Link, Program, open_cpu_clock
 from ._spec import (
     CoreRelocation,
     FuncInfo,
@@ -52,7 +52,7 @@ __all__ = [
     "CoreRelocation", "FuncInfo", "LineInfo", "MapRelocation", "MapSpec", "ObjectSpec",
     "ProgramSpec", "VariableSpec", "load_object_spec", "parse_object",
     # live objects
-    "Collection", "LoadedObject", "load", "Map", "Program", "Link",
+    "Collection", "LoadedObject", "load", "Map", "Program", "Link", "open_cpu_clock",
     # perf rings
     "PerfEventArray", "PerfRing", "WalkResult", "walk_ring", "online_cpus", "possible_cpus",
     # environment

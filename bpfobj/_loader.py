@@ -344,16 +344,45 @@ class Collection:
         return link
 
     def attach_all(self) -> list[Link]:
-        """Attach every program to its section's target; all or nothing."""
+        """Attach every program to its section's target; all or nothing.
+
+        perf_event programs are skipped: their section names no event (see
+        :meth:`attach_cpu_clock`).
+        """
         made: list[Link] = []
         try:
-            for name in self.programs:
+            for name, prog in self.programs.items():
+                if prog.type == ProgType.PERF_EVENT:
+                    continue
                 made.append(self.attach(name))
         except BaseException:
             for link in made:
                 link.close()
                 self.links.remove(link)
             raise
+        return made
+
+    def attach_cpu_clock(self, name: str, perf_fds: Mapping[int, int]) -> list[Link]:
+        """Run perf_event program ``name`` on per-CPU clock events (cpu -> fd,
+        from :func:`bpfobj._programs.open_cpu_clock`); all or nothing.
+
+        Every fd moves into a link, closed with the collection (or at once if
+        attaching fails).
+        """
+        made: list[Link] = []
+        pending = dict(perf_fds)
+        try:
+            prog = self.program(name)
+            for cpu in sorted(pending):
+                fd = pending.pop(cpu)
+                made.append(prog.attach_perf_event(fd, f"cpu-clock on cpu {cpu}"))
+        except BaseException:
+            for fd in pending.values():
+                _sys.close_fd(fd)
+            for link in made:
+                link.close()
+            raise
+        self.links.extend(made)
         return made
 
     def release_kernel_btf(self) -> None:

@@ -11,7 +11,11 @@ the program type:
 * tp_btf / fentry / fexit (BPF_PROG_TYPE_TRACING, loaded with attach_btf_id
   from kernel BTF): BPF_LINK_CREATE, falling back to BPF_RAW_TRACEPOINT_OPEN;
 * uprobes (BPF_PROG_TYPE_KPROBE, ``uprobe/<path>:<offset>``): a perf event of
-  the uprobe PMU plus the same link as tracepoints.
+  the uprobe PMU plus the same link as tracepoints;
+* perf_event programs (``SEC("perf_event")``): the section names no event,
+  so ``attach()`` refuses them; :meth:`Program.attach_perf_event` runs one on
+  a perf event the caller opened, e.g. a per-CPU software clock from
+  :func:`open_cpu_clock`.
 
 A :class:`Link` holds the fds that keep the attachment alive; closing it
 detaches.
@@ -23,10 +27,29 @@ import ctypes
 import os
 
 from . import _sys
-from ._consts import PERF_TYPE_TRACEPOINT, AttachType, ProgType
+from ._consts import PERF_TYPE_SOFTWARE, PERF_TYPE_TRACEPOINT, AttachType, ProgType
 from ._errors import BpfError, NotSupportedError, SyscallError
 
-__all__ = ["Program", "Link", "kernel_btf_id", "tracepoint_id", "attach_btf_id_for"]
+__all__ = ["Program", "Link", "kernel_btf_id", "tracepoint_id", "attach_btf_id_for", "open_cpu_clock"]
+
+# enum perf_sw_ids: the CPU clock software event (an hrtimer per CPU).
+PERF_COUNT_SW_CPU_CLOCK = 0
+
+
+def open_cpu_clock(cpu: int, period_ns: int) -> int:
+    """Open a software cpu-clock perf event on ``cpu`` for every task (pid -1)
+    that overflows every ``period_ns`` nanoseconds; returns its fd (disabled
+    until a program is attached with :meth:`Program.attach_perf_event`).
+
+    The clock is an hrtimer pinned to ``cpu``: it fires on that CPU, idle or
+    not, and a perf_event program attached to it runs there.
+    """
+    if period_ns <= 0:
+        raise BpfError(f"cpu-clock period must be positive, not {period_ns} ns")
+    attr = _sys.PerfEventAttr(type=PERF_TYPE_SOFTWARE, config=PERF_COUNT_SW_CPU_CLOCK,
+                              sample_period=period_ns)
+    attr.flags = _sys.PerfEventAttr.FLAG_DISABLED
+    return _sys.perf_event_open(attr, -1, cpu, what=f"cpu-clock event on cpu {cpu}")
 
 
 def tracepoint_id(category: str, name: str) -> int:
@@ -221,6 +244,10 @@ class Program:
                 raise NotSupportedError("uprobe by symbol name", "",
                                         f"program {self.name!r}: give {path}:<offset>") from None
             return self.attach_uprobe(path, offset, retprobe=self.section.startswith("uretprobe"))
+        if t == ProgType.PERF_EVENT:
+            raise NotSupportedError("attaching perf_event programs by section name", "",
+                                    f"program {self.name!r}: open the perf event and use "
+                                    "attach_perf_event(fd)")
         if t == ProgType.KPROBE:
             raise NotSupportedError("kprobes", "", "this kernel is built without CONFIG_KPROBES"
                                     if not os.path.exists("/sys/bus/event_source/devices/kprobe")
@@ -246,6 +273,21 @@ class Program:
         except BaseException:
             _sys.close_fd(perf_fd)
             raise
+
+    def attach_perf_event(self, perf_fd: int, target: str = "") -> Link:
+        """Run this program on the caller's perf event ``perf_fd`` and enable it.
+
+        The fd moves into the returned :class:`Link` (closed with it, or at
+        once if attaching fails).
+        """
+        link = self._attach_perf(perf_fd, target or f"perf event fd {perf_fd}")
+        if link.kind == "perf_link":
+            try:
+                _sys.perf_event_enable(perf_fd)  # the ioctl path enables it already
+            except BaseException:
+                link.close()
+                raise
+        return link
 
     def attach_tracepoint(self, category: str, name: str, *, use_link: bool = True) -> Link:
         """Attach to tracepoint ``category:name`` (one event on cpu 0 covers all CPUs).
