@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := .make
 export PATH := /usr/sbin:/sbin:$(PATH)
 
-.PHONY: all run test test-unit test-kernel bpf check-bpf setup services bench clean
+.PHONY: all run test test-unit test-kernel bpf check-bpf layout setup services bench clean
 
 all: test
 
@@ -70,6 +70,12 @@ bpf: $(BPF_OBJECTS)
 
 check-bpf:
 	$(PY) -m bpfobj.manifest check
+
+# --- Record formats (development time only; agent/_event_layout.py is committed) ---
+# Derived from the construct declarations in agent/_event_layout_decl.py, so
+# the running agent decodes events without importing construct.
+layout:
+	$(PY) -m agent._fastdecode write
 
 clean:
 	rm -rf $(STAMP) $(VENV) .pytest_cache

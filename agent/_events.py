@@ -1,9 +1,12 @@
 """Events from the tracer's perf rings: the record layout and its decoder.
 
-The layout is declared once, here, with construct; the hot path decodes with
-a ``struct.Struct`` derived from this declaration (see ``_fastdecode``), and
-a test compares every offset with the ``struct st_event`` the object's BTF
-describes.
+The layout is declared once, with construct, in ``_event_layout_decl``
+(``EVENT_HEADER``, also reachable here); the hot path decodes with a
+``struct.Struct`` whose format was derived from that declaration into the
+generated ``_event_layout`` module (see ``_fastdecode``), so the running
+agent never imports construct.  Tests compare every offset with the
+``struct st_event`` the object's BTF describes, and the generated module
+with a fresh derivation.
 """
 
 from __future__ import annotations
@@ -13,55 +16,21 @@ import ipaddress
 import socket
 from typing import NamedTuple
 
-import construct as cs
+from . import _event_layout
+from ._fastdecode import RecordLayout
 
-from ._fastdecode import FastDecoder
-
-EVENT_HEADER = cs.Struct(
-    "kind" / cs.Int32ul,
-    "ts_ns" / cs.Int64ul,
-    "conn_id" / cs.Int64ul,
-    "ret" / cs.Int64sl,
-    "bytes_tx" / cs.Int64ul,
-    "bytes_rx" / cs.Int64ul,
-    "tgid" / cs.Int32ul,
-    "tid" / cs.Int32ul,
-    "fd" / cs.Int32sl,
-    "tcp_seq" / cs.Int32ul,
-    "payload_len" / cs.Int32ul,
-    "syscall" / cs.Int16ul,
-    "direction" / cs.Int8ul,
-    "role" / cs.Int8ul,
-    "family" / cs.Int16ul,
-    "sport" / cs.Int16ul,
-    "dport" / cs.Int16ul,
-    "l4_proto" / cs.Int8ul,
-    "flags" / cs.Int8ul,
-    "saddr" / cs.Bytes(16),
-    "daddr" / cs.Bytes(16),
-    "comm" / cs.Bytes(16),
-    "app_proto" / cs.Int16ul,
-    "reserved" / cs.Int16ul,
-)
-EVENT_HEADER.__doc__ = """struct st_event (bpfobj/bpf/include/sidetrace_events.h), 128 bytes, packed to 4:
-
-    struct st_event {
-        __u32 kind;            st_u64 ts_ns;      st_u64 conn_id;
-        st_s64 ret;            st_u64 bytes_tx;   st_u64 bytes_rx;
-        __u32 tgid;            __u32 tid;         __s32 fd;
-        __u32 tcp_seq;         __u32 payload_len;
-        __u16 syscall;         __u8 direction;    __u8 role;
-        __u16 family;          __u16 sport;       __u16 dport;
-        __u8 l4_proto;         __u8 flags;
-        __u8 saddr[16];        __u8 daddr[16];    char comm[16];
-        __u16 app_proto;       __u16 reserved;
-    } __attribute__((aligned(4)));
-
-followed by ``payload_len`` payload bytes.
-"""
-
-HEADER = FastDecoder(EVENT_HEADER)
+HEADER = RecordLayout(_event_layout.EVENT_HEADER_FORMAT, _event_layout.EVENT_HEADER_NAMES)
 HEADER_SIZE = HEADER.size  # 128
+
+
+def __getattr__(name: str):
+    # The construct declaration, for tests and benches that build records;
+    # imported on first use so that decoding never loads construct.
+    if name == "EVENT_HEADER":
+        from ._event_layout_decl import EVENT_HEADER
+
+        return EVENT_HEADER
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Kind(enum.IntEnum):

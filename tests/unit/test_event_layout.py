@@ -1,15 +1,19 @@
-"""The Python declaration of struct st_event must match the committed tracer object's BTF."""
+"""The Python declaration of struct st_event must match the committed tracer object's BTF,
+and the generated struct formats the agent decodes with must match the declaration."""
 
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 
 import pytest
 
 import bpfobj
 from agent._app import TRACER_OBJECT
 from agent._events import EVENT_HEADER, HEADER_SIZE, Kind, MalformedEvent, decode_event
-from agent._fastdecode import field_layout
+from agent._event_layout_decl import DECLARATIONS
+from agent._fastdecode import GENERATED_MODULE, FastDecoder, field_layout, main, render_layout_module
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +49,32 @@ def test_decoder_rejects_short_records_and_overrunning_payload():
     struct.pack_into("<I", raw, 60, 100)  # payload_len beyond the record
     with pytest.raises(MalformedEvent, match="overruns"):
         decode_event(bytes(raw))
+
+
+def test_generated_layout_module_is_fresh():
+    assert GENERATED_MODULE.read_text() == render_layout_module(), \
+        "agent/_event_layout.py is stale: run `make layout`"
+    assert main(["check"]) == 0
+
+
+@pytest.mark.parametrize("prefix", sorted(DECLARATIONS))
+def test_generated_formats_decode_like_the_declaration(prefix):
+    from agent import _event_layout
+
+    derived = FastDecoder(DECLARATIONS[prefix])
+    assert getattr(_event_layout, f"{prefix}_FORMAT") == derived.struct.format
+    assert getattr(_event_layout, f"{prefix}_NAMES") == derived.names
+    assert getattr(_event_layout, f"{prefix}_SIZE") == DECLARATIONS[prefix].sizeof()
+
+
+def test_a_changed_declaration_renders_a_different_module():
+    import construct as cs
+
+    changed = {"EVENT_HEADER": cs.Struct(*DECLARATIONS["EVENT_HEADER"].subcons[:-1], "reserved" / cs.Int16sl)}
+    assert render_layout_module(changed) != render_layout_module()
+
+
+def test_the_running_agent_does_not_import_construct():
+    code = "import sys, agent.cli, agent._app; print(sorted(m for m in sys.modules if m.split('.')[0] == 'construct'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,62 @@
+"""The tracer's record layouts, declared once with construct.
+
+These declarations are the source of truth on the Python side, mirrored in
+bpfobj/bpf/include/sidetrace_events.h; tests compare every offset with the
+structs the committed object's BTF describes.  The running agent does not
+import this module (nor construct): ``python -m agent._fastdecode write``
+derives a ``struct`` format from each declaration into the generated module
+agent/_event_layout.py, and a unit test fails when that module is stale.
+"""
+
+from __future__ import annotations
+
+import construct as cs
+
+EVENT_HEADER = cs.Struct(
+    "kind" / cs.Int32ul,
+    "ts_ns" / cs.Int64ul,
+    "conn_id" / cs.Int64ul,
+    "ret" / cs.Int64sl,
+    "bytes_tx" / cs.Int64ul,
+    "bytes_rx" / cs.Int64ul,
+    "tgid" / cs.Int32ul,
+    "tid" / cs.Int32ul,
+    "fd" / cs.Int32sl,
+    "tcp_seq" / cs.Int32ul,
+    "payload_len" / cs.Int32ul,
+    "syscall" / cs.Int16ul,
+    "direction" / cs.Int8ul,
+    "role" / cs.Int8ul,
+    "family" / cs.Int16ul,
+    "sport" / cs.Int16ul,
+    "dport" / cs.Int16ul,
+    "l4_proto" / cs.Int8ul,
+    "flags" / cs.Int8ul,
+    "saddr" / cs.Bytes(16),
+    "daddr" / cs.Bytes(16),
+    "comm" / cs.Bytes(16),
+    "app_proto" / cs.Int16ul,
+    "reserved" / cs.Int16ul,
+)
+EVENT_HEADER.__doc__ = """struct st_event (bpfobj/bpf/include/sidetrace_events.h), 128 bytes, packed to 4:
+
+    struct st_event {
+        __u32 kind;            st_u64 ts_ns;      st_u64 conn_id;
+        st_s64 ret;            st_u64 bytes_tx;   st_u64 bytes_rx;
+        __u32 tgid;            __u32 tid;         __s32 fd;
+        __u32 tcp_seq;         __u32 payload_len;
+        __u16 syscall;         __u8 direction;    __u8 role;
+        __u16 family;          __u16 sport;       __u16 dport;
+        __u8 l4_proto;         __u8 flags;
+        __u8 saddr[16];        __u8 daddr[16];    char comm[16];
+        __u16 app_proto;       __u16 reserved;
+    } __attribute__((aligned(4)));
+
+followed by ``payload_len`` payload bytes.
+"""
+
+# Every declaration the generated module carries, under the prefix of its
+# constants there (EVENT_HEADER_FORMAT, EVENT_HEADER_NAMES, EVENT_HEADER_SIZE).
+DECLARATIONS: dict[str, cs.Struct] = {
+    "EVENT_HEADER": EVENT_HEADER,
+}
