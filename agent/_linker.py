@@ -53,6 +53,13 @@ its end (and at least ``min_wait_ns`` after it arrived) is released as a root;
 at most ``max_held`` spans are held, the oldest released first.  Released
 spans are remembered (ids and times only) for ``remember_ns`` so that a late
 child still gets its parent.  No span is ever dropped.
+
+What it costs (docs/trace-linking.md, bench/bench_linker.py): each span is
+one ``_Node`` (``agent/_linker_node.py``), indexed by id, by link key and
+connection only until its other end is found or it is released, and by
+thread for the rules inside a process (``agent/_linker_local.py``).  Spans
+come in end-time order, so the deadline and decision queues are mostly
+appends to a deque; nothing is scanned per span beyond its own candidates.
 """
 
 from __future__ import annotations
@@ -60,32 +67,27 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
-CONFIDENCE_ATTR = "sidetrace.link.confidence"
-REASON_ATTR = "sidetrace.link.reason"
-CANDIDATES_ATTR = "sidetrace.link.candidates"
+from ._linker_local import (CALL_RATIO_WINDOW, FORWARDING_MAX_DISAGREE_RATIO,
+                            FORWARDING_MIN_AGREE, RELAY_MAX_CALLS_PER_REQUEST, RELAY_MIN_REQUESTS,
+                            _Process, _Thread, choose_local_parent, one_server_elsewhere)
+from ._linker_node import (ADDRESS_TIME, AMBIGUOUS, CANDIDATES_ATTR, CONFIDENCE_ATTR, CONFIDENCES,
+                           CONTENT, EXACT, HEURISTIC, MEMORY_BOUND, NO_CLIENT_SPAN, NO_SERVER_SPAN,
+                           NONE, ONLY_CONTAINER, OTHER_THREAD, REASON_ATTR, REQUEST_ORDER,
+                           RESPONSE_ORDER, SAME_REQUEST, THREAD, WILDCARDS, _Node, normal_address,
+                           same_endpoints)
 
-EXACT = "exact"
-ADDRESS_TIME = "address-time"
-THREAD = "thread"
-CONTENT = "content"
-HEURISTIC = "heuristic"
-NONE = "none"
-CONFIDENCES = (EXACT, ADDRESS_TIME, THREAD, CONTENT, HEURISTIC, NONE)
-
-NO_CLIENT_SPAN = "no-client-span"
-NO_SERVER_SPAN = "no-server-span"
-AMBIGUOUS = "ambiguous"
-MEMORY_BOUND = "memory-bound"
-RESPONSE_ORDER = "response-order"
-REQUEST_ORDER = "request-order"
-OTHER_THREAD = "other-thread"
-ONLY_CONTAINER = "only-container"
-SAME_REQUEST = "same-request"
+__all__ = [
+    "ADDRESS_TIME", "ADVANCE_EVERY_NS", "AMBIGUOUS", "CALL_RATIO_WINDOW", "CANDIDATES_ATTR",
+    "CONFIDENCES", "CONFIDENCE_ATTR", "CONTENT", "EXACT", "FORWARDING_MAX_DISAGREE_RATIO",
+    "FORWARDING_MIN_AGREE", "HEURISTIC", "MEMORY_BOUND", "NONE", "NO_CLIENT_SPAN",
+    "NO_SERVER_SPAN", "ONLY_CONTAINER", "OTHER_THREAD", "REASON_ATTR", "RELAY_MAX_CALLS_PER_REQUEST",
+    "RELAY_MIN_REQUESTS", "REQUEST_ORDER", "RESPONSE_ORDER", "RETRY_NS", "SAME_REQUEST",
+    "SpanLinker", "THREAD", "WILDCARDS", "normal_address",
+]
 
 _MS = 1_000_000
 _S = 1_000_000_000
@@ -97,249 +99,60 @@ ADVANCE_EVERY_NS = 50 * _MS
 # A client span with no candidate parent yet is looked at again this often.
 RETRY_NS = 250 * _MS
 
-# Timing pairs calls with requests in event loops that make at most about
-# one call per request (seen over the last CALL_RATIO_WINDOW spans, and at
-# least RELAY_MIN_REQUESTS requests).
-RELAY_MAX_CALLS_PER_REQUEST = 1.2
-RELAY_MIN_REQUESTS = 8
-CALL_RATIO_WINDOW = 4096
 
-# A process "forwards content" once this many unambiguous links agreed on
-# method+path+query, and at most one in this many disagreed.
-FORWARDING_MIN_AGREE = 3
-FORWARDING_MAX_DISAGREE_RATIO = 10
+class _DueQueue:
+    """Nodes in (due time, arrival order) order, as a heap of them would give them.
 
-
-def normal_address(address: Any) -> Any:
-    """127.0.0.1 for ::ffff:127.0.0.1: one end may see the v4-mapped form, the other not."""
-    if isinstance(address, str) and address.startswith("::ffff:") and "." in address:
-        return address[7:]
-    return address
-
-
-class _Node:
-    """One span, held or (after release) remembered by its ids and times."""
-
-    __slots__ = (
-        "span", "span_id", "trace_id", "parent_span_id", "server", "proc", "tid", "start", "end",
-        "content", "seq_key", "pair", "parent", "children", "decided", "released", "forgotten",
-        "deadline", "given_parent", "has_server_child", "order", "local",
-    )
-
-    def __init__(self, span: dict[str, Any], proc: Hashable, order: int) -> None:
-        attrs = span.get("attributes") or {}
-        self.span: dict[str, Any] | None = span
-        self.span_id: bytes = span["span_id"]
-        self.trace_id: bytes = span["trace_id"]
-        self.parent_span_id: bytes | None = span.get("parent_span_id")
-        self.server = span.get("kind") == "server"
-        self.proc = proc
-        self.tid = span.get("tid")
-        self.start: int = span["start_time_unix_nano"]
-        self.end: int = max(span["end_time_unix_nano"], self.start)
-        method, path = attrs.get("http.request.method"), attrs.get("url.path")
-        self.content = (method, path, attrs.get("url.query")) if path is not None else None
-        self.pair = (normal_address(attrs.get("client.address")), attrs.get("client.port"),
-                     normal_address(attrs.get("server.address")), attrs.get("server.port"))
-        if None in self.pair:
-            self.pair = None
-        seq = attrs.get("sidetrace.tcp.request_seq")
-        self.seq_key = (*self.pair, seq) if self.pair is not None and seq is not None else None
-        self.parent: _Node | None = None
-        self.children: list[_Node] = []
-        self.decided = False        # the parent (or rootness) is final
-        self.released = False
-        self.forgotten = False
-        self.deadline = 0
-        self.given_parent = self.parent_span_id is not None
-        self.has_server_child = False
-        self.order = order
-        self.local = False          # in its process's thread index
-
-
-WILDCARDS = frozenset({"0.0.0.0", "::", ""})
-
-
-def _ports(node: _Node) -> tuple:
-    return node.pair[1], node.pair[3]
-
-
-def _same_endpoints(a: tuple, b: tuple) -> bool:
-    """Same ports, and the same addresses where both ends know them."""
-    if a[1] != b[1] or a[3] != b[3]:
-        return False
-    for i in (0, 2):
-        if a[i] != b[i] and a[i] not in WILDCARDS and b[i] not in WILDCARDS:
-            return False
-    return True
-
-
-class _Thread:
-    """The server and client spans of one thread, sorted by start, for containment queries.
-
-    The start times are kept in lists of their own so that bisect compares
-    plain ints.
+    Spans arrive about in the order they end, so most are pushed in due
+    order: those go to a deque (no tuple, no sifting); the others, and
+    retries, to a heap.  ``due(node)`` must give the time a node was pushed
+    with for as long as it is not released; a released node has nothing left
+    to do here and is dropped when it comes first.
     """
 
-    __slots__ = ("servers", "server_starts", "clients", "client_starts", "longest", "stale")
+    __slots__ = ("inorder", "last", "heap", "due")
 
-    def __init__(self) -> None:
-        self.servers: list[_Node] = []
-        self.server_starts: list[int] = []
-        self.clients: list[_Node] = []
-        self.client_starts: list[int] = []
-        self.longest = 0
-        self.stale = 0
+    def __init__(self, due: Callable[[_Node], int]) -> None:
+        self.inorder: deque[_Node] = deque()
+        self.last = 0
+        self.heap: list[tuple[int, int, _Node]] = []
+        self.due = due
 
-    def add(self, node: _Node) -> None:
-        if node.server:
-            nodes, starts = self.servers, self.server_starts
-            self.longest = max(self.longest, node.end - node.start)
+    def __len__(self) -> int:
+        return len(self.inorder) + len(self.heap)
+
+    def push(self, node: _Node, at: int) -> None:
+        """Queue ``node`` for time ``at`` = ``due(node)``."""
+        inorder = self.inorder
+        if at >= self.last or not inorder:
+            inorder.append(node)
+            self.last = at
         else:
-            nodes, starts = self.clients, self.client_starts
-        i = bisect_right(starts, node.start)
-        starts.insert(i, node.start)
-        nodes.insert(i, node)
+            heapq.heappush(self.heap, (at, node.order, node))
 
-    def open_servers(self, client: _Node) -> tuple[list[_Node], int]:
-        """Server spans that started before ``client`` and ended after it, and how
-        many server spans in all were open when ``client`` started."""
-        servers = self.servers
-        earliest = client.start - self.longest
-        containing = []
-        open_at_start = 0
-        i = bisect_right(self.server_starts, client.start)
-        while i > 0:
-            i -= 1
-            s = servers[i]
-            if s.start < earliest:
-                break
-            if s.forgotten or s.end < client.start:
-                continue
-            open_at_start += 1
-            if s.end >= client.end:
-                containing.append(s)
-        return containing, open_at_start
+    def push_at(self, node: _Node, at: int) -> None:
+        """Queue ``node`` for any time ``at``."""
+        heapq.heappush(self.heap, (at, node.order, node))
 
-    def clients_within(self, server: _Node) -> list[_Node]:
-        clients = self.clients
-        out = []
-        i = bisect_left(self.client_starts, server.start)
-        while i < len(clients) and clients[i].start <= server.end:
-            c = clients[i]
-            if c.end <= server.end and not c.forgotten:
-                out.append(c)
-            i += 1
-        return out
-
-    def compact(self) -> None:
-        self.servers = [n for n in self.servers if not n.forgotten]
-        self.server_starts = [n.start for n in self.servers]
-        self.clients = [n for n in self.clients if not n.forgotten]
-        self.client_starts = [n.start for n in self.clients]
-        self.stale = 0
-
-
-class _Process:
-    __slots__ = ("threads", "servers", "agree", "disagree", "requests_seen", "calls_seen")
-
-    def __init__(self) -> None:
-        self.threads: dict[Any, _Thread] = {}
-        self.servers = 0    # server spans indexed (held or remembered)
-        self.agree = 0      # unambiguous links where the request was forwarded unchanged
-        self.disagree = 0
-        self.requests_seen = 0   # server spans and client spans of this process, halved
-        self.calls_seen = 0      # now and then so that they follow changes
-
-    def count(self, server: bool) -> None:
-        if server:
-            self.requests_seen += 1
-        else:
-            self.calls_seen += 1
-        if self.requests_seen + self.calls_seen > CALL_RATIO_WINDOW:
-            self.requests_seen //= 2
-            self.calls_seen //= 2
-
-    @property
-    def forwards_content(self) -> bool:
-        return (self.agree >= FORWARDING_MIN_AGREE
-                and self.disagree * FORWARDING_MAX_DISAGREE_RATIO <= self.agree)
-
-    @property
-    def relays(self) -> bool:
-        """At most about one call per request: timing pairs calls with requests.
-
-        Where a request makes several calls (or several at once), an event
-        loop interleaves their steps with other requests' and the first or
-        last event of a request no longer sits next to its call; measured on
-        an asyncio service with two calls per request, timing pairings were
-        wrong more often than right.  Such processes get no timing guesses.
-        """
-        return (self.requests_seen >= RELAY_MIN_REQUESTS
-                and self.calls_seen <= RELAY_MAX_CALLS_PER_REQUEST * self.requests_seen)
-
-
-def _unique_min(items: list[_Node], key: Callable[[_Node], int]) -> _Node | None:
-    """The item with the smallest key, or None on a tie for smallest."""
-    best = second = None
-    for item in items:
-        k = key(item)
-        if best is None or k < best[0]:
-            best, second = (k, item), best
-        elif second is None or k < second[0]:
-            second = (k, item)
-    if best is None or (second is not None and second[0] == best[0]):
+    def pop_due(self, now: int | None) -> _Node | None:
+        """Remove and return the first node due by ``now`` (any, if None); None if none is."""
+        inorder, heap = self.inorder, self.heap
+        while inorder and inorder[0].released:
+            inorder.popleft()
+        if inorder:
+            first = inorder[0]
+            at = self.due(first)
+            if not heap or at < heap[0][0] or at == heap[0][0] and first.order < heap[0][1]:
+                if now is not None and at > now:
+                    return None
+                return inorder.popleft()
+        if heap and (now is None or heap[0][0] <= now):
+            return heapq.heappop(heap)[2]
         return None
-    return best[1]
 
-
-def choose_local_parent(client: _Node, thread: _Thread | None, proc: _Process
-                        ) -> tuple[_Node | None, str, str | None, int]:
-    """The server span of ``client``'s own thread that caused it.
-
-    Returns (parent or None, confidence, reason, number of candidates);
-    (None, NONE, None, 0) means no candidate has been seen yet.
-    """
-    if thread is None:
-        return None, NONE, None, 0
-    candidates, open_at_start = thread.open_servers(client)
-    if not candidates:
-        return None, NONE, None, 0
-    count = len(candidates)
-    if count == 1:
-        parent = candidates[0]
-        if client.content is not None and parent.content is not None:
-            if client.content == parent.content:
-                proc.agree += 1
-            else:
-                proc.disagree += 1
-        if open_at_start > 1:
-            # Other requests were in flight on this thread (an event loop) but
-            # ended before this call did.
-            return parent, HEURISTIC, ONLY_CONTAINER, open_at_start
-        return parent, THREAD, None, 1
-    pool = candidates
-    if proc.forwards_content and client.content is not None:
-        same = [s for s in candidates if s.content == client.content]
-        if len(same) == 1:
-            return same[0], CONTENT, SAME_REQUEST, count
-        if same:
-            pool = same
-    if not proc.relays:
-        return None, NONE, AMBIGUOUS, count
-    # An event loop relays: it writes a request's response right after reading
-    # the response it was waiting for, and writes the upstream request right
-    # after reading the request that needs it.  Trust either pairing only
-    # when it is mutual.
-    by_response = _unique_min(pool, lambda s: s.end - client.end)
-    if by_response is not None and _unique_min(
-            thread.clients_within(by_response), lambda c: by_response.end - c.end) is client:
-        return by_response, HEURISTIC, RESPONSE_ORDER, count
-    by_request = _unique_min(pool, lambda s: client.start - s.start)
-    if by_request is not None and _unique_min(
-            thread.clients_within(by_request), lambda c: c.start - by_request.start) is client:
-        return by_request, HEURISTIC, REQUEST_ORDER, count
-    return None, NONE, AMBIGUOUS, count
+    def clear(self) -> None:
+        self.inorder.clear()
+        self.heap.clear()
 
 
 class SpanLinker:
@@ -370,22 +183,26 @@ class SpanLinker:
         self.local_inference = local_inference
         self._clock = clock
         self._order = itertools.count()
-        self._held: dict[bytes, _Node] = {}            # insertion order = age
-        self._by_id: dict[bytes, _Node] = {}           # held and remembered
+        self._held: deque[_Node] = deque()    # in arrival order, released ones dropped lazily
+        self._held_count = 0
+        self._by_id: dict[bytes, _Node] = {}   # held and remembered
+        # Until its other end is found: spans by link key, and every span
+        # with addresses by connection, oldest first (the fallback join for
+        # spans without sequence numbers), one node or a deque of them.
+        # Keyed by ports: an unconnected UDP socket may see its own address
+        # as the wildcard while the other end sees it.
         self._clients_by_key: dict[tuple, _Node] = {}
-        self._servers_by_key: dict[tuple, _Node] = {}  # waiting for their client span
-        # Every span with addresses, by connection, oldest first: the fallback
-        # join for spans without sequence numbers.
-        # Keyed by (client port, server port): an unconnected UDP socket may
-        # see its own address as the wildcard while the other end sees it.
-        self._clients_by_pair: dict[tuple, deque[_Node]] = {}
-        self._servers_by_pair: dict[tuple, deque[_Node]] = {}
+        self._servers_by_key: dict[tuple, _Node] = {}
+        self._clients_by_pair: dict[Hashable, Any] = {}
+        self._servers_by_pair: dict[Hashable, Any] = {}
         self._awaiting_parent: dict[bytes, list[_Node]] = {}
         self._procs: dict[Hashable, _Process] = {}
-        self._pending: list[tuple[int, int, _Node]] = []    # (decide at, order, client)
-        self._deadlines: list[tuple[int, int, _Node]] = []  # (deadline, order, node)
-        self._remembered: deque[tuple[int, _Node]] = deque()  # (forget at, node), release order
+        settle_ns = self.settle_ns
+        self._pending = _DueQueue(lambda node: node.end + settle_ns)   # clients to decide
+        self._deadlines = _DueQueue(lambda node: node.deadline)
+        self._remembered: deque[_Node] = deque()   # in release order; deadline = forget at
         self._stale_threads: set[_Thread] = set()
+        self._contents: dict[tuple, tuple] = {}    # one tuple per (method, path, query)
         self._next_advance = 0
         self.counts: dict[str, int] = {c: 0 for c in CONFIDENCES}
         self.reasons: dict[str, int] = {}
@@ -395,44 +212,56 @@ class SpanLinker:
 
     @property
     def held(self) -> int:
-        return len(self._held)
+        return self._held_count
 
     def stats(self) -> dict[str, Any]:
-        return {"held": len(self._held), "remembered": len(self._remembered),
+        return {"held": self._held_count, "remembered": len(self._remembered),
                 "links": dict(self.counts), "roots": dict(self.reasons), "errors": self.errors}
 
     def add(self, span: dict[str, Any], source: Hashable = None) -> None:
         try:
-            node = _Node(span, (source, span.get("pid")), next(self._order))
+            node = _Node(span, next(self._order), self._contents)
         except (KeyError, TypeError):
             # Not linkable (a span without ids or times); still never dropped.
             self.errors += 1
             self.publish(span)
             return
-        if node.span_id in self._by_id:
+        span_id = node.span_id
+        by_id = self._by_id
+        if span_id in by_id:
             self.errors += 1   # a span seen twice: pass it on untouched
             self.publish(span)
             return
         now = self._clock()
-        node.deadline = max(node.end + self.hold_ns, now + self.min_wait_ns)
-        self._held[node.span_id] = node
-        self._by_id[node.span_id] = node
-        heapq.heappush(self._deadlines, (node.deadline, node.order, node))
-        if node.given_parent:
+        deadline = node.end + self.hold_ns
+        earliest = now + self.min_wait_ns
+        if earliest > deadline:
+            deadline = earliest
+        node.deadline = deadline
+        by_id[span_id] = node
+        held = self._held
+        held.append(node)
+        self._held_count += 1
+        self._deadlines.push(node, deadline)
+        given_parent = node.given_parent
+        if given_parent:
             self._adopt_given_parent(node)
         if node.server:
-            if not node.given_parent:
+            if not given_parent:
                 self._link_server(node)
         else:
             # A client span is the other end for some server span, whatever its own parent.
             self._link_client(node)
-        if self.local_inference and not node.given_parent:
-            self._index_locally(node)
-        for child in self._awaiting_parent.pop(node.span_id, ()):
-            if not child.released:
-                self._attach(child, node, None, None, 0)
-        while len(self._held) > self.max_held:
+        if not given_parent and self.local_inference:
+            self._index_locally(node, span, source)
+        if self._awaiting_parent:
+            for child in self._awaiting_parent.pop(span_id, ()):
+                if not child.released:
+                    self._attach(child, node, None, None, 0)
+        while self._held_count > self.max_held:
             self._evict_oldest()
+        if len(held) > 2 * self._held_count + 1024:
+            self._held = deque(n for n in held if not n.released)
         if now >= self._next_advance:
             self.tick(now)
 
@@ -441,8 +270,7 @@ class SpanLinker:
         self._next_advance = now_unix_ns + ADVANCE_EVERY_NS
         pending = self._pending
         retry = []
-        while pending and pending[0][0] <= now_unix_ns:
-            _, _, client = heapq.heappop(pending)
+        while (client := pending.pop_due(now_unix_ns)) is not None:
             if client.decided:
                 continue
             final = client.deadline <= now_unix_ns
@@ -450,27 +278,28 @@ class SpanLinker:
                 retry.append(client)
         for client in retry:
             # A process with no server span yet: look again at the deadline only.
-            proc = self._procs.get(client.proc)
-            later = now_unix_ns + RETRY_NS if proc is not None and proc.servers else client.deadline
-            heapq.heappush(pending, (min(later, client.deadline), client.order, client))
+            deadline = client.deadline
+            later = now_unix_ns + RETRY_NS if client.thread.proc.servers else deadline
+            pending.push_at(client, later if later < deadline else deadline)
         deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now_unix_ns:
-            _, _, node = heapq.heappop(deadlines)
+        while (node := deadlines.pop_due(now_unix_ns)) is not None:
             if node.released or node.decided and node.parent is not None:
                 continue
             self._settle_as_root(node)
+        held = self._held
+        while held and held[0].released:
+            held.popleft()
         self._forget(now_unix_ns)
 
     def flush(self) -> None:
         """Release everything held, deciding with what is known now (shutdown)."""
-        while self._pending:
-            _, _, client = heapq.heappop(self._pending)
+        while (client := self._pending.pop_due(None)) is not None:
             if not client.decided:
                 self._decide_client(client, final=True)
-        for node in list(self._held.values()):
+        for node in list(self._held):
             if not node.released:
-                top = self._top(node)
-                self._settle_as_root(top)
+                self._settle_as_root(self._top(node))
+        self._held.clear()
         self._deadlines.clear()
 
     # -- linking ---------------------------------------------------------------
@@ -483,82 +312,149 @@ class SpanLinker:
             self._awaiting_parent.setdefault(node.parent_span_id, []).append(node)
 
     def _link_server(self, server: _Node) -> None:
+        pair = server.pair
+        if pair is None:
+            return
         key = server.seq_key
-        if server.pair is not None:
-            self._servers_by_pair.setdefault(_ports(server), deque()).append(server)
         if key is not None:
             client = self._clients_by_key.get(key)
             if (client is not None and not client.has_server_child
                     and self._attach(server, client, EXACT, None, 1)):
-                client.has_server_child = True
+                self._found_server_of(client)
                 return
             self._servers_by_key[key] = server
-        elif server.pair is not None:
+        else:
             # No sequence number on this side: addresses, ports and time.
-            clients = [c for c in self._clients_by_pair.get(_ports(server), ())
-                       if not c.has_server_child and not c.forgotten
-                       and _same_endpoints(c.pair, server.pair)]
-            client = self._closest_in_time(server, clients, as_server=True)
+            client = None
+            group = self._clients_by_pair.get(server.ports)
+            if group is not None:
+                skew = self.clock_skew_ns
+                start, end = server.start, server.end
+                best = None
+                for c in (group,) if group.__class__ is _Node else group:
+                    if (c.has_server_child or c.forgotten or start + skew < c.start
+                            or end > c.end + skew or not same_endpoints(c.pair, pair)):
+                        continue
+                    gap = abs(start - c.start) + abs(c.end - end)
+                    if best is None or gap < best:
+                        best, client = gap, c
             if client is not None and self._attach(server, client, ADDRESS_TIME, None, 1):
-                client.has_server_child = True
+                self._found_server_of(client)
+                return
+        self._index_pair(server, self._servers_by_pair)
 
     def _link_client(self, client: _Node) -> None:
+        pair = client.pair
+        if pair is None:
+            return
         key = client.seq_key
         if key is not None:
-            self._clients_by_key[key] = client
             server = self._servers_by_key.get(key)
             if (server is not None and not server.decided
                     and self._attach(server, client, EXACT, None, 1)):
-                del self._servers_by_key[key]
+                if server.indexed:
+                    self._unindex(server)
                 client.has_server_child = True
-        if client.pair is None:
+                # An older client span with this key is passed over for good,
+                # as when this one replaced it.
+                self._clients_by_key.pop(key, None)
+                client.pair = client.seq_key = client.ports = None
+                return
+            self._clients_by_key[key] = client
+        # A server span without a sequence number, or this client without one.
+        server = None
+        group = self._servers_by_pair.get(client.ports)
+        if group is not None:
+            skew = self.clock_skew_ns
+            start, end = client.start, client.end
+            best = None
+            for s in (group,) if group.__class__ is _Node else group:
+                if (s.decided or s.forgotten or key is not None and s.seq_key is not None
+                        or s.start + skew < start or s.end > end + skew
+                        or not same_endpoints(pair, s.pair)):
+                    continue
+                gap = abs(s.start - start) + abs(end - s.end)
+                if best is None or gap < best:
+                    best, server = gap, s
+        if server is not None and self._attach(server, client, ADDRESS_TIME, None, 1):
+            client.has_server_child = True
+            if server.seq_key is not None:
+                self._servers_by_key.pop(server.seq_key, None)
+            if server.indexed:
+                self._unindex(server)
+            if key is not None and self._clients_by_key.get(key) is client:
+                del self._clients_by_key[key]
+            client.pair = client.seq_key = client.ports = None
             return
-        self._clients_by_pair.setdefault(_ports(client), deque()).append(client)
-        if not client.has_server_child:
-            # A server span without a sequence number, or this client without one.
-            waiting = [s for s in self._servers_by_pair.get(_ports(client), ())
-                       if not s.decided and not s.forgotten and (key is None or s.seq_key is None)
-                       and _same_endpoints(client.pair, s.pair)]
-            server = self._closest_in_time(client, waiting, as_server=False)
-            if server is not None and self._attach(server, client, ADDRESS_TIME, None, 1):
-                client.has_server_child = True
-                if server.seq_key is not None:
-                    self._servers_by_key.pop(server.seq_key, None)
+        self._index_pair(client, self._clients_by_pair)
 
-    def _closest_in_time(self, node: _Node, others: Any, *, as_server: bool) -> _Node | None:
-        """The other end whose exchange contains (or is contained in) ``node``'s, closest first."""
-        skew = self.clock_skew_ns
-        best = None
-        for other in others:
-            server, client = (node, other) if as_server else (other, node)
-            if server.start + skew < client.start or server.end > client.end + skew:
-                continue
-            gap = abs(server.start - client.start) + abs(client.end - server.end)
-            if best is None or gap < best[0]:
-                best = (gap, other)
-        return best[1] if best else None
+    def _index_pair(self, node: _Node, index: dict[Hashable, Any]) -> None:
+        node.indexed = True
+        ports = node.ports
+        group = index.get(ports)
+        if group is None:
+            index[ports] = node
+        elif group.__class__ is _Node:
+            index[ports] = deque((group, node))
+        else:
+            group.append(node)
 
-    def _index_locally(self, node: _Node) -> None:
-        proc = self._procs.get(node.proc)
+    def _found_server_of(self, client: _Node) -> None:
+        """``client`` has its server span: no other will be joined to it."""
+        client.has_server_child = True
+        if client.indexed:
+            self._unindex(client)
+
+    def _unindex(self, node: _Node) -> None:
+        """Take ``node`` out of the key and connection indexes (nothing will join it now)."""
+        node.indexed = False
+        server = node.server
+        key = node.seq_key
+        if key is not None:
+            index = self._servers_by_key if server else self._clients_by_key
+            if index.get(key) is node:
+                del index[key]
+        index = self._servers_by_pair if server else self._clients_by_pair
+        ports = node.ports
+        group = index.get(ports)
+        if group is node:
+            del index[ports]
+        elif group is not None and group.__class__ is not _Node:
+            # One connection's exchanges, oldest first: drop those done with
+            # from the front (the others are skipped by the joins).
+            while group and (group[0].forgotten or (group[0].decided if server
+                                                    else group[0].has_server_child)):
+                group.popleft()
+            if not group:
+                del index[ports]
+        node.pair = node.seq_key = node.ports = None
+
+    def _index_locally(self, node: _Node, span: dict[str, Any], source: Hashable) -> None:
+        key = (source, span.get("pid"))
+        proc = self._procs.get(key)
         if proc is None:
-            proc = self._procs[node.proc] = _Process()
-        thread = proc.threads.get(node.tid)
+            proc = self._procs[key] = _Process(key)
+        tid = span.get("tid")
+        thread = proc.threads.get(tid)
         if thread is None:
-            thread = proc.threads[node.tid] = _Thread()
+            thread = proc.threads[tid] = _Thread(proc, tid)
         thread.add(node)
-        proc.count(node.server)
-        node.local = True
+        node.thread = thread
         if node.server:
+            proc.requests_seen += 1
             proc.servers += 1
-        elif not node.decided:
-            heapq.heappush(self._pending, (node.end + self.settle_ns, node.order, node))
+        else:
+            proc.calls_seen += 1
+            if not node.decided:
+                self._pending.push(node, node.end + self.settle_ns)
+        if proc.requests_seen + proc.calls_seen > CALL_RATIO_WINDOW:
+            proc.requests_seen //= 2
+            proc.calls_seen //= 2
 
     def _decide_client(self, client: _Node, final: bool) -> bool:
         """Find ``client``'s parent in its own process; True once decided."""
-        proc = self._procs.get(client.proc)
-        if proc is None:
-            return False
-        thread = proc.threads.get(client.tid)
+        thread = client.thread
+        proc = thread.proc
         parent, confidence, reason, count = choose_local_parent(client, thread, proc)
         if parent is not None and self._attach(client, parent, confidence, reason, count):
             return True
@@ -566,9 +462,8 @@ class SpanLinker:
             self._settle_as_root(client, AMBIGUOUS, count)
             return True
         if final:
-            others = [s for t in proc.threads.values() if t is not thread
-                      for s in t.open_servers(client)[0]]
-            if len(others) == 1 and self._attach(client, others[0], HEURISTIC, OTHER_THREAD, 1):
+            other = one_server_elsewhere(client, thread, proc)
+            if other is not None and self._attach(client, other, HEURISTIC, OTHER_THREAD, 1):
                 return True
         return False
 
@@ -587,17 +482,24 @@ class SpanLinker:
         child.decided = True
         if confidence is not None:
             self.counts[confidence] += 1
-            if child.span is not None:
-                attrs = child.span.setdefault("attributes", {})
+            span = child.span
+            if span is not None:
+                attrs = span.get("attributes")
+                if attrs is None:
+                    attrs = span["attributes"] = {}
                 attrs[CONFIDENCE_ATTR] = confidence
-                attrs.pop(REASON_ATTR, None)
-                attrs.pop(CANDIDATES_ATTR, None)
                 if reason is not None:
                     attrs[REASON_ATTR] = reason
+                else:
+                    attrs.pop(REASON_ATTR, None)
                 if candidates > 1:
                     attrs[CANDIDATES_ATTR] = candidates
+                else:
+                    attrs.pop(CANDIDATES_ATTR, None)
         if parent.released:
             self._release_tree(child)
+        elif parent.children is None:
+            parent.children = [child]
         else:
             parent.children.append(child)
         return True
@@ -623,10 +525,14 @@ class SpanLinker:
         self._release_tree(node)
 
     def _release_tree(self, top: _Node) -> None:
-        now = self._clock()
+        forget_at = self._clock() + self.remember_ns
+        remembered = self._remembered
+        publish = self.publish
         stack = [top]
         while stack:
             node = stack.pop()
+            if node.released:
+                continue
             parent = node.parent
             if parent is not None:
                 node.trace_id = parent.trace_id
@@ -634,20 +540,28 @@ class SpanLinker:
             span = node.span
             node.released = True
             node.span = None
-            self._held.pop(node.span_id, None)
-            self._remembered.append((now + self.remember_ns, node))
+            self._held_count -= 1
+            node.deadline = forget_at
+            remembered.append(node)
             if node.given_parent:
                 waiting = self._awaiting_parent.get(node.parent_span_id)
                 if waiting is not None and node in waiting:
                     waiting.remove(node)
                     if not waiting:
                         del self._awaiting_parent[node.parent_span_id]
+            if node.server:   # decided: no client span will be joined to it
+                if node.indexed:
+                    self._unindex(node)
+                else:
+                    node.pair = node.seq_key = node.ports = None
             if span is not None:
                 span["trace_id"] = node.trace_id
                 span["parent_span_id"] = node.parent_span_id
-                self.publish(span)
-            stack.extend(node.children)
-            node.children = []
+                publish(span)
+            children = node.children
+            if children is not None:
+                stack.extend(children)
+                node.children = None
 
     def _top(self, node: _Node) -> _Node:
         while node.parent is not None and not node.parent.released:
@@ -655,56 +569,44 @@ class SpanLinker:
         return node
 
     def _evict_oldest(self) -> None:
-        oldest = next(iter(self._held.values()))
-        top = self._top(oldest)
-        self._settle_as_root(top, MEMORY_BOUND)
+        held = self._held
+        while held[0].released:
+            held.popleft()
+        self._settle_as_root(self._top(held[0]), MEMORY_BOUND)
 
     # -- forgetting ---------------------------------------------------------------
 
     def _forget(self, now: int) -> None:
         remembered = self._remembered
-        while remembered and (remembered[0][0] <= now or len(remembered) > self.max_remembered):
-            _, node = remembered.popleft()
-            self._drop_indexes(node)
-        emptied = False
-        for thread in self._stale_threads:
-            thread.compact()
-            emptied = emptied or not (thread.servers or thread.clients)
-        self._stale_threads.clear()
-        if emptied:
-            for key, proc in list(self._procs.items()):
-                proc.threads = {tid: t for tid, t in proc.threads.items() if t.servers or t.clients}
-                if not proc.threads:
-                    del self._procs[key]
+        while remembered and (remembered[0].deadline <= now
+                              or len(remembered) > self.max_remembered):
+            self._drop_indexes(remembered.popleft())
+        if self._stale_threads:
+            for thread in self._stale_threads:
+                thread.compact()
+                if not (thread.servers or thread.clients):
+                    proc = thread.proc
+                    if proc.threads.get(thread.tid) is thread:
+                        del proc.threads[thread.tid]
+                    if not proc.threads and self._procs.get(proc.key) is proc:
+                        del self._procs[proc.key]
+            self._stale_threads.clear()
 
     def _drop_indexes(self, node: _Node) -> None:
         node.forgotten = True
-        node.children = []
+        node.children = None
         node.parent = None   # ancestors need not outlive their descendants' release
         if self._by_id.get(node.span_id) is node:
             del self._by_id[node.span_id]
-        key = node.seq_key
-        if key is not None:
-            index = self._servers_by_key if node.server else self._clients_by_key
-            if index.get(key) is node:
-                del index[key]
-        if node.pair is not None:
-            index = self._servers_by_pair if node.server else self._clients_by_pair
-            group = index.get(_ports(node))
-            if group is not None:
-                # Forgetting goes roughly in arrival order: trim from the front.
-                while group and group[0].forgotten:
-                    group.popleft()
-                if not group:
-                    del index[_ports(node)]
-        proc = self._procs.get(node.proc) if node.local else None
-        if proc is not None:
+        if node.indexed:
+            self._unindex(node)
+        thread = node.thread
+        if thread is not None:
+            node.thread = None
             if node.server:
-                proc.servers -= 1
-            thread = proc.threads.get(node.tid)
-            if thread is not None:
-                # Forgotten spans are skipped by queries; compact once they are
-                # a fair share of the thread's spans.
-                thread.stale += 1
-                if thread.stale * 4 >= len(thread.servers) + len(thread.clients):
-                    self._stale_threads.add(thread)
+                thread.proc.servers -= 1
+            # Forgotten spans are skipped by queries; compact once they are
+            # a fair share of the thread's spans.
+            thread.stale += 1
+            if thread.stale * 4 >= len(thread.servers) + len(thread.clients):
+                self._stale_threads.add(thread)

@@ -4,8 +4,8 @@ The workload is a generated live mix, in completion order (innermost first),
 the shape the agent links:
 
   load (8 client threads) -> nginx-like relay (one event-loop thread, several
-  requests in flight, 4 routes forwarded unchanged) -> service (thread per
-  request) -> stock (thread per request), every hop with a TCP sequence
+  requests in flight, 4 routes forwarded unchanged) -> service (a new thread
+  per request) -> stock (a pool of 16 threads), every hop with a TCP sequence
   number (exact links); one request in ten also makes a UDP lookup without a
   sequence number (address-time link) from the service.
 
@@ -86,7 +86,9 @@ def workload(requests: int, rate: float = 2000.0, seed: int = 1) -> list[dict]:
         load_conn = (("127.0.0.1", port), ("127.0.0.1", 8080))
         svc_conn = (("127.0.0.1", port + 1), ("127.0.0.1", 7001))
         stock_conn = (("127.0.0.1", port + 2), ("127.0.0.1", 7002))
-        svc_tid, stock_tid = 31 + i % 16, 41 + i % 16
+        # The service starts a thread per request (new thread ids, as Python's
+        # ThreadingHTTPServer does); the stock service has a pool of 16.
+        svc_tid, stock_tid = 100_000 + i, 41 + i % 16
         # Times in ms, from the load generator's write of the request.
         nginx_in = t + 0.05
         nginx_out = nginx_in + 0.04

@@ -1,0 +1,214 @@
+"""Finding a client span's parent inside its own process: threads, habits, rules.
+
+The rules, and why they hold, are in ``agent/_linker.py`` and
+docs/trace-linking.md.  Here: the per-thread index of server and client spans
+by start time, what the linker learns about each process (does it forward
+requests unchanged, does it make about one call per request), and the choice.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Hashable
+from typing import Any
+
+from ._linker_node import (AMBIGUOUS, CONTENT, HEURISTIC, NONE, ONLY_CONTAINER, REQUEST_ORDER,
+                           RESPONSE_ORDER, SAME_REQUEST, THREAD, _Node)
+
+# Timing pairs calls with requests in event loops that make at most about
+# one call per request (seen over the last CALL_RATIO_WINDOW spans, and at
+# least RELAY_MIN_REQUESTS requests).
+RELAY_MAX_CALLS_PER_REQUEST = 1.2
+RELAY_MIN_REQUESTS = 8
+CALL_RATIO_WINDOW = 4096
+
+# A process "forwards content" once this many unambiguous links agreed on
+# method+path+query, and at most one in this many disagreed.
+FORWARDING_MIN_AGREE = 3
+FORWARDING_MAX_DISAGREE_RATIO = 10
+
+
+class _Thread:
+    """The server and client spans of one thread, sorted by start, for containment queries.
+
+    The start times are kept in lists of their own so that bisect compares
+    plain ints.  Forgotten spans stay in the lists (queries skip them) until
+    they are a fair share, then ``compact`` drops them.
+    """
+
+    __slots__ = ("servers", "server_starts", "clients", "client_starts", "longest", "stale",
+                 "proc", "tid")
+
+    def __init__(self, proc: _Process, tid: Any) -> None:
+        self.servers: list[_Node] = []
+        self.server_starts: list[int] = []
+        self.clients: list[_Node] = []
+        self.client_starts: list[int] = []
+        self.longest = 0    # no server span here is longer: bounds the backward scan
+        self.stale = 0
+        self.proc = proc
+        self.tid = tid
+
+    def add(self, node: _Node) -> None:
+        start = node.start
+        if node.server:
+            nodes, starts = self.servers, self.server_starts
+            if node.end - start > self.longest:
+                self.longest = node.end - start
+        else:
+            nodes, starts = self.clients, self.client_starts
+        if not starts or starts[-1] <= start:     # spans mostly come in order
+            starts.append(start)
+            nodes.append(node)
+        else:
+            i = bisect_right(starts, start)
+            starts.insert(i, start)
+            nodes.insert(i, node)
+
+    def open_servers(self, client: _Node) -> tuple[list[_Node], int]:
+        """Server spans that started before ``client`` and ended after it, and how
+        many server spans in all were open when ``client`` started."""
+        servers = self.servers
+        start, end = client.start, client.end
+        earliest = start - self.longest
+        containing = []
+        open_at_start = 0
+        i = bisect_right(self.server_starts, start)
+        while i > 0:
+            i -= 1
+            s = servers[i]
+            if s.start < earliest:
+                break
+            if s.forgotten or s.end < start:
+                continue
+            open_at_start += 1
+            if s.end >= end:
+                containing.append(s)
+        return containing, open_at_start
+
+    def clients_within(self, server: _Node) -> list[_Node]:
+        clients = self.clients
+        out = []
+        end = server.end
+        i = bisect_left(self.client_starts, server.start)
+        n = len(clients)
+        while i < n and clients[i].start <= end:
+            c = clients[i]
+            if c.end <= end and not c.forgotten:
+                out.append(c)
+            i += 1
+        return out
+
+    def compact(self) -> None:
+        self.servers = [n for n in self.servers if not n.forgotten]
+        self.server_starts = [n.start for n in self.servers]
+        self.clients = [n for n in self.clients if not n.forgotten]
+        self.client_starts = [n.start for n in self.clients]
+        # Only the spans still here bound the scan (each is checked anyway).
+        self.longest = max((n.end - n.start for n in self.servers), default=0)
+        self.stale = 0
+
+
+class _Process:
+    __slots__ = ("threads", "servers", "agree", "disagree", "requests_seen", "calls_seen", "key")
+
+    def __init__(self, key: Hashable) -> None:
+        self.threads: dict[Any, _Thread] = {}
+        self.servers = 0    # server spans indexed (held or remembered)
+        self.agree = 0      # unambiguous links where the request was forwarded unchanged
+        self.disagree = 0
+        self.requests_seen = 0   # server spans and client spans of this process, halved
+        self.calls_seen = 0      # now and then so that they follow changes
+        self.key = key
+
+    @property
+    def forwards_content(self) -> bool:
+        return (self.agree >= FORWARDING_MIN_AGREE
+                and self.disagree * FORWARDING_MAX_DISAGREE_RATIO <= self.agree)
+
+    @property
+    def relays(self) -> bool:
+        """At most about one call per request: timing pairs calls with requests.
+
+        Where a request makes several calls (or several at once), an event
+        loop interleaves their steps with other requests' and the first or
+        last event of a request no longer sits next to its call; measured on
+        an asyncio service with two calls per request, timing pairings were
+        wrong more often than right.  Such processes get no timing guesses.
+        """
+        return (self.requests_seen >= RELAY_MIN_REQUESTS
+                and self.calls_seen <= RELAY_MAX_CALLS_PER_REQUEST * self.requests_seen)
+
+
+def _unique_min(items: list[_Node], key) -> _Node | None:
+    """The item with the smallest key, or None on a tie for smallest."""
+    best = second = None
+    for item in items:
+        k = key(item)
+        if best is None or k < best[0]:
+            best, second = (k, item), best
+        elif second is None or k < second[0]:
+            second = (k, item)
+    if best is None or (second is not None and second[0] == best[0]):
+        return None
+    return best[1]
+
+
+def choose_local_parent(client: _Node, thread: _Thread, proc: _Process
+                        ) -> tuple[_Node | None, str, str | None, int]:
+    """The server span of ``client``'s own thread that caused it.
+
+    Returns (parent or None, confidence, reason, number of candidates);
+    (None, NONE, None, 0) means no candidate has been seen yet.
+    """
+    candidates, open_at_start = thread.open_servers(client)
+    if not candidates:
+        return None, NONE, None, 0
+    count = len(candidates)
+    if count == 1:
+        parent = candidates[0]
+        if client.content is not None and parent.content is not None:
+            if client.content == parent.content:
+                proc.agree += 1
+            else:
+                proc.disagree += 1
+        if open_at_start > 1:
+            # Other requests were in flight on this thread (an event loop) but
+            # ended before this call did.
+            return parent, HEURISTIC, ONLY_CONTAINER, open_at_start
+        return parent, THREAD, None, 1
+    pool = candidates
+    if proc.forwards_content and client.content is not None:
+        same = [s for s in candidates if s.content == client.content]
+        if len(same) == 1:
+            return same[0], CONTENT, SAME_REQUEST, count
+        if same:
+            pool = same
+    if not proc.relays:
+        return None, NONE, AMBIGUOUS, count
+    # An event loop relays: it writes a request's response right after reading
+    # the response it was waiting for, and writes the upstream request right
+    # after reading the request that needs it.  Trust either pairing only
+    # when it is mutual.
+    by_response = _unique_min(pool, lambda s: s.end - client.end)
+    if by_response is not None and _unique_min(
+            thread.clients_within(by_response), lambda c: by_response.end - c.end) is client:
+        return by_response, HEURISTIC, RESPONSE_ORDER, count
+    by_request = _unique_min(pool, lambda s: client.start - s.start)
+    if by_request is not None and _unique_min(
+            thread.clients_within(by_request), lambda c: c.start - by_request.start) is client:
+        return by_request, HEURISTIC, REQUEST_ORDER, count
+    return None, NONE, AMBIGUOUS, count
+
+
+def one_server_elsewhere(client: _Node, thread: _Thread, proc: _Process) -> _Node | None:
+    """The only server span of the process open around ``client`` on another thread."""
+    found = None
+    for other in proc.threads.values():
+        if other is thread:
+            continue
+        for server in other.open_servers(client)[0]:
+            if found is not None:
+                return None
+            found = server
+    return found
