@@ -18,7 +18,7 @@ V = TypeVar("V")
 class BoundedTable(Generic[K, V]):
     """``get`` refreshes an entry; inserting past ``capacity`` evicts the stalest."""
 
-    __slots__ = ("_items", "_touched", "capacity", "evicted")
+    __slots__ = ("_items", "_touched", "capacity", "evicted", "peek")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -27,6 +27,9 @@ class BoundedTable(Generic[K, V]):
         self._touched: dict[K, int] = {}
         self.capacity = capacity
         self.evicted = 0
+        # peek(key) -> value or None, leaving recency alone: for callers that
+        # refresh entries themselves, less often than they read them.
+        self.peek: Callable[[K], V | None] = self._items.get
 
     def __len__(self) -> int:
         return len(self._items)

@@ -21,9 +21,13 @@ from .protocols import EGRESS, INGRESS, REGISTRY, ConnectionHints, ProtocolHandl
 DETECT_ATTEMPTS = 4
 # Connections idle this long are forgotten (their parser flushed first).
 IDLE_TIMEOUT_NS = 300 * 1_000_000_000
-# Per connection: (timestamp, tid) of recent data events, to name the thread
-# that handled an exchange.
+# Per connection: the (timestamp, tid) of recent data events where the thread
+# changed, to name the thread that handled an exchange.
 TID_HISTORY = 64
+# A connection's place in the table is refreshed at most this often: exact
+# recency costs a table update per event, and eviction and the idle timeout
+# need it to the second at most.
+TOUCH_NS = 1_000_000_000
 
 # The kernel's protocol guess (st_event.app_proto) -> the handler's ``name``.
 HINT_NAMES = {
@@ -42,7 +46,7 @@ _F_PEER_FROM_ARG = int(Flag.PEER_FROM_ARG)
 _F_SEQ_VALID = int(Flag.SEQ_VALID)
 _DATA, _CONN_OPEN, _CONN_CLOSE = int(Kind.DATA), int(Kind.CONN_OPEN), int(Kind.CONN_CLOSE)
 
-_DIRECTION_NAME = {Direction.INGRESS: INGRESS, Direction.EGRESS: EGRESS}
+_DIRECTION_NAME = {int(Direction.INGRESS): INGRESS, int(Direction.EGRESS): EGRESS}
 _ROLE_NAME = {Role.CLIENT: "client", Role.SERVER: "server", Role.UNKNOWN: "unknown"}
 
 
@@ -52,7 +56,8 @@ class Connection:
     __slots__ = (
         "conn_id", "tgid", "comm", "family", "l4_proto", "role",
         "local_address", "local_port", "remote_address", "remote_port",
-        "protocol", "parser", "detect_left", "tids", "events", "net_attrs", "_remote_raw",
+        "protocol", "parser", "detect_left", "tids", "tid", "touched", "events", "net_attrs",
+        "_remote_raw",
     )
 
     def __init__(self, ev: Event) -> None:
@@ -70,8 +75,11 @@ class Connection:
         self.protocol: str | None = None
         self.parser: ProtocolHandler | None = None
         self.detect_left = DETECT_ATTEMPTS
-        # timestamp -> tid of recent data events, oldest first (insertion order).
+        # timestamp -> tid of the data events where the thread changed, oldest
+        # first (insertion order); ``tid`` is the latest event's thread.
         self.tids: dict[int, int] = {}
+        self.tid: int | None = None
+        self.touched = ev.ts_ns  # when its place in the table was last refreshed
         self.events = 0
         # network attributes for (server side, client side) spans, built once.
         self.net_attrs: dict[bool, dict[str, Any]] = {}
@@ -89,16 +97,27 @@ class Connection:
             self.net_attrs = {}
 
     def note_tid(self, ts_ns: int, tid: int) -> None:
-        tids = self.tids
-        tids[ts_ns] = tid
-        if len(tids) > TID_HISTORY:
-            del tids[next(iter(tids))]
+        if tid != self.tid:
+            self.tid = tid
+            tids = self.tids
+            tids[ts_ns] = tid
+            if len(tids) > TID_HISTORY:
+                del tids[next(iter(tids))]
 
     def tid_at(self, ts_ns: int | None, default: int) -> int:
-        return self.tids.get(ts_ns, default) if ts_ns is not None else default
+        """The thread of the data event at ``ts_ns``, or ``default`` if it is too old or unknown."""
+        tids = self.tids
+        if ts_ns is None or not tids:
+            return default
+        if ts_ns >= next(reversed(tids)):
+            return self.tid  # the usual case: no thread change since
+        for at, tid in reversed(tids.items()):
+            if at <= ts_ns:
+                return tid
+        return default
 
     def last_tid(self) -> int:
-        return next(reversed(self.tids.values())) if self.tids else self.tgid
+        return self.tid if self.tid is not None else self.tgid
 
 
 class Pipeline:
@@ -117,6 +136,7 @@ class Pipeline:
         self.hinted = {int(value): by_name[name] for value, name in HINT_NAMES.items() if name in by_name}
         self.clock = clock or WallClock()
         self.connections: BoundedTable[int, Connection] = BoundedTable(max_connections)
+        self._peek = self.connections.peek
         self.events = 0
         self.spans = 0
         self.parse_errors = 0
@@ -128,20 +148,46 @@ class Pipeline:
         self.opaque_events = 0
         # connections the kernel gave up on after the agent had recognised them
         self.opaque_conflicts = 0
-        self.last_ts = 0
 
     # -- events --------------------------------------------------------------
 
     def handle(self, ev: Event) -> None:
         self.events += 1
-        self.last_ts = ev.ts_ns
         kind = ev.kind
         if kind == _DATA:
-            if ev.flags & _F_OPAQUE:
+            flags = ev.flags
+            if flags & _F_OPAQUE:
                 # The kernel gave up on this connection: no payload, nothing to parse.
                 self.opaque_events += 1
                 return
-            self._data(ev)
+            # The usual event, bytes of a connection already being parsed, the
+            # short way; anything else as _data does it.
+            conn = self._peek(ev.conn_id)
+            if (conn is None or conn.parser is None or flags & _F_PEER_FROM_ARG
+                    or ev.app_proto == _OPAQUE or ev.ret <= 0):
+                self._data(ev, conn)
+                return
+            ts = ev.ts_ns
+            if ts - conn.touched > TOUCH_NS:
+                self.connections.get(ev.conn_id, ts)
+                conn.touched = ts
+            conn.events += 1
+            tid = ev.tid
+            if tid != conn.tid:
+                conn.note_tid(ts, tid)
+            direction = _DIRECTION_NAME.get(ev.direction)
+            if direction is None:
+                return
+            try:
+                exchanges = conn.parser.feed(direction, ev.payload, ev.ret, ts,
+                                             ev.tcp_seq if flags & _F_SEQ_VALID else None)
+            except Exception:  # a parser bug must not take the agent down
+                self.parse_errors += 1
+                conn.parser = None
+                conn.protocol = "unparseable"
+                return
+            for facts in exchanges:
+                self._emit(conn, facts, tid)
         elif kind == _CONN_OPEN:
             self._connection(ev)
         elif kind == _CONN_CLOSE:
@@ -151,14 +197,18 @@ class Pipeline:
 
     def _connection(self, ev: Event) -> Connection:
         conn = self.connections.get(ev.conn_id, ev.ts_ns)
-        if conn is None:
+        if conn is not None:
+            conn.touched = ev.ts_ns
+        else:
             conn = Connection(ev)
             for _, old in self.connections.put(ev.conn_id, conn, ev.ts_ns):
                 self._flush(old, None)
         return conn
 
-    def _data(self, ev: Event) -> None:
-        conn = self._connection(ev)
+    def _data(self, ev: Event, conn: Connection | None) -> None:
+        """A DATA event off the short way; ``conn`` is its connection if known."""
+        if conn is None:
+            conn = self._connection(ev)
         conn.events += 1
         if ev.flags & _F_PEER_FROM_ARG:
             conn.set_peer(ev)

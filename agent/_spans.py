@@ -64,6 +64,9 @@ def build_span(facts: SpanFacts, conn: Any, protocol: str, tid: int, clock: Any)
         attrs["sidetrace.tcp.response_seq"] = facts.response_seq
     offset = clock.offset
     start = facts.start_ns
+    end = facts.end_ns
+    if end < start:
+        end = start
     span = {
         "type": "span",
         "trace_id": _getrandbits(128).to_bytes(16, "little"),
@@ -72,7 +75,7 @@ def build_span(facts: SpanFacts, conn: Any, protocol: str, tid: int, clock: Any)
         "name": facts.name,
         "kind": "server" if server_side else "client",
         "start_time_unix_nano": start + offset,
-        "end_time_unix_nano": max(facts.end_ns, start) + offset,
+        "end_time_unix_nano": end + offset,
         "pid": conn.tgid,
         "tid": tid,
         "comm": conn.comm,

@@ -176,7 +176,7 @@ class _Message:
     """One request or response as it goes by."""
 
     __slots__ = ("start_ns", "seq", "start_off", "end_ns", "size", "method", "target", "version",
-                 "status", "reason", "head", "lowered", "body_size", "flags", "done")
+                 "status", "reason", "head", "lowered", "body_size", "flags", "done", "text")
 
     def __init__(self, start_ns: int, seq: int | None, start_off: int) -> None:
         self.start_ns = start_ns
@@ -194,12 +194,53 @@ class _Message:
         self.body_size = 0
         self.flags = 0
         self.done = False
+        # The request line as text (see _line_text), when the fast path had it cached.
+        self.text: tuple[str, str | None, str | None, str | None, str] | None = None
 
 
 _FLAG_CACHE: dict[int, ExchangeFlags] = {}
 _FLAG_NAMES: dict[int, list[str]] = {}
 # Status lines seen ("HTTP/1.1 200 OK\r\n") -> (version, status, reason), bounded.
 _STATUS_LINES: dict[bytes, tuple[bytes, int, bytes]] = {}
+# Request lines seen ("GET /a?b HTTP/1.1\r\n") -> (method, target, version, _line_text(...)):
+# clients repeat them, and parsing and decoding one costs more than a look-up.
+# Bounded in entries and in line length; cleared when full.
+_REQUEST_LINES: dict[bytes, tuple[bytes, bytes, bytes, tuple[str, str | None, str | None, str | None, str]]] = {}
+_CACHED_LINES = 1024
+_CACHED_LINE_BYTES = 256
+# A head up to this size is remembered per direction of a connection, so the
+# next message with the same header fields skips the framing scan.
+_CACHED_HEAD_BYTES = 1024
+
+
+def _line_text(method: bytes | None, target: bytes | None,
+               version: bytes | None) -> tuple[str | None, str | None, str | None, str | None, str | None]:
+    """(method, target, path, query, version) as str, from a request line's parts."""
+    method_text = method.decode("ascii") if method else None
+    version_text = version.decode("ascii") if version else None
+    if not target:
+        return (method_text, None, None, None, version_text)
+    text = target.decode("latin-1")
+    path, question, query = text.partition("?")
+    if "://" in path:  # absolute form, as sent to proxies
+        rest = path.partition("://")[2]
+        slash = rest.find("/")
+        path = rest[slash:] if slash >= 0 else "/"
+    return (method_text, text, path, query if question else None, version_text)
+
+
+def _request_line(line: bytes) -> tuple[bytes, bytes, bytes, tuple] | None:
+    """A request line (through its "\n") parsed and described, remembered; None if it is not one."""
+    m = _REQUEST_LINE.match(line)
+    if m is None:
+        return None
+    method, target, version = m.groups()
+    entry = (method, target, version, _line_text(method, target, version))
+    if len(line) <= _CACHED_LINE_BYTES:
+        if len(_REQUEST_LINES) >= _CACHED_LINES:
+            _REQUEST_LINES.clear()
+        _REQUEST_LINES[line] = entry
+    return entry
 
 
 class Exchange:
@@ -274,19 +315,11 @@ class Exchange:
         req = self._req
         if req is None:
             line = self._line = (None, None, None, None, None)
-            return line
-        method = req.method.decode("ascii") if req.method else None
-        version = req.version.decode("ascii") if req.version else None
-        if req.target:
-            target = req.target.decode("latin-1")
-            path, question, query = target.partition("?")
-            if "://" in path:  # absolute form, as sent to proxies
-                rest = path.partition("://")[2]
-                slash = rest.find("/")
-                path = rest[slash:] if slash >= 0 else "/"
-            line = self._line = (method, target, path, query if question else None, version)
         else:
-            line = self._line = (method, None, None, None, version)
+            line = req.text
+            if line is None:
+                line = _line_text(req.method, req.target, req.version)
+            self._line = line
         return line
 
     @property
@@ -465,7 +498,7 @@ class _Parser:
     """The messages of one direction: requests or responses."""
 
     __slots__ = ("conn", "is_request", "state", "buf", "scan_from", "remaining", "msg",
-                 "offset", "resyncs")
+                 "offset", "resyncs", "last_head")
 
     def __init__(self, conn: Http1Connection, is_request: bool) -> None:
         self.conn = conn
@@ -477,6 +510,9 @@ class _Parser:
         self.msg: _Message | None = None
         self.offset = 0          # stream offset of the current feed's first byte
         self.resyncs = 0
+        # The fast path's last head and its framing: (head from the start
+        # line's "\n", Content-Length, chunked, head.lower() or None).
+        self.last_head: tuple[bytes, int | None, bool, bytes | None] | None = None
 
     def feed(self, data: bytes, total: int, ts: int, seq: int | None) -> None:
         if self.state != _HEAD or self.buf or not _FAST_PATH:
@@ -486,20 +522,21 @@ class _Parser:
         # case on a keep-alive connection).  It gets the same results as _head
         # and _after_head in fewer steps, and leaves anything out of the
         # ordinary to them, deciding so before it changes any state.
+        # The start line ends at the first newline whether it matches or not,
+        # so the line's bytes alone decide: request and status lines repeat.
+        nl = data.find(b"\n", 0, MAX_HEAD_BYTES)
+        if nl < 0:
+            self._feed(data, 0, total, ts, seq)
+            return
         is_request = self.is_request
         if is_request:
-            m = _REQUEST_LINE.match(data)
-            if m is None:
-                self._feed(data, 0, total, ts, seq)
-                return
-            nl = m.end() - 1
+            line = _REQUEST_LINES.get(data[:nl + 1])
+            if line is None:
+                line = _request_line(data[:nl + 1])
+                if line is None:
+                    self._feed(data, 0, total, ts, seq)
+                    return
         else:
-            # The start line ends at the first newline whether it matches or
-            # not, so the line's bytes alone decide: status lines repeat.
-            nl = data.find(b"\n", 0, MAX_HEAD_BYTES)
-            if nl < 0:
-                self._feed(data, 0, total, ts, seq)
-                return
             line = _STATUS_LINES.get(data[:nl + 1])
             if line is None:
                 m = _STATUS_LINE.match(data)
@@ -512,33 +549,44 @@ class _Parser:
                     if len(_STATUS_LINES) >= 256:
                         _STATUS_LINES.clear()
                     _STATUS_LINES[data[:nl + 1]] = line
-        # One scan of the fields for what decides the framing: the first empty
-        # line, Content-Length and Transfer-Encoding (RFC 9112, 6.3).
-        length: int | None = None
-        chunked = False
-        lowered = None
-        scan = _FRAMING_FIELDS.search(data, nl, MAX_HEAD_BYTES)
-        found = scan.lastindex if scan is not None else None
-        if found == 2:
-            length = int(scan.group(2))
-            scan = _FRAMING_FIELDS.search(data, scan.end(), MAX_HEAD_BYTES)
-            found = scan.lastindex if scan is not None else None
-        if found == 1:
-            # "\r\n\r\n" with no bare "\n\n" before it and at most one plain Content-Length.
-            head_end = scan.end()
+        # What decides the framing: the first empty line, Content-Length and
+        # Transfer-Encoding (RFC 9112, 6.3).  Header fields byte for byte the
+        # same as the last head's (after a start line ending in CRLF, as that
+        # one's did) are framed the same way.
+        last = self.last_head
+        if (last is not None and data.startswith(last[0], nl) and data[nl - 1] == 13
+                and nl + len(last[0]) <= MAX_HEAD_BYTES):
+            head, length, chunked, lowered = last
+            head_end = nl + len(head)
         else:
-            # Transfer-Encoding, a repeated or odd Content-Length, a bare LF, no
-            # end: as _head and _after_head do it, or all the way their way.
-            stop = data.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES)
-            if stop < 0 or data.find(b"\n\n", 0, stop) >= 0:
-                self._feed(data, 0, total, ts, seq)
-                return
-            head_end = stop + 4
-            lowered = data[nl:head_end].lower()
-            length, chunked, bad = _framing(lowered, is_request)
-            if bad:
-                self._feed(data, 0, total, ts, seq)
-                return
+            length = None
+            chunked = False
+            lowered = None
+            scan = _FRAMING_FIELDS.search(data, nl, MAX_HEAD_BYTES)
+            found = scan.lastindex if scan is not None else None
+            if found == 2:
+                length = int(scan.group(2))
+                scan = _FRAMING_FIELDS.search(data, scan.end(), MAX_HEAD_BYTES)
+                found = scan.lastindex if scan is not None else None
+            if found == 1:
+                # "\r\n\r\n" with no bare "\n\n" before it and at most one plain Content-Length.
+                head_end = scan.end()
+            else:
+                # Transfer-Encoding, a repeated or odd Content-Length, a bare LF, no
+                # end: as _head and _after_head do it, or all the way their way.
+                stop = data.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES)
+                if stop < 0 or data.find(b"\n\n", 0, stop) >= 0:
+                    self._feed(data, 0, total, ts, seq)
+                    return
+                head_end = stop + 4
+                lowered = data[nl:head_end].lower()
+                length, chunked, bad = _framing(lowered, is_request)
+                if bad:
+                    self._feed(data, 0, total, ts, seq)
+                    return
+            head = data[nl:head_end]
+            if head_end - nl <= _CACHED_HEAD_BYTES and data[nl - 1] == 13:
+                self.last_head = (head, length, chunked, lowered)
         conn = self.conn
         pending = conn._pending
         if is_request:
@@ -546,8 +594,8 @@ class _Parser:
                 self._feed(data, 0, total, ts, seq)
                 return
             msg = _Message(ts, None if seq is None else seq & _SEQ_MASK, self.offset)
-            msg.method, msg.target, msg.version = m.groups()
-            msg.head = data[nl:head_end]
+            msg.method, msg.target, msg.version, msg.text = line
+            msg.head = head
             msg.lowered = lowered
             pending.append(msg)
             if length is None:
@@ -579,7 +627,7 @@ class _Parser:
             msg.version = version
             msg.status = status
             msg.reason = reason
-            msg.head = data[nl:head_end]
+            msg.head = head
             msg.lowered = lowered
             if not chunked and head_end + length == total == len(data):
                 # The whole response and nothing else: the exchange is complete.
@@ -712,8 +760,7 @@ class _Parser:
             self.scan_from = len(buf)
             if before < 64 and not self._plausible_start(bytes(buf[:64])):
                 self.buf = bytearray()
-                self.msg = None
-                return self._lose(data, pos, end, ts)
+                return self._lose_buffered(data, pos, end, ts)
             if len(buf) >= MAX_HEAD_BYTES:
                 self._salvage_head()
             return piece_end
@@ -721,8 +768,7 @@ class _Parser:
         head = bytes(buf[:head_end])
         self.buf = bytearray()
         if not self._parse_head(msg, head, 0, head_end):
-            self.msg = None
-            return self._lose(data, pos, end, ts)
+            return self._lose_buffered(data, pos, end, ts)
         return self._after_head(msg, pos + head_end - before, ts)
 
     def _plausible_start(self, prefix: bytes) -> bool:
@@ -939,6 +985,15 @@ class _Parser:
         self.state = _LOST
         self.resyncs += 1
         return self._resync(data, pos + 1, end, ts)
+
+    def _lose_buffered(self, data: bytes, pos: int, end: int, ts: int) -> int:
+        """The buffered start of a head was not one after all: look for a message
+        from ``pos`` on, where this syscall's bytes begin (the likeliest place
+        for one to start)."""
+        self.msg = None
+        self.state = _LOST
+        self.resyncs += 1
+        return self._resync(data, pos, end, ts)
 
     def _lost_after_head(self, msg: _Message, pos: int, ts: int, flag: int) -> int:
         msg.flags |= flag

@@ -245,6 +245,16 @@ def test_resync_finds_a_start_line_after_a_newline_inside_a_chunk():
     assert ex.path == "/index.html" and ex.response_body_size == 5
 
 
+def test_a_start_line_at_a_syscall_start_wins_over_an_unfinished_garbage_head():
+    # "H" could begin a status line, so it waits for more; glued to the next
+    # syscall's status line it is not one, and that status line is taken from
+    # the syscall's start instead of being lost with the garbage.
+    ok0 = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    exchanges = run("server", [(IN, b"H"), (OUT, b"H"), (IN, GET), (OUT, ok0), (IN, GET), (OUT, OK5)])
+    assert [(e.method, e.status_code, e.response_body_size) for e in exchanges] == [
+        ("HGET", 200, 0), ("GET", 200, 5)]
+
+
 def test_garbage_request_line_is_not_taken_for_a_request():
     exchanges = run("server", [(IN, b"NOT HTTP AT ALL\r\n\r\n"), (IN, GET), (OUT, OK5)])
     assert [(e.path, e.flags) for e in exchanges] == [("/index.html", F.NONE)]

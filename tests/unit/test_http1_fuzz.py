@@ -149,7 +149,10 @@ def test_garbage_before_a_conversation_is_skipped(garbage, conversation):
     out = feed_all(steps)
     # The garbage may swallow at most the first exchange (it can look like an
     # unfinished head that the first request completes); the rest are intact.
-    tail = [expected(ex) for ex in conversation[1:]]
+    # Except after a HEAD: garbage glued to its method ("AHEAD") leaves its
+    # response framed as if it had a body, which eats into the next response.
+    swallowed = 2 if conversation[0]["method"] == "HEAD" else 1
+    tail = [expected(ex) for ex in conversation[swallowed:]]
     assert summary(out)[len(out) - len(tail):] == tail
 
 

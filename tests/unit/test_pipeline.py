@@ -6,7 +6,7 @@ import socket
 
 from agent._clock import WallClock
 from agent._events import IPPROTO_TCP, AppProto, Direction, Event, Flag, Kind, Role
-from agent._pipeline import DETECT_ATTEMPTS, HINT_NAMES, IDLE_TIMEOUT_NS, Pipeline
+from agent._pipeline import DETECT_ATTEMPTS, HINT_NAMES, IDLE_TIMEOUT_NS, TID_HISTORY, TOUCH_NS, Pipeline
 from agent.protocols import REGISTRY
 from wire import validate
 
@@ -102,6 +102,40 @@ def test_connection_table_is_bounded_and_idle_connections_expire():
     assert len(pipe.connections) == 4 and pipe.connections.evicted == 6
     assert pipe.expire_idle(now_ns=IDLE_TIMEOUT_NS + 100) == 4
     assert len(pipe.connections) == 0
+
+
+def test_busy_connections_keep_their_place_in_the_table():
+    pipe, _ = pipeline()
+    second = 1_000_000_000
+    for conn in range(4):
+        pipe.handle(event(conn=conn, ts=conn, payload=REQ))
+    # Connection 0 stays busy; its place is refreshed however rarely.
+    pipe.handle(event(conn=0, ts=TOUCH_NS + 10, direction=Direction.EGRESS, payload=RESP))
+    pipe.handle(event(conn=4, ts=TOUCH_NS + 20, payload=REQ))
+    assert 0 in pipe.connections and 1 not in pipe.connections
+    for i in range(1, 301):
+        pipe.handle(event(conn=0, ts=i * second, payload=REQ))
+        pipe.handle(event(conn=0, ts=i * second + 5, direction=Direction.EGRESS, payload=RESP))
+    assert pipe.expire_idle(now_ns=IDLE_TIMEOUT_NS + 300 * second) == 3
+    assert len(pipe.connections) == 1 and 0 in pipe.connections
+
+
+def test_spans_name_the_thread_that_took_the_request():
+    pipe, spans = pipeline()
+    ts = 0
+    # One thread reads requests, another writes responses; then a third
+    # reads one; then many exchanges on one thread (past TID_HISTORY events).
+    for read_tid, write_tid in [(111, 112), (111, 112), (113, 112)] + [(114, 114)] * (TID_HISTORY + 5):
+        pipe.handle(event(ts=ts + 1, payload=REQ, tid=read_tid))
+        pipe.handle(event(ts=ts + 2, direction=Direction.EGRESS, payload=RESP, tid=write_tid))
+        ts += 10
+    assert [s["tid"] for s in spans] == [111, 111, 113] + [114] * (TID_HISTORY + 5)
+    # A pipelined burst: requests on one thread, then all responses on another.
+    for i in range(3):
+        pipe.handle(event(ts=ts + i, payload=REQ, tid=200 + i))
+    for i in range(3):
+        pipe.handle(event(ts=ts + 10 + i, direction=Direction.EGRESS, payload=RESP, tid=300))
+    assert [s["tid"] for s in spans[-3:]] == [200, 201, 202]
 
 
 def test_malformed_traffic_never_raises():
