@@ -112,6 +112,9 @@ class SpanServer:
         self.stats_interval = stats_interval
         self.stats_source = stats_source
         self.spans_published = 0
+        # Messages publish() encoded: at most one per message, whatever the
+        # number of subscribers, and none for a message nobody takes.
+        self.messages_encoded = 0
         self._hello = encode_item(make_hello(
             agent_version if agent_version is not None else _own_version(),
             host_name=host_name, boot_id=boot_id, queue_size=queue_size))
@@ -137,14 +140,19 @@ class SpanServer:
         if kind == "stats":
             self.publish_stats(msg)
             return
-        if kind == "span":
+        is_span = kind == "span"
+        if is_span:
             self.spans_published += 1
-        if not self._subscribers:
-            return
-        encoded = cbor2.dumps(msg)
+        encoded = None
         for sub in self._subscribers.values():
-            if kind == "span" and not sub.filter.matches(msg):
+            if is_span and not sub.filter.matches(msg):
                 continue
+            if len(sub.queue) >= sub.limit:
+                sub.dropped += 1  # as offer() would, without encoding for nobody
+                continue
+            if encoded is None:
+                encoded = cbor2.dumps(msg)
+                self.messages_encoded += 1
             sub.offer(encoded)
 
     def publish_stats(self, fields: Mapping[str, Any] | None = None, **more: Any) -> None:

@@ -255,6 +255,36 @@ async def test_server_side_filter(sock_path):
         server.close()
 
 
+async def test_a_message_is_encoded_once_and_only_for_someone_who_takes_it(sock_path):
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery, sock_path, queue_size=4)
+        for n in range(3):
+            server.publish(span(n))
+        assert (server.spans_published, server.messages_encoded) == (3, 0)
+        dns_only, first, second = [await RawSubscriber.connect(sock_path) for _ in range(3)]
+        for sub in (dns_only, first, second):
+            assert (await sub.receive())["type"] == "hello"
+        await dns_only.send({"type": "filter", "protocols": ["dns"]})
+        await wait_until(lambda: any(i.filter != wire.SpanFilter() for i in server.subscribers),
+                         "filter applied")
+        server.publish(span(3))
+        server.publish(span(4, protocol="dns"))
+        assert server.messages_encoded == 2
+        for sub in (first, second):
+            assert [(await sub.receive())["attributes"]["n"] for _ in range(2)] == [3, 4]
+        assert (await dns_only.receive())["attributes"]["n"] == 4
+        # Queues of 4 and no chance to write: the rest is dropped unencoded.
+        for n in range(5, 15):
+            server.publish(span(n))
+        assert server.messages_encoded == 2 + 4
+        dropped = {i.id: i.dropped for i in server.subscribers}
+        assert sorted(dropped.values()) == [0, 6, 6]
+        assert [(await first.receive())["attributes"]["n"] for _ in range(4)] == [5, 6, 7, 8]
+        for sub in (dns_only, first, second):
+            await sub.aclose()
+        server.close()
+
+
 async def test_client_filter_and_changing_it(sock_path):
     async with trio.open_nursery() as nursery:
         server = await start_server(nursery, sock_path)
