@@ -105,24 +105,25 @@ class _DueQueue:
 
     Spans arrive about in the order they end, so most are pushed in due
     order: those go to a deque (no tuple, no sifting); the others, and
-    retries, to a heap.  ``due(node)`` must give the time a node was pushed
-    with for as long as it is not released; a released node has nothing left
-    to do here and is dropped when it comes first.
+    retries, to a heap.  A node's due time is its ``end`` plus ``offset``, or
+    its ``deadline`` if ``offset`` is None; it must stay the time the node was
+    pushed with for as long as the node is not released (a released node has
+    nothing left to do here and is dropped when it comes first).
     """
 
-    __slots__ = ("inorder", "last", "heap", "due")
+    __slots__ = ("inorder", "last", "heap", "offset")
 
-    def __init__(self, due: Callable[[_Node], int]) -> None:
+    def __init__(self, offset: int | None) -> None:
         self.inorder: deque[_Node] = deque()
         self.last = 0
         self.heap: list[tuple[int, int, _Node]] = []
-        self.due = due
+        self.offset = offset
 
     def __len__(self) -> int:
         return len(self.inorder) + len(self.heap)
 
     def push(self, node: _Node, at: int) -> None:
-        """Queue ``node`` for time ``at`` = ``due(node)``."""
+        """Queue ``node`` for its due time ``at``."""
         inorder = self.inorder
         if at >= self.last or not inorder:
             inorder.append(node)
@@ -141,7 +142,7 @@ class _DueQueue:
             inorder.popleft()
         if inorder:
             first = inorder[0]
-            at = self.due(first)
+            at = first.deadline if self.offset is None else first.end + self.offset
             if not heap or at < heap[0][0] or at == heap[0][0] and first.order < heap[0][1]:
                 if now is not None and at > now:
                     return None
@@ -197,9 +198,8 @@ class SpanLinker:
         self._servers_by_pair: dict[Hashable, Any] = {}
         self._awaiting_parent: dict[bytes, list[_Node]] = {}
         self._procs: dict[Hashable, _Process] = {}
-        settle_ns = self.settle_ns
-        self._pending = _DueQueue(lambda node: node.end + settle_ns)   # clients to decide
-        self._deadlines = _DueQueue(lambda node: node.deadline)
+        self._pending = _DueQueue(settle_ns)      # clients to decide, at end + settle_ns
+        self._deadlines = _DueQueue(None)
         self._remembered: deque[_Node] = deque()   # in release order; deadline = forget at
         self._stale_threads: set[_Thread] = set()
         self._contents: dict[tuple, tuple] = {}    # one tuple per (method, path, query)
@@ -242,7 +242,12 @@ class SpanLinker:
         held = self._held
         held.append(node)
         self._held_count += 1
-        self._deadlines.push(node, deadline)
+        deadlines = self._deadlines
+        if deadline >= deadlines.last or not deadlines.inorder:
+            deadlines.inorder.append(node)
+            deadlines.last = deadline
+        else:
+            deadlines.push(node, deadline)
         given_parent = node.given_parent
         if given_parent:
             self._adopt_given_parent(node)
@@ -320,7 +325,10 @@ class SpanLinker:
             client = self._clients_by_key.get(key)
             if (client is not None and not client.has_server_child
                     and self._attach(server, client, EXACT, None, 1)):
-                self._found_server_of(client)
+                client.has_server_child = True
+                if client.indexed:
+                    self._unindex(client)
+                server.pair = server.seq_key = server.ports = None
                 return
             self._servers_by_key[key] = server
         else:
@@ -339,9 +347,20 @@ class SpanLinker:
                     if best is None or gap < best:
                         best, client = gap, c
             if client is not None and self._attach(server, client, ADDRESS_TIME, None, 1):
-                self._found_server_of(client)
+                client.has_server_child = True
+                if client.indexed:
+                    self._unindex(client)
+                server.pair = server.seq_key = server.ports = None
                 return
-        self._index_pair(server, self._servers_by_pair)
+        server.indexed = True
+        index = self._servers_by_pair
+        group = index.get(server.ports)
+        if group is None:
+            index[server.ports] = server
+        elif group.__class__ is _Node:
+            index[server.ports] = deque((group, server))
+        else:
+            group.append(server)
 
     def _link_client(self, client: _Node) -> None:
         pair = client.pair
@@ -352,8 +371,15 @@ class SpanLinker:
             server = self._servers_by_key.get(key)
             if (server is not None and not server.decided
                     and self._attach(server, client, EXACT, None, 1)):
-                if server.indexed:
-                    self._unindex(server)
+                if server.indexed:   # (not if this client came released, and released it)
+                    server.indexed = False
+                    del self._servers_by_key[key]
+                    index = self._servers_by_pair
+                    if index.get(server.ports) is server:
+                        del index[server.ports]
+                        server.pair = server.seq_key = server.ports = None
+                    else:
+                        self._unindex(server)
                 client.has_server_child = True
                 # An older client span with this key is passed over for good,
                 # as when this one replaced it.
@@ -386,24 +412,15 @@ class SpanLinker:
                 del self._clients_by_key[key]
             client.pair = client.seq_key = client.ports = None
             return
-        self._index_pair(client, self._clients_by_pair)
-
-    def _index_pair(self, node: _Node, index: dict[Hashable, Any]) -> None:
-        node.indexed = True
-        ports = node.ports
-        group = index.get(ports)
+        client.indexed = True
+        index = self._clients_by_pair
+        group = index.get(client.ports)
         if group is None:
-            index[ports] = node
+            index[client.ports] = client
         elif group.__class__ is _Node:
-            index[ports] = deque((group, node))
+            index[client.ports] = deque((group, client))
         else:
-            group.append(node)
-
-    def _found_server_of(self, client: _Node) -> None:
-        """``client`` has its server span: no other will be joined to it."""
-        client.has_server_child = True
-        if client.indexed:
-            self._unindex(client)
+            group.append(client)
 
     def _unindex(self, node: _Node) -> None:
         """Take ``node`` out of the key and connection indexes (nothing will join it now)."""
@@ -438,15 +455,29 @@ class SpanLinker:
         thread = proc.threads.get(tid)
         if thread is None:
             thread = proc.threads[tid] = _Thread(proc, tid)
-        thread.add(node)
         node.thread = thread
+        start = node.start
         if node.server:
             proc.requests_seen += 1
             proc.servers += 1
+            if node.end - start > thread.longest:
+                thread.longest = node.end - start
+            nodes = thread.servers
         else:
             proc.calls_seen += 1
+            nodes = thread.clients
             if not node.decided:
-                self._pending.push(node, node.end + self.settle_ns)
+                due = node.end + self.settle_ns
+                pending = self._pending
+                if due >= pending.last or not pending.inorder:
+                    pending.inorder.append(node)
+                    pending.last = due
+                else:
+                    pending.push(node, due)
+        if not nodes or nodes[-1].start <= start:     # spans mostly come in start order
+            nodes.append(node)
+        else:
+            thread.insert(nodes, node)
         if proc.requests_seen + proc.calls_seen > CALL_RATIO_WINDOW:
             proc.requests_seen //= 2
             proc.calls_seen //= 2
@@ -455,6 +486,8 @@ class SpanLinker:
         """Find ``client``'s parent in its own process; True once decided."""
         thread = client.thread
         proc = thread.proc
+        if not proc.servers:     # none indexed in the whole process: nothing to choose from
+            return False
         parent, confidence, reason, count = choose_local_parent(client, thread, proc)
         if parent is not None and self._attach(client, parent, confidence, reason, count):
             return True
@@ -490,18 +523,22 @@ class SpanLinker:
                 attrs[CONFIDENCE_ATTR] = confidence
                 if reason is not None:
                     attrs[REASON_ATTR] = reason
-                else:
-                    attrs.pop(REASON_ATTR, None)
+                elif REASON_ATTR in attrs:
+                    del attrs[REASON_ATTR]
                 if candidates > 1:
                     attrs[CANDIDATES_ATTR] = candidates
-                else:
-                    attrs.pop(CANDIDATES_ATTR, None)
+                elif CANDIDATES_ATTR in attrs:
+                    del attrs[CANDIDATES_ATTR]
         if parent.released:
             self._release_tree(child)
-        elif parent.children is None:
-            parent.children = [child]
         else:
-            parent.children.append(child)
+            children = parent.children
+            if children is None:
+                parent.children = child    # the usual one child, without a list
+            elif children.__class__ is _Node:
+                parent.children = [children, child]
+            else:
+                children.append(child)
         return True
 
     def _settle_as_root(self, node: _Node, reason: str | None = None, candidates: int = 0) -> None:
@@ -560,7 +597,10 @@ class SpanLinker:
                 publish(span)
             children = node.children
             if children is not None:
-                stack.extend(children)
+                if children.__class__ is _Node:
+                    stack.append(children)
+                else:
+                    stack.extend(children)
                 node.children = None
 
     def _top(self, node: _Node) -> _Node:
@@ -578,9 +618,28 @@ class SpanLinker:
 
     def _forget(self, now: int) -> None:
         remembered = self._remembered
+        by_id = self._by_id
+        stale = self._stale_threads
         while remembered and (remembered[0].deadline <= now
                               or len(remembered) > self.max_remembered):
-            self._drop_indexes(remembered.popleft())
+            node = remembered.popleft()
+            node.forgotten = True
+            node.children = None
+            node.parent = None   # ancestors need not outlive their descendants' release
+            if by_id.get(node.span_id) is node:
+                del by_id[node.span_id]
+            if node.indexed:
+                self._unindex(node)
+            thread = node.thread
+            if thread is not None:
+                node.thread = None
+                if node.server:
+                    thread.proc.servers -= 1
+                # Forgotten spans are skipped by queries; compact once they are
+                # a fair share of the thread's spans.
+                thread.stale += 1
+                if thread.stale * 4 >= len(thread.servers) + len(thread.clients):
+                    stale.add(thread)
         if self._stale_threads:
             for thread in self._stale_threads:
                 thread.compact()
@@ -591,22 +650,3 @@ class SpanLinker:
                     if not proc.threads and self._procs.get(proc.key) is proc:
                         del self._procs[proc.key]
             self._stale_threads.clear()
-
-    def _drop_indexes(self, node: _Node) -> None:
-        node.forgotten = True
-        node.children = None
-        node.parent = None   # ancestors need not outlive their descendants' release
-        if self._by_id.get(node.span_id) is node:
-            del self._by_id[node.span_id]
-        if node.indexed:
-            self._unindex(node)
-        thread = node.thread
-        if thread is not None:
-            node.thread = None
-            if node.server:
-                thread.proc.servers -= 1
-            # Forgotten spans are skipped by queries; compact once they are
-            # a fair share of the thread's spans.
-            thread.stale += 1
-            if thread.stale * 4 >= len(thread.servers) + len(thread.clients):
-                self._stale_threads.add(thread)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Hashable
+from operator import attrgetter
 from typing import Any
 
 from ._linker_node import (AMBIGUOUS, CONTENT, HEURISTIC, NONE, ONLY_CONTAINER, REQUEST_ORDER,
@@ -28,52 +29,44 @@ FORWARDING_MIN_AGREE = 3
 FORWARDING_MAX_DISAGREE_RATIO = 10
 
 
+_start = attrgetter("start")
+
+
 class _Thread:
     """The server and client spans of one thread, sorted by start, for containment queries.
 
-    The start times are kept in lists of their own so that bisect compares
-    plain ints.  Forgotten spans stay in the lists (queries skip them) until
-    they are a fair share, then ``compact`` drops them.
+    Forgotten spans stay in the lists (queries skip them) until they are a
+    fair share, then ``compact`` drops them.  (A thread per request makes one
+    of these per request: two lists, no more.)
     """
 
-    __slots__ = ("servers", "server_starts", "clients", "client_starts", "longest", "stale",
-                 "proc", "tid")
+    __slots__ = ("servers", "clients", "longest", "stale", "proc", "tid")
 
     def __init__(self, proc: _Process, tid: Any) -> None:
         self.servers: list[_Node] = []
-        self.server_starts: list[int] = []
         self.clients: list[_Node] = []
-        self.client_starts: list[int] = []
         self.longest = 0    # no server span here is longer: bounds the backward scan
         self.stale = 0
         self.proc = proc
         self.tid = tid
 
-    def add(self, node: _Node) -> None:
-        start = node.start
-        if node.server:
-            nodes, starts = self.servers, self.server_starts
-            if node.end - start > self.longest:
-                self.longest = node.end - start
-        else:
-            nodes, starts = self.clients, self.client_starts
-        if not starts or starts[-1] <= start:     # spans mostly come in order
-            starts.append(start)
-            nodes.append(node)
-        else:
-            i = bisect_right(starts, start)
-            starts.insert(i, start)
-            nodes.insert(i, node)
+    @staticmethod
+    def insert(nodes: list[_Node], node: _Node) -> None:
+        """Put ``node`` in ``nodes`` (``servers`` or ``clients``) in start order, after
+        those with the same start.  (The linker appends those that come in order.)"""
+        nodes.insert(bisect_right(nodes, node.start, key=_start), node)
 
     def open_servers(self, client: _Node) -> tuple[list[_Node], int]:
         """Server spans that started before ``client`` and ended after it, and how
         many server spans in all were open when ``client`` started."""
         servers = self.servers
+        if not servers:
+            return [], 0
         start, end = client.start, client.end
         earliest = start - self.longest
         containing = []
         open_at_start = 0
-        i = bisect_right(self.server_starts, start)
+        i = bisect_right(servers, start, key=_start)
         while i > 0:
             i -= 1
             s = servers[i]
@@ -90,7 +83,7 @@ class _Thread:
         clients = self.clients
         out = []
         end = server.end
-        i = bisect_left(self.client_starts, server.start)
+        i = bisect_left(clients, server.start, key=_start)
         n = len(clients)
         while i < n and clients[i].start <= end:
             c = clients[i]
@@ -101,9 +94,7 @@ class _Thread:
 
     def compact(self) -> None:
         self.servers = [n for n in self.servers if not n.forgotten]
-        self.server_starts = [n.start for n in self.servers]
         self.clients = [n for n in self.clients if not n.forgotten]
-        self.client_starts = [n.start for n in self.clients]
         # Only the spans still here bound the scan (each is checked anyway).
         self.longest = max((n.end - n.start for n in self.servers), default=0)
         self.stale = 0

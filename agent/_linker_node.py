@@ -113,7 +113,7 @@ class _Node:
         self.indexed = False
         self.thread = None          # its thread's index, when inferred locally
         self.parent: _Node | None = None
-        self.children: list[_Node] | None = None
+        self.children: _Node | list[_Node] | None = None    # one child, or a list of them
         self.decided = False        # the parent (or rootness) is final
         self.released = False
         self.forgotten = False
