@@ -56,8 +56,8 @@ class Connection:
     __slots__ = (
         "conn_id", "tgid", "comm", "family", "l4_proto", "role",
         "local_address", "local_port", "remote_address", "remote_port",
-        "protocol", "parser", "detect_left", "tids", "tid", "touched", "events", "net_attrs",
-        "_remote_raw",
+        "protocol", "parser", "detect_left", "tids", "tid", "tid_since", "touched", "events",
+        "net_attrs", "_remote_raw",
     )
 
     def __init__(self, ev: Event) -> None:
@@ -79,6 +79,7 @@ class Connection:
         # first (insertion order); ``tid`` is the latest event's thread.
         self.tids: dict[int, int] = {}
         self.tid: int | None = None
+        self.tid_since = -1  # timestamp of the first event of ``tid`` (-1: none yet)
         self.touched = ev.ts_ns  # when its place in the table was last refreshed
         self.events = 0
         # network attributes for (server side, client side) spans, built once.
@@ -99,6 +100,7 @@ class Connection:
     def note_tid(self, ts_ns: int, tid: int) -> None:
         if tid != self.tid:
             self.tid = tid
+            self.tid_since = ts_ns
             tids = self.tids
             tids[ts_ns] = tid
             if len(tids) > TID_HISTORY:
@@ -106,12 +108,11 @@ class Connection:
 
     def tid_at(self, ts_ns: int | None, default: int) -> int:
         """The thread of the data event at ``ts_ns``, or ``default`` if it is too old or unknown."""
-        tids = self.tids
-        if ts_ns is None or not tids:
+        if ts_ns is None or self.tid is None:
             return default
-        if ts_ns >= next(reversed(tids)):
+        if ts_ns >= self.tid_since:
             return self.tid  # the usual case: no thread change since
-        for at, tid in reversed(tids.items()):
+        for at, tid in reversed(self.tids.items()):
             if at <= ts_ns:
                 return tid
         return default
@@ -286,8 +287,9 @@ class Pipeline:
         return matched
 
     def _emit(self, conn: Connection, facts: SpanFacts, fallback_tid: int) -> None:
-        tid = conn.tid_at(facts.start_ns, fallback_tid)
         try:
+            start = facts.start_ns
+            tid = conn.tid if start >= conn.tid_since >= 0 else conn.tid_at(start, fallback_tid)
             span = build_span(facts, conn, conn.protocol or "unknown", tid, self.clock)
         except Exception:
             self.parse_errors += 1

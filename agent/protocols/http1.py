@@ -202,11 +202,10 @@ _FLAG_CACHE: dict[int, ExchangeFlags] = {}
 _FLAG_NAMES: dict[int, list[str]] = {}
 # Status lines seen ("HTTP/1.1 200 OK\r\n") -> (version, status, reason), bounded.
 _STATUS_LINES: dict[bytes, tuple[bytes, int, bytes]] = {}
-# Request lines seen ("GET /a?b HTTP/1.1\r\n") -> (method, target, version, _line_text(...)):
-# clients repeat them, and parsing and decoding one costs more than a look-up.
-# Bounded in entries and in line length; cleared when full.
-_REQUEST_LINES: dict[bytes, tuple[bytes, bytes, bytes, tuple[str, str | None, str | None, str | None, str]]] = {}
-_CACHED_LINES = 1024
+# A request line up to this size is remembered per connection: a keep-alive
+# client often repeats it, and parsing and decoding one costs more than a
+# comparison.  (Remembered across connections, lines that never repeat cost
+# more to keep and drop than they save.)
 _CACHED_LINE_BYTES = 256
 # A head up to this size is remembered per direction of a connection, so the
 # next message with the same header fields skips the framing scan.
@@ -230,17 +229,12 @@ def _line_text(method: bytes | None, target: bytes | None,
 
 
 def _request_line(line: bytes) -> tuple[bytes, bytes, bytes, tuple] | None:
-    """A request line (through its "\n") parsed and described, remembered; None if it is not one."""
+    """A request line (through its "\n") parsed and described; None if it is not one."""
     m = _REQUEST_LINE.match(line)
     if m is None:
         return None
     method, target, version = m.groups()
-    entry = (method, target, version, _line_text(method, target, version))
-    if len(line) <= _CACHED_LINE_BYTES:
-        if len(_REQUEST_LINES) >= _CACHED_LINES:
-            _REQUEST_LINES.clear()
-        _REQUEST_LINES[line] = entry
-    return entry
+    return (method, target, version, _line_text(method, target, version))
 
 
 class Exchange:
@@ -498,7 +492,7 @@ class _Parser:
     """The messages of one direction: requests or responses."""
 
     __slots__ = ("conn", "is_request", "state", "buf", "scan_from", "remaining", "msg",
-                 "offset", "resyncs", "last_head")
+                 "offset", "resyncs", "last_line", "last_head")
 
     def __init__(self, conn: Http1Connection, is_request: bool) -> None:
         self.conn = conn
@@ -510,6 +504,8 @@ class _Parser:
         self.msg: _Message | None = None
         self.offset = 0          # stream offset of the current feed's first byte
         self.resyncs = 0
+        # The fast path's last request line (through its "\n") and _request_line's answer.
+        self.last_line: tuple[bytes, tuple] | None = None
         # The fast path's last head and its framing: (head from the start
         # line's "\n", Content-Length, chunked, head.lower() or None).
         self.last_head: tuple[bytes, int | None, bool, bytes | None] | None = None
@@ -524,19 +520,25 @@ class _Parser:
         # ordinary to them, deciding so before it changes any state.
         # The start line ends at the first newline whether it matches or not,
         # so the line's bytes alone decide: request and status lines repeat.
-        nl = data.find(b"\n", 0, MAX_HEAD_BYTES)
-        if nl < 0:
-            self._feed(data, 0, total, ts, seq)
-            return
         is_request = self.is_request
         if is_request:
-            line = _REQUEST_LINES.get(data[:nl + 1])
-            if line is None:
-                line = _request_line(data[:nl + 1])
+            last = self.last_line
+            if last is not None and data.startswith(last[0]):
+                nl = len(last[0]) - 1
+                line = last[1]
+            else:
+                nl = data.find(b"\n", 0, MAX_HEAD_BYTES)
+                line = _request_line(data[:nl + 1]) if nl >= 0 else None
                 if line is None:
                     self._feed(data, 0, total, ts, seq)
                     return
+                if nl < _CACHED_LINE_BYTES:
+                    self.last_line = (data[:nl + 1], line)
         else:
+            nl = data.find(b"\n", 0, MAX_HEAD_BYTES)
+            if nl < 0:
+                self._feed(data, 0, total, ts, seq)
+                return
             line = _STATUS_LINES.get(data[:nl + 1])
             if line is None:
                 m = _STATUS_LINE.match(data)
