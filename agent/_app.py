@@ -5,6 +5,13 @@ One trio nursery holds: the span server, one reader task per online CPU
 a housekeeping task (target rescans, idle connections, clock drift).  SIGINT
 and SIGTERM cancel the nursery; leaving the ``with`` blocks detaches the
 programs, closes the rings and removes the socket.
+
+The kernel batches events per CPU (one perf record per batch).  What sends a
+CPU's batch when that CPU has no more traced syscalls is the agent itself:
+one plain thread per online CPU (``CpuFlushers``, never touching trio),
+pinned to its CPU, writes zero bytes to /dev/null every FLUSH_PERIOD; the
+tracer sends that CPU's batch, or a heartbeat, on such a write by the agent.
+If a thread cannot be pinned, the tracer is loaded with batching off.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import os
 import signal
 import struct
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,8 +32,9 @@ import trio
 import bpfobj
 from wire import SpanServer
 
+from ._batches import BATCH_COUNTER_NAMES, CorruptBatch, split_batch
 from ._clock import WallClock
-from ._events import COUNTER_NAMES, MalformedEvent, decode_event
+from ._events import COUNTER_NAMES
 from ._linker import SpanLinker
 from ._merge import CpuMerger
 from ._pipeline import Pipeline
@@ -45,9 +54,98 @@ PID_TRACED = 1
 PID_BY_COMM = 1 << 2
 COMM_SELECTED = 1
 _U32 = struct.Struct("<I")
-# Kernel counters that count work, not errors.
-_NOT_ERRORS = frozenset({"events", "connections", "truncated", "proto_known", "proto_opaque", "opaque_data"})
+# Kernel counters (slots of the `counters` map, in order) and those that count work, not errors.
+KERNEL_COUNTER_NAMES = COUNTER_NAMES + BATCH_COUNTER_NAMES
+_NOT_ERRORS = frozenset({"events", "connections", "truncated", "proto_known", "proto_opaque", "opaque_data",
+                         "batches", "heartbeats"})
 _U64 = struct.Struct("<Q")
+# How often each CPU's batch is flushed when nothing else sends it: the
+# latency added to quiet CPUs, and the step of the merge horizon.
+FLUSH_PERIOD = 0.010
+# The oldest event a busy CPU's batch may hold before the next append sends it.
+BATCH_MAX_AGE_NS = 2_000_000
+# Time for every flusher thread to pin itself at start.
+FLUSHER_START_SECONDS = 5.0
+
+
+class CpuFlushers:
+    """One thread per CPU, pinned there, making the tracer's flush call.
+
+    Each thread writes zero bytes to /dev/null every ``period`` seconds; the
+    tracer's sys_exit_write program sees a zero-byte write by the agent's
+    tgid and sends that CPU's batch (a heartbeat when it is empty).  A
+    thread that finds itself moved off its CPU (the CPU went offline; the
+    kernel then widens the thread's affinity) logs it, records the CPU in
+    ``stopped`` and ends.  The threads touch nothing but their fd and these
+    attributes; ``close`` stops and joins them.
+    """
+
+    def __init__(self, cpus: list[int], period: float = FLUSH_PERIOD) -> None:
+        self.cpus = list(cpus)
+        self.period = period
+        self.failed: dict[int, str] = {}   # CPU -> why its thread could not be pinned
+        self.stopped: list[int] = []       # CPUs whose thread ended while running
+        self.running = False               # every thread started and pinned
+        self.flushes = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+
+    def start(self) -> bool:
+        """Start the threads; True when every one is pinned to its CPU."""
+        ready = []
+        for cpu in self.cpus:
+            pinned = threading.Event()
+            thread = threading.Thread(target=self._run, args=(cpu, pinned), name=f"sidetrace-flush-{cpu}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+            ready.append((cpu, pinned))
+        deadline = time.monotonic() + FLUSHER_START_SECONDS
+        for cpu, pinned in ready:
+            if not pinned.wait(max(0.0, deadline - time.monotonic())):
+                self.failed.setdefault(cpu, "its thread did not start in time")
+        self.running = not self.failed
+        return self.running
+
+    def _run(self, cpu: int, pinned: threading.Event) -> None:
+        try:
+            os.sched_setaffinity(0, {cpu})  # 0: this thread only
+        except OSError as exc:
+            self.failed[cpu] = f"cannot pin a thread to it: {exc.strerror or exc}"
+            pinned.set()
+            return
+        pinned.set()
+        fd, only = self._fd, {cpu}
+        while not self._stop.wait(self.period):
+            if os.sched_getaffinity(0) != only:
+                log.warning("cpu %d: the batch flusher was moved off its CPU (offline?); "
+                            "events of that CPU are no longer waited for", cpu)
+                self.stopped.append(cpu)
+                return
+            try:
+                os.write(fd, b"")
+            except OSError as exc:
+                log.warning("cpu %d: batch flush failed, flusher stopped: %s", cpu, exc)
+                self.stopped.append(cpu)
+                return
+            self.flushes += 1
+
+    def close(self) -> None:
+        self.running = False
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "CpuFlushers":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class AgentError(Exception):
@@ -58,15 +156,19 @@ class Agent:
     """The running agent's state: everything except the trio tasks."""
 
     def __init__(self, collection: bpfobj.Collection, rings: bpfobj.PerfEventArray,
-                 server: SpanServer, selection: TargetSelection, max_connections: int) -> None:
+                 server: SpanServer, selection: TargetSelection, max_connections: int,
+                 flushers: CpuFlushers | None = None) -> None:
         self.collection = collection
         self.rings = rings
         self.server = server
         self.clock = WallClock()
         self.linker = SpanLinker(server.publish)
         self.pipeline = Pipeline(self.linker.add, clock=self.clock, max_connections=max_connections)
-        self.merger = CpuMerger([ring.cpu for ring in rings])
-        self.lost = {ring.cpu: 0 for ring in rings}
+        # Batching is on exactly when flushers run (see serve).
+        self.flushers = flushers
+        self.merger = CpuMerger([ring.cpu for ring in rings], by_flush=flushers is not None)
+        self._forgotten = 0
+        self.lost_batches = {ring.cpu: 0 for ring in rings}
         self.malformed = 0
         self.corrupt_batches = 0
         self.samples = 0
@@ -100,19 +202,36 @@ class Agent:
         started = time.monotonic_ns()
         result = ring.read()
         if result.lost:
-            self.lost[ring.cpu] += result.lost
+            self.lost_batches[ring.cpu] += result.lost
         merger = self.merger
-        push = merger.push
+        extend = merger.extend
+        flushed = 0
         for raw in result.samples:
             try:
-                push(decode_event(raw))
-            except MalformedEvent:
+                flush_ns, _, events = split_batch(raw)
+            except CorruptBatch as exc:
                 self.malformed += 1
+                log.debug("cpu %d: %s", ring.cpu, exc)
+                continue
+            extend(events)
+            if flush_ns > flushed:
+                flushed = flush_ns
         self.samples += len(result.samples)
-        merger.mark_drained(ring.cpu, started)
+        if merger.by_flush:
+            if flushed:
+                merger.mark_flushed(ring.cpu, flushed)
+        else:
+            merger.mark_drained(ring.cpu, started)
         handle = self.pipeline.handle
         for ev in merger.pop_ready():
             handle(ev)
+
+    def forget_stopped_cpus(self) -> None:
+        """Stop waiting for CPUs whose flusher ended (from the trio side)."""
+        stopped = self.flushers.stopped if self.flushers is not None else []
+        while self._forgotten < len(stopped):
+            self.merger.forget(stopped[self._forgotten])
+            self._forgotten += 1
 
     def flush(self) -> None:
         """Drain every ring and complete what can be completed (shutdown)."""
@@ -126,20 +245,35 @@ class Agent:
         self.pipeline.close()
         self.linker.flush()
 
-    def kernel_counters(self) -> dict[str, int]:
+    def kernel_counters_per_cpu(self) -> dict[str, list[int]]:
+        """Each kernel counter, one value per possible CPU."""
         counters = self.collection.maps["counters"]
         out = {}
-        for slot, name in enumerate(COUNTER_NAMES):
+        for slot, name in enumerate(KERNEL_COUNTER_NAMES):
             per_cpu = counters.lookup(slot) or []
-            out[name] = sum(_U64.unpack(v)[0] for v in per_cpu)
+            out[name] = [_U64.unpack(v)[0] for v in per_cpu]
         return out
 
+    def kernel_counters(self) -> dict[str, int]:
+        return {name: sum(values) for name, values in self.kernel_counters_per_cpu().items()}
+
     def stats(self) -> dict[str, Any]:
-        errors = self.kernel_counters()
+        per_cpu = self.kernel_counters_per_cpu()
+        errors = {name: sum(values) for name, values in per_cpu.items()}
+        lost = per_cpu.get("lost_events", [])
         pids, pids_by_comm = self.pid_counts()
         return {
             "events": self.pipeline.events,
-            "lost_events": [self.lost[cpu] for cpu in sorted(self.lost)],
+            # events in batches the kernel could not write (ring full), per CPU ring
+            "lost_events": [lost[cpu] if cpu < len(lost) else 0 for cpu in sorted(self.lost_batches)],
+            "lost_batches": [self.lost_batches[cpu] for cpu in sorted(self.lost_batches)],
+            "batching": {
+                "on": self.flushers is not None,
+                "batches": errors.get("batches", 0),
+                "heartbeats": errors.get("heartbeats", 0),
+                "flushes": self.flushers.flushes if self.flushers is not None else 0,
+                "cpus_not_flushed": sorted(self.flushers.stopped) if self.flushers is not None else [],
+            },
             "map_fill": {
                 "pids": pids,
                 "pids_by_comm": pids_by_comm,
@@ -159,7 +293,7 @@ class Agent:
                 "hints_refuted": self.pipeline.hints_refuted,
                 "opaque_conflicts": self.pipeline.opaque_conflicts,
             },
-            "malformed_events": self.malformed,
+            "malformed_batches": self.malformed,
             "corrupt_ring_batches": self.corrupt_batches,
             "parse_errors": self.pipeline.parse_errors,
             "connections_evicted": self.pipeline.connections.evicted,
@@ -184,6 +318,7 @@ async def _housekeeping(agent: Agent) -> None:
     last_clock = time.monotonic()
     while True:
         await trio.sleep(HOUSEKEEPING_SECONDS)
+        agent.forget_stopped_cpus()
         try:
             agent.targets.rescan()
         except (OSError, bpfobj.BpfError) as exc:
@@ -199,6 +334,9 @@ async def _until_signal(agent: "Agent", cancel_scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("received %s, shutting down", signal.Signals(signum).name)
+            if agent.flushers is not None:
+                # let every CPU's flusher send what its batch holds
+                await trio.sleep(3 * agent.flushers.period)
             agent.flush()
             # Let the subscribers' writers send what the flush queued.
             await trio.sleep(SHUTDOWN_GRACE_SECONDS)
@@ -220,16 +358,40 @@ async def serve(args: argparse.Namespace, *, task_status=trio.TASK_STATUS_IGNORE
     selection = TargetSelection(pids=frozenset(args.pid), comms=frozenset(args.comm))
     if not 1 <= args.payload_bytes <= 4096:
         raise AgentError("--payload-bytes must be between 1 and 4096")
-    spec = bpfobj.load_object_spec(TRACER_OBJECT).with_constants(
-        trace_all=1 if selection.everything else 0,
-        agent_tgid=os.getpid(),
-        max_payload=args.payload_bytes,
-    )
-    bpfobj.ensure_tracefs()
+    with start_flushers(bpfobj.online_cpus()) as flushers:
+        spec = bpfobj.load_object_spec(TRACER_OBJECT).with_constants(
+            trace_all=1 if selection.everything else 0,
+            agent_tgid=os.getpid(),
+            max_payload=args.payload_bytes,
+            **batching_constants(flushers),
+        )
+        bpfobj.ensure_tracefs()
+        await _serve_loaded(args, spec, selection, flushers, task_status)
+
+
+def start_flushers(cpus: list[int]) -> CpuFlushers:
+    """Flushers for ``cpus``, started; closed again (batching off) if any CPU
+    cannot be flushed.  Decided before loading: .rodata is frozen at load."""
+    flushers = CpuFlushers(cpus)
+    if not flushers.start():
+        why = "; ".join(f"cpu {cpu}: {reason}" for cpu, reason in sorted(flushers.failed.items()))
+        log.warning("per-CPU event batching off (every event sent alone, at a higher kernel cost): %s", why)
+        flushers.close()
+    return flushers
+
+
+def batching_constants(flushers: CpuFlushers) -> dict[str, int]:
+    """The tracer's .rodata for batching: on exactly when every CPU has a flusher."""
+    return {"batching": 1 if flushers.running else 0, "batch_max_age_ns": BATCH_MAX_AGE_NS}
+
+
+async def _serve_loaded(args: argparse.Namespace, spec, selection: TargetSelection, flushers: CpuFlushers,
+                        task_status) -> None:
     with bpfobj.Collection(spec) as collection:
         with bpfobj.PerfEventArray(collection.maps["events"], pages=args.ring_pages) as rings:
             server = SpanServer(args.socket, stats_interval=args.stats_interval)
-            agent = Agent(collection, rings, server, selection, args.max_connections)
+            agent = Agent(collection, rings, server, selection, args.max_connections,
+                          flushers if flushers.running else None)
             server.stats_source = agent.stats
             agent.load_comms()
             agent.targets.rescan()

@@ -12,10 +12,15 @@ median ns per call over ROUNDS rounds.  The same loop runs under:
   empty2      empty programs on sys_enter AND sys_exit of the data syscalls
               (the floor of an enter+exit design, for comparison)
   full-miss   sidetrace.bpf.o, loop process not traced (pid filter miss)
-  full        sidetrace.bpf.o, loop process traced: one event per call with
-              64 B of payload, drained by a reader thread (as the agent does);
-              every message starts with "GET " so the connection is classified
-              HTTP/1 by its first event and stays on the full path
+  full        sidetrace.bpf.o, loop process traced, batching off: one event
+              per call with 64 B of payload, each sent at once in its own batch
+              record, drained by a reader thread (as the agent does); every
+              message starts with "GET " so the connection is classified HTTP/1
+              by its first event and stays on the full path
+  full-batched  the same with batching on, loaded as the agent loads it: this
+              process is the agent (agent_tgid) and runs the agent's flushers
+              (one thread pinned per CPU, a zero-byte write every 10 ms); events
+              collect in per-CPU batches, one perf record per batch
   opaque      traced, but the messages are 'x' bytes: after ST_PROTO_TRIES
               events the connection is OPAQUE and its calls are dropped in the
               kernel (drop_opaque = 1, the default): no copy, no record
@@ -49,7 +54,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bpfobj import Collection, PerfEventArray, load_object_spec  # noqa: E402
+from agent._app import CpuFlushers, batching_constants  # noqa: E402
+from agent._batches import split_batch  # noqa: E402
+from bpfobj import Collection, PerfEventArray, load_object_spec, online_cpus  # noqa: E402
 
 FULL_OBJ = REPO / "bpfobj" / "bpf" / "sidetrace.bpf.o"
 EMPTY_OBJ = REPO / "tests" / "bpf" / "empty_hooks.bpf.o"
@@ -83,7 +90,7 @@ def foreign_tracers() -> list[str]:
 
 # Start of every message in `full`: a protocol the tracer recognises (HTTP/1).
 CLASSIFIED_PREFIX = "GET "
-TRACED = ("full", "opaque", "opaque-hdr")
+TRACED = ("full", "full-batched", "opaque", "opaque-hdr")
 
 
 def run_loop(exe: Path, args: argparse.Namespace, register=None, prefix: str | None = None) -> tuple[float, float]:
@@ -126,7 +133,8 @@ class Drainer:
 
     def __init__(self, coll: Collection) -> None:
         self.rings = PerfEventArray(coll.maps["events"], pages=4096)
-        self.samples = 0
+        self.samples = 0  # perf records (batches, heartbeats included)
+        self.events = 0
         self.lost = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -134,17 +142,18 @@ class Drainer:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            r = self.rings.read_all()
-            self.samples += len(r.samples)
-            self.lost += r.lost
+            self._take(self.rings.read_all())
             time.sleep(0.001)
+
+    def _take(self, r) -> None:
+        self.samples += len(r.samples)
+        self.events += sum(len(split_batch(s).events) for s in r.samples)
+        self.lost += r.lost
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-        r = self.rings.read_all()
-        self.samples += len(r.samples)
-        self.lost += r.lost
+        self._take(self.rings.read_all())
         self.rings.close()
 
 
@@ -167,7 +176,21 @@ def condition(name: str, exe: Path, args: argparse.Namespace, stats: dict | None
             if stats is not None:
                 stats.update(prog_stats(coll, ("read", "write")))
             return result
-    spec = load_object_spec(FULL_OBJ).with_constants(drop_opaque=0 if name == "opaque-hdr" else 1)
+    flushers = CpuFlushers(online_cpus() if name == "full-batched" else [])
+    try:
+        if name == "full-batched" and not flushers.start():
+            raise SystemExit(f"bench_syscall_cost: cannot pin flushers: {flushers.failed}")
+        return traced_condition(name, exe, args, stats, flushers)
+    finally:
+        flushers.close()
+
+
+def traced_condition(name: str, exe: Path, args: argparse.Namespace, stats: dict | None,
+                     flushers: CpuFlushers) -> tuple[float, float]:
+    constants = dict(drop_opaque=0 if name == "opaque-hdr" else 1)
+    if name == "full-batched":
+        constants.update(agent_tgid=os.getpid(), **batching_constants(flushers))
+    spec = load_object_spec(FULL_OBJ).with_constants(**constants)
     with Collection(spec) as coll:
         _own(coll)
         coll.attach_all()
@@ -180,15 +203,17 @@ def condition(name: str, exe: Path, args: argparse.Namespace, stats: dict | None
 
         try:
             result = run_loop(exe, args, register if traced else None,
-                              CLASSIFIED_PREFIX if name == "full" else None)
+                              CLASSIFIED_PREFIX if name.startswith("full") else None)
+            if drainer is not None:
+                time.sleep(3 * flushers.period)  # let the flushers send the last batches
         finally:
             if drainer is not None:
                 drainer.close()
         if drainer is not None and name != "opaque":  # opaque: nothing is sent after the verdict
             expected = 2 * args.batch * args.rounds
-            if drainer.lost or drainer.samples < expected:
-                print(f"  warning: {name}{' (stats pass)' if stats is not None else ''}: {drainer.samples} samples for >= {expected} calls, "
-                      f"{drainer.lost} lost", file=sys.stderr)
+            if drainer.lost or drainer.events < expected:
+                print(f"  warning: {name}{' (stats pass)' if stats is not None else ''}: {drainer.events} events "
+                      f"for >= {expected} calls, {drainer.lost} records lost", file=sys.stderr)
         if stats is not None:
             stats.update(prog_stats(coll, ("read", "write")))
         return result
@@ -222,7 +247,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_syscall_cost: needs root; skipped")
         return 0
-    names = ["none", "empty", "empty2", "full-miss", "full", "opaque", "opaque-hdr"]
+    names = ["none", "empty", "empty2", "full-miss", "full", "full-batched", "opaque", "opaque-hdr"]
     results: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp:
         exe = build_loop(Path(tmp))
@@ -236,7 +261,7 @@ def main() -> int:
             old = ctl.read_text().strip()
             ctl.write_text("1")
             try:
-                for n in ("empty", "full-miss", "full", "opaque", "opaque-hdr"):
+                for n in ("empty", "full-miss", "full", "full-batched", "opaque", "opaque-hdr"):
                     run_stats[n] = {}
                     condition(n, exe, args, stats=run_stats[n])
             finally:
@@ -260,6 +285,12 @@ def main() -> int:
         xw = f"{aw / floor_w:.2f}" if n != "none" and floor_w > 0 else "-"
         xr = f"{ar / floor_r:.2f}" if n != "none" and floor_r > 0 else "-"
         print(f"| {n} | {w:.0f} | {aw:+.0f} | {xw} | {r:.0f} | {ar:+.0f} | {xr} |")
+    (fw, fr), (bw, br), (ew, er) = med["full"], med["full-batched"], med["empty"]
+    print()
+    print("over the empty programs of the same run (robust to a disturbed `none`): "
+          f"full {fw - ew:+.0f} / {fr - er:+.0f} ns, full-batched {bw - ew:+.0f} / {br - er:+.0f} ns "
+          f"(write / read); batched added cost / batching-off added cost: "
+          f"{(bw - base_w) / (fw - base_w):.2f} (write), {(br - base_r) / (fr - base_r):.2f} (read)")
     if run_stats:
         print()
         print("program run time (kernel.bpf_stats_enabled; includes ~the empty program's stats overhead)")

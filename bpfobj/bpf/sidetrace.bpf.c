@@ -27,8 +27,11 @@
  *   5. conns[inode number] lookup; on a miss the socket is resolved once
  *      (file->private_data->sk, family, protocol, addresses) and cached;
  *      non-inet or non-TCP/UDP sockets are cached as ignored.
- *   6. header + payload into a per-CPU scratch buffer, one perf output of
- *      exactly header + captured bytes (stale scratch bytes never leave).
+ *   6. header + payload built in place at the end of the CPU's batch
+ *      buffer; the batch (batch header + events) leaves in ONE perf output
+ *      when it is full, when its first event is old, when the agent's
+ *      flusher writes zero bytes on that CPU, or at once with batching off
+ *      (stale buffer bytes past the last event never leave).
  *
  * Connections are keyed by the socket's sockfs inode number, which is unique
  * per socket (unlike struct sock / struct file addresses, which the slab
@@ -82,6 +85,12 @@ const volatile __u32 trace_all = 0;     /* 1: trace every process except agent_t
 const volatile __u32 agent_tgid = 0;    /* never traced */
 const volatile __u32 max_payload = 4096; /* payload bytes per event, clamped to ST_MAX_PAYLOAD */
 const volatile __u32 drop_opaque = 1;   /* 1: nothing for OPAQUE connections; 0: header-only events */
+/* 1: events wait in the CPU's batch (sent when full, when the oldest is
+ * batch_max_age_ns old, or when the agent flushes); 0: each event is sent at
+ * once, alone in its batch record.  Only the agent can turn it on: it must
+ * run a flusher on every CPU (see on_agent_write). */
+const volatile __u32 batching = 0;
+const volatile __u64 batch_max_age_ns = 2000000;
 
 /* ---- maps ---- */
 struct {
@@ -121,26 +130,48 @@ struct {
 	__type(value, __u64); /* enum st_counter */
 } counters SEC(".maps");
 
-/* Staging area for one record: header, then payload.  Twice ST_MAX_PAYLOAD
- * so every bounded write the verifier can prove is in range. */
 struct st_iovec {
 	__u64 base;
 	__u64 len;
 };
 
-struct st_scratch {
-	struct st_event ev;
-	__u8 payload[2 * ST_MAX_PAYLOAD];
+/* The CPU's batch: events are built in place at data[used], and `hdr`
+ * followed by data[0..used) goes out as ONE perf record (see
+ * sidetrace_events.h).  An event starts at most at ST_BATCH_SLOT_MAX, which
+ * a mask proves to the verifier; data[] is long enough for a header and a
+ * payload written at any offset the capture code can prove (2 * max).  hdr
+ * sits 4 bytes past an 8-byte boundary, like the raw data of a perf sample,
+ * so the events' u64 members are aligned here as they are in the ring. */
+#define ST_BATCH_SLOT_MAX 16376
+#define ST_BATCH_SLOT_MASK 0x3ff8
+#define ST_BATCH_DATA (ST_BATCH_SLOT_MAX + ST_EVENT_HDR_SIZE + 2 * ST_MAX_PAYLOAD)
+
+struct st_batch {
+	__u64 oldest_ns; /* ts_ns of the batch's first event (count > 0) */
+	__u32 used;      /* bytes of data[] holding events, a multiple of 8 */
+	__u32 pad0;
 	/* The user's iovec array, copied once: too large for the BPF stack. */
 	struct st_iovec iov[ST_MAX_IOV];
+	__u32 pad1;
+	struct st_batch_hdr hdr;
+	union {
+		__u8 data[ST_BATCH_DATA];
+		/* names the event type in the map's BTF, where tests and tools
+		 * find the record layout */
+		struct st_event first;
+	};
 };
+
+_Static_assert(__builtin_offsetof(struct st_batch, hdr) % 8 == 4, "batch header placement");
+_Static_assert(__builtin_offsetof(struct st_batch, data) % 8 == 4, "batch data placement");
+_Static_assert(sizeof(struct st_batch) <= 32768, "per-CPU values are limited to 32 KiB");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct st_scratch);
-} scratch SEC(".maps");
+	__type(value, struct st_batch);
+} batch SEC(".maps");
 
 /* ---- tracepoint contexts (see /sys/kernel/tracing/events/.../format) ---- */
 struct st_sys_enter_ctx {
@@ -393,14 +424,89 @@ static __always_inline struct st_conn *conn_create(struct file *file, __u64 ino,
 	return bpf_map_lookup_elem(&conns, &ino);
 }
 
-static __always_inline struct st_scratch *get_scratch(void)
+static __always_inline void count_n(__u32 slot, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &slot);
+
+	if (v)
+		*v += n;
+}
+
+/* Send the batch (or, when it is empty, a heartbeat: the header alone) and
+ * empty it.  flush_ns is taken here, after every event in the batch was
+ * stamped; the programs of one CPU never interleave (syscall tracepoints run
+ * them with preemption disabled, and bpf_prog_active keeps a second
+ * tracepoint program off the CPU meanwhile), so any event appended later on
+ * this CPU is stamped later: the agent may treat flush_ns as "every event of
+ * this CPU stamped at or before it has been sent".  A failed output (ring
+ * full) loses the batch's events; they are counted. */
+static __always_inline void batch_flush(void *ctx, struct st_batch *b, __u16 reason)
+{
+	__u64 used = b->used;
+	__u16 n = b->hdr.count;
+
+	barrier_var(used);
+	if (used > ST_BATCH_DATA)
+		used = ST_BATCH_DATA;
+	b->hdr.kind = ST_BATCH_KIND;
+	b->hdr.flush_ns = bpf_ktime_get_ns();
+	b->hdr.reason = reason;
+	if (bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, &b->hdr, sizeof(b->hdr) + used)) {
+		count(ST_CNT_PERF_FAIL);
+		count_n(ST_CNT_LOST_EVENTS, n);
+	} else if (n) {
+		count_n(ST_CNT_EVENTS, n);
+		count(ST_CNT_BATCHES);
+	} else {
+		count(ST_CNT_HEARTBEATS);
+	}
+	b->used = 0;
+	b->hdr.count = 0;
+}
+
+/* This CPU's batch, with room for one more event at data[used]. */
+static __always_inline struct st_batch *batch_get(void *ctx)
 {
 	__u32 zero = 0;
-	struct st_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	struct st_batch *b = bpf_map_lookup_elem(&batch, &zero);
 
-	if (!s)
+	if (!b) {
 		count(ST_CNT_NO_SCRATCH);
-	return s;
+		return NULL;
+	}
+	if (b->used > ST_BATCH_SLOT_MAX) /* never left so by batch_commit */
+		batch_flush(ctx, b, ST_FLUSH_FULL);
+	return b;
+}
+
+/* Where the next event is built.  The mask changes nothing (batch_get
+ * keeps used <= ST_BATCH_SLOT_MAX, a multiple of 8); it bounds the offset
+ * for the verifier. */
+static __always_inline struct st_event *batch_slot(struct st_batch *b)
+{
+	__u32 off = b->used & ST_BATCH_SLOT_MASK;
+
+	return (struct st_event *)&b->data[off];
+}
+
+/* Append the event built at batch_slot(b) (header + payload_len bytes,
+ * padded to 8 so the next header stays aligned); send the batch if
+ * batching is off, if the next event might not fit, or if its first event
+ * is batch_max_age_ns old. */
+static __always_inline void batch_commit(void *ctx, struct st_batch *b, struct st_event *e, __u32 payload_len)
+{
+	__u64 ts = e->ts_ns;
+
+	if (!b->hdr.count)
+		b->oldest_ns = ts;
+	b->used += (ST_EVENT_HDR_SIZE + (payload_len & (2 * ST_MAX_PAYLOAD - 1)) + 7) & ~7U;
+	b->hdr.count++;
+	if (!batching)
+		batch_flush(ctx, b, ST_FLUSH_EACH);
+	else if (b->used > ST_BATCH_SLOT_MAX)
+		batch_flush(ctx, b, ST_FLUSH_FULL);
+	else if (ts - b->oldest_ns >= batch_max_age_ns)
+		batch_flush(ctx, b, ST_FLUSH_AGE);
 }
 
 /* Every header field is written: the scratch buffer is never zeroed. */
@@ -461,16 +567,6 @@ static __always_inline void fill_header(struct st_event *e, struct task_struct *
 	dst[1] = comm[1];
 }
 
-static __always_inline void emit(void *ctx, struct st_scratch *s, __u32 payload_len)
-{
-	__u64 size = sizeof(struct st_event) + (payload_len & (2 * ST_MAX_PAYLOAD - 1));
-
-	if (bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, s, size))
-		count(ST_CNT_PERF_FAIL);
-	else
-		count(ST_CNT_EVENTS);
-}
-
 static __always_inline __u32 payload_limit(__s64 ret)
 {
 	__u64 lim = max_payload;
@@ -483,7 +579,7 @@ static __always_inline __u32 payload_limit(__s64 ret)
 }
 
 /* Copy the first `lim` (<= ST_MAX_PAYLOAD) bytes of a user buffer. */
-static __always_inline __u32 capture_buf(struct st_scratch *s, __u64 ubuf, __u64 lim)
+static __always_inline __u32 capture_buf(__u8 *payload, __u64 ubuf, __u64 lim)
 {
 	__u64 n = lim;
 
@@ -492,7 +588,7 @@ static __always_inline __u32 capture_buf(struct st_scratch *s, __u64 ubuf, __u64
 		n = ST_MAX_PAYLOAD;
 	if (!n)
 		return 0;
-	if (bpf_probe_read_user(s->payload, n, (const void *)ubuf)) {
+	if (bpf_probe_read_user(payload, n, (const void *)ubuf)) {
 		count(ST_CNT_UREAD_FAIL);
 		return 0;
 	}
@@ -501,9 +597,9 @@ static __always_inline __u32 capture_buf(struct st_scratch *s, __u64 ubuf, __u64
 
 /* Gather up to `lim` (<= ST_MAX_PAYLOAD) bytes across the first ST_MAX_IOV
  * iovecs of a user iovec array. */
-static __always_inline __u32 capture_iov(struct st_scratch *s, __u64 uiov, __u64 iovcnt, __u32 lim)
+static __always_inline __u32 capture_iov(struct st_iovec *iov, __u8 *payload, __u64 uiov, __u64 iovcnt,
+					 __u32 lim)
 {
-	struct st_iovec *iov = s->iov;
 	__u32 cnt = iovcnt < ST_MAX_IOV ? iovcnt : ST_MAX_IOV;
 	__u32 off = 0;
 	int i;
@@ -530,7 +626,7 @@ static __always_inline __u32 capture_iov(struct st_scratch *s, __u64 uiov, __u64
 			n = ST_MAX_PAYLOAD;
 		barrier_var(off);
 		off &= ST_MAX_PAYLOAD - 1;
-		if (n && bpf_probe_read_user(&s->payload[off], n, (const void *)iov[i].base)) {
+		if (n && bpf_probe_read_user(&payload[off], n, (const void *)iov[i].base)) {
 			count(ST_CNT_UREAD_FAIL);
 			break;
 		}
@@ -615,10 +711,10 @@ static __always_inline bool dns_header(const __u8 *b)
  * scratch and are masked off before any comparison.  Deliberately generous:
  * a wrong guess only costs the agent a failed confirmation, a missed
  * protocol would end as OPAQUE. */
-static __always_inline __u16 classify(struct st_scratch *s, __u32 got, __u64 total, const struct st_conn *c)
+static __always_inline __u16 classify(const __u8 *payload, __u32 got, __u64 total, const struct st_conn *c)
 {
-	__u64 w0 = *(__u64 *)&s->payload[0];
-	__u64 w1 = *(__u64 *)&s->payload[8];
+	__u64 w0 = *(const __u64 *)&payload[0];
+	__u64 w1 = *(const __u64 *)&payload[8];
 	__u8 b[16];
 	__u32 h, len;
 	int i;
@@ -748,9 +844,9 @@ static __always_inline __u16 classify(struct st_scratch *s, __u32 got, __u64 tot
 }
 
 /* Sticky per-connection protocol from one payload (see the header). */
-static __always_inline void infer_proto(struct st_scratch *s, struct st_conn *c, __u32 got, __u64 total)
+static __always_inline void infer_proto(struct st_event *e, struct st_conn *c, __u32 got, __u64 total)
 {
-	__u16 proto = classify(s, got, total, c);
+	__u16 proto = classify((const __u8 *)(e + 1), got, total, c);
 
 	if (proto == ST_PROTO_UNKNOWN) {
 		if (c->proto_tries + 1 < ST_PROTO_TRIES) {
@@ -760,7 +856,7 @@ static __always_inline void infer_proto(struct st_scratch *s, struct st_conn *c,
 		proto = ST_PROTO_OPAQUE;
 	}
 	c->app_proto = proto;
-	s->ev.app_proto = proto;
+	e->app_proto = proto;
 	count(proto == ST_PROTO_OPAQUE ? ST_CNT_PROTO_OPAQUE : ST_CNT_PROTO_KNOWN);
 }
 
@@ -785,7 +881,8 @@ static __always_inline int on_opaque_data(struct st_sys_exit_ctx *ctx, const int
 					  struct st_conn *c, __u8 evflags)
 {
 	const bool egress = sys >= ST_SYS_WRITE;
-	struct st_scratch *s;
+	struct st_batch *b;
+	struct st_event *e;
 	__u64 flags = 0;
 
 	count(ST_CNT_OPAQUE_DATA);
@@ -794,14 +891,15 @@ static __always_inline int on_opaque_data(struct st_sys_exit_ctx *ctx, const int
 	else if (sys == ST_SYS_RECVMSG)
 		flags = regs->dx;
 	if (!drop_opaque) {
-		s = get_scratch();
-		if (s) {
-			fill_header(&s->ev, task, ST_EV_DATA, sys, egress ? ST_DIR_EGRESS : ST_DIR_INGRESS,
+		b = batch_get(ctx);
+		if (b) {
+			e = batch_slot(b);
+			fill_header(e, task, ST_EV_DATA, sys, egress ? ST_DIR_EGRESS : ST_DIR_INGRESS,
 				    pid_tgid, fd, ret, c);
-			s->ev.flags |= evflags | ST_F_OPAQUE;
+			e->flags |= evflags | ST_F_OPAQUE;
 			if (!egress && (flags & MSG_PEEK))
-				s->ev.flags |= ST_F_PEEK;
-			emit(ctx, s, 0);
+				e->flags |= ST_F_PEEK;
+			batch_commit(ctx, b, e, 0);
 		}
 	}
 	if (ret > 0 && sys != ST_SYS_RECVMMSG && sys != ST_SYS_SENDMMSG) {
@@ -813,13 +911,32 @@ static __always_inline int on_opaque_data(struct st_sys_exit_ctx *ctx, const int
 	return 0;
 }
 
+/* A zero-byte write() by the agent: the flush trigger.  The agent runs one
+ * thread pinned to each CPU that makes this call every few milliseconds,
+ * so every CPU's batch leaves within that period even when the CPU has no
+ * more traced syscalls, and a CPU with nothing pending sends a heartbeat
+ * (count 0), which tells the agent that nothing older is still waiting
+ * there.  The program runs on the CPU the syscall ran on. */
+static __always_inline void on_agent_write(void *ctx)
+{
+	struct st_batch *b;
+
+	if ((bpf_get_current_pid_tgid() >> 32) != agent_tgid)
+		return;
+	b = batch_get(ctx);
+	if (b)
+		batch_flush(ctx, b, ST_FLUSH_AGENT);
+}
+
 static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int sys)
 {
 	const bool egress = sys >= ST_SYS_WRITE;
 	__s64 ret = ctx->ret;
 	struct task_struct *task;
 	struct pt_regs *regs;
-	struct st_scratch *s;
+	struct st_batch *b;
+	struct st_event *e;
+	__u8 *payload;
 	struct st_conn *c;
 	struct file *file;
 	__u64 pid_tgid, ino, uaddr = 0, flags = 0, bytes;
@@ -827,8 +944,11 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 	__u8 evflags = 0;
 	int fd;
 
-	if (!reportable(ret))
+	if (!reportable(ret)) {
+		if (sys == ST_SYS_WRITE && ret == 0 && batching)
+			on_agent_write(ctx);
 		return 0;
+	}
 	pid_tgid = bpf_get_current_pid_tgid();
 	tgid = pid_tgid >> 32;
 	if (!traced(tgid))
@@ -860,15 +980,17 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 		return 0;
 	if (c->app_proto == ST_PROTO_OPAQUE)
 		return on_opaque_data(ctx, sys, task, regs, pid_tgid, fd, ret, c, evflags);
-	s = get_scratch();
-	if (!s)
+	b = batch_get(ctx);
+	if (!b)
 		return 0;
+	e = batch_slot(b);
+	payload = (__u8 *)(e + 1);
 
-	fill_header(&s->ev, task, ST_EV_DATA, sys, egress ? ST_DIR_EGRESS : ST_DIR_INGRESS,
+	fill_header(e, task, ST_EV_DATA, sys, egress ? ST_DIR_EGRESS : ST_DIR_INGRESS,
 		    pid_tgid, fd, ret, c);
-	s->ev.flags |= evflags;
+	e->flags |= evflags;
 	if (ret < 0) {
-		emit(ctx, s, 0);
+		batch_commit(ctx, b, e, 0);
 		return 0;
 	}
 
@@ -879,15 +1001,15 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 	 * returns the datagram's full length, which can exceed it. */
 	case ST_SYS_READ:
 	case ST_SYS_WRITE:
-		got = capture_buf(s, regs->si, regs->dx < lim ? regs->dx : lim);
+		got = capture_buf(payload, regs->si, regs->dx < lim ? regs->dx : lim);
 		break;
 	case ST_SYS_READV:
 	case ST_SYS_WRITEV:
-		got = capture_iov(s, regs->si, regs->dx, lim);
+		got = capture_iov(b->iov, payload, regs->si, regs->dx, lim);
 		break;
 	case ST_SYS_RECVFROM:
 	case ST_SYS_SENDTO:
-		got = capture_buf(s, regs->si, regs->dx < lim ? regs->dx : lim);
+		got = capture_buf(payload, regs->si, regs->dx < lim ? regs->dx : lim);
 		flags = regs->r10;
 		uaddr = regs->r8;
 		break;
@@ -900,7 +1022,7 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 			count(ST_CNT_UREAD_FAIL);
 			break;
 		}
-		got = capture_iov(s, m.iov, m.iovlen, lim);
+		got = capture_iov(b->iov, payload, m.iov, m.iovlen, lim);
 		uaddr = m.name;
 		break;
 	}
@@ -913,24 +1035,24 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 		if (bpf_probe_read_user(&m, sizeof(m), (const void *)regs->si)) {
 			count(ST_CNT_UREAD_FAIL);
 			bytes = 0;
-			s->ev.ret = 0;
+			e->ret = 0;
 			break;
 		}
 		if (ret > 1)
-			s->ev.flags |= ST_F_MULTI_MSG;
+			e->flags |= ST_F_MULTI_MSG;
 		bytes = m.msg_len;
-		s->ev.ret = bytes;
-		got = capture_iov(s, m.iov, m.iovlen, payload_limit(bytes));
+		e->ret = bytes;
+		got = capture_iov(b->iov, payload, m.iov, m.iovlen, payload_limit(bytes));
 		uaddr = m.name;
 		break;
 	}
 	}
 
 	if (c->app_proto == ST_PROTO_UNKNOWN && got)
-		infer_proto(s, c, got, bytes);
+		infer_proto(e, c, got, bytes);
 
 	if (c->l4_proto == IPPROTO_UDP && uaddr)
-		peer_from_sockaddr(&s->ev, uaddr);
+		peer_from_sockaddr(e, uaddr);
 
 	if (c->l4_proto == IPPROTO_TCP && sys != ST_SYS_RECVMMSG && sys != ST_SYS_SENDMMSG) {
 		struct tcp_sock *tp = (struct tcp_sock *)c->sk;
@@ -944,20 +1066,20 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 		if (!err) {
 			if (egress || !(flags & MSG_PEEK))
 				seq -= (__u32)bytes;
-			s->ev.tcp_seq = seq;
-			s->ev.flags |= ST_F_SEQ_VALID;
+			e->tcp_seq = seq;
+			e->flags |= ST_F_SEQ_VALID;
 		} else {
 			count(ST_CNT_KREAD_FAIL);
 		}
 	}
 	if (!egress && (flags & MSG_PEEK))
-		s->ev.flags |= ST_F_PEEK;
+		e->flags |= ST_F_PEEK;
 
 	if (got < bytes) {
-		s->ev.flags |= ST_F_TRUNCATED;
+		e->flags |= ST_F_TRUNCATED;
 		count(ST_CNT_TRUNCATED);
 	}
-	s->ev.payload_len = got;
+	e->payload_len = got;
 	/* a peeked read is read again: don't advance the stream offset */
 	if (!(flags & MSG_PEEK) || egress) {
 		if (egress)
@@ -965,7 +1087,7 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 		else
 			__sync_fetch_and_add(&c->bytes_rx, bytes);
 	}
-	emit(ctx, s, got);
+	batch_commit(ctx, b, e, got);
 	return 0;
 }
 
@@ -991,7 +1113,8 @@ DATA_EXIT(sendmmsg, ST_SYS_SENDMMSG)
 static __always_inline int on_open(void *ctx, __u16 sys, int fd, __s64 ret, __u8 role)
 {
 	struct task_struct *task;
-	struct st_scratch *s;
+	struct st_batch *b;
+	struct st_event *e;
 	struct st_conn *c;
 	struct file *file;
 	__u64 pid_tgid = bpf_get_current_pid_tgid(), ino;
@@ -1022,11 +1145,12 @@ static __always_inline int on_open(void *ctx, __u16 sys, int fd, __s64 ret, __u8
 	}
 	if (c->flags & ST_CONN_IGNORE)
 		return 0;
-	s = get_scratch();
-	if (!s)
+	b = batch_get(ctx);
+	if (!b)
 		return 0;
-	fill_header(&s->ev, task, ST_EV_CONN_OPEN, sys, ST_DIR_NONE, pid_tgid, fd, ret, c);
-	emit(ctx, s, 0);
+	e = batch_slot(b);
+	fill_header(e, task, ST_EV_CONN_OPEN, sys, ST_DIR_NONE, pid_tgid, fd, ret, c);
+	batch_commit(ctx, b, e, 0);
 	return 0;
 }
 
@@ -1090,7 +1214,8 @@ int st_enter_close(struct st_sys_enter_ctx *ctx)
 {
 	int fd = (int)ctx->args[0];
 	struct task_struct *task;
-	struct st_scratch *s;
+	struct st_batch *b;
+	struct st_event *e;
 	struct st_conn *c;
 	struct file *file;
 	__u64 pid_tgid = bpf_get_current_pid_tgid(), ino;
@@ -1110,10 +1235,11 @@ int st_enter_close(struct st_sys_enter_ctx *ctx)
 	if (!file_last_ref(file))
 		return 0;
 	if (!(c->flags & ST_CONN_IGNORE)) {
-		s = get_scratch();
-		if (s) {
-			fill_header(&s->ev, task, ST_EV_CONN_CLOSE, ST_SYS_CLOSE, ST_DIR_NONE, pid_tgid, fd, 0, c);
-			emit(ctx, s, 0);
+		b = batch_get(ctx);
+		if (b) {
+			e = batch_slot(b);
+			fill_header(e, task, ST_EV_CONN_CLOSE, ST_SYS_CLOSE, ST_DIR_NONE, pid_tgid, fd, 0, c);
+			batch_commit(ctx, b, e, 0);
 		}
 	}
 	bpf_map_delete_elem(&conns, &ino);
@@ -1127,7 +1253,8 @@ int st_enter_close(struct st_sys_enter_ctx *ctx)
 SEC("tracepoint/task/task_newtask")
 int st_task_newtask(struct st_newtask_ctx *ctx)
 {
-	struct st_scratch *s;
+	struct st_batch *b;
+	struct st_event *e;
 	__u64 pid_tgid;
 	__u32 tgid, child, flags, *pflags;
 
@@ -1146,12 +1273,13 @@ int st_task_newtask(struct st_newtask_ctx *ctx)
 		count(ST_CNT_PIDS_FULL);
 		return 0;
 	}
-	s = get_scratch();
-	if (!s)
+	b = batch_get(ctx);
+	if (!b)
 		return 0;
-	fill_header(&s->ev, bpf_get_current_task_btf(), ST_EV_PROC_FORK, ST_SYS_NONE, ST_DIR_NONE, pid_tgid, -1, tgid, NULL);
-	s->ev.tgid = child;
-	emit(ctx, s, 0);
+	e = batch_slot(b);
+	fill_header(e, bpf_get_current_task_btf(), ST_EV_PROC_FORK, ST_SYS_NONE, ST_DIR_NONE, pid_tgid, -1, tgid, NULL);
+	e->tgid = child;
+	batch_commit(ctx, b, e, 0);
 	return 0;
 }
 
@@ -1200,7 +1328,8 @@ int st_sched_process_exit(void *ctx)
 {
 	struct task_struct *task;
 	struct signal_struct *sig;
-	struct st_scratch *s;
+	struct st_batch *b;
+	struct st_event *e;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
 
@@ -1212,10 +1341,11 @@ int st_sched_process_exit(void *ctx)
 		return 0;
 	if (!trace_all)
 		bpf_map_delete_elem(&pids, &tgid);
-	s = get_scratch();
-	if (!s)
+	b = batch_get(ctx);
+	if (!b)
 		return 0;
-	fill_header(&s->ev, task, ST_EV_PROC_EXIT, ST_SYS_NONE, ST_DIR_NONE, pid_tgid, -1, 0, NULL);
-	emit(ctx, s, 0);
+	e = batch_slot(b);
+	fill_header(e, task, ST_EV_PROC_EXIT, ST_SYS_NONE, ST_DIR_NONE, pid_tgid, -1, 0, NULL);
+	batch_commit(ctx, b, e, 0);
 	return 0;
 }

@@ -2,7 +2,9 @@
 
 Real TCP over 127.0.0.1 and ::1, UDP with sockaddr arguments, vectored I/O,
 file and pipe I/O (must stay silent), fork following, untraced processes,
-counters, and the event layout against the object's BTF.
+counters, and the event layout against the object's BTF.  The object is
+loaded with batching off (its default): every event arrives at once, alone in
+its batch record (tests/kernel/test_batch_kernel.py covers batching on).
 """
 
 from __future__ import annotations
@@ -80,6 +82,29 @@ class Ev:
     payload: bytes
 
 
+# struct st_batch_hdr: kind, flush_ns, count, reason (16 bytes); every sample is one batch.
+BATCH_HDR = struct.Struct("<IQHH")
+BATCH_KIND = 0x48425453
+FLUSH_EACH = 1
+
+
+def batch_events(sample) -> tuple[int, int, list[Ev]]:
+    """(flush_ns, reason, events) of one batch record: events back to back,
+    each padded to 8 bytes, then at most perf's padding."""
+    mv = memoryview(sample)
+    kind, flush_ns, count, reason = BATCH_HDR.unpack_from(mv)
+    assert kind == BATCH_KIND
+    out, off = [], BATCH_HDR.size
+    for _ in range(count):
+        n = struct.unpack_from("<I", mv, off + 60)[0]
+        end = off + HDR.size + n
+        out.append(decode(mv[off:end]))
+        off = (end + 7) & ~7
+    assert len(mv) - off < 8, "batch carries more than perf padding after its last event"
+    assert all(e.ts_ns <= flush_ns for e in out)
+    return flush_ns, reason, out
+
+
 def decode(raw) -> Ev:
     vals = dict(zip(FIELDS, HDR.unpack_from(raw)))
     vals["saddr"] = ipaddress.IPv6Address(vals["saddr"])
@@ -120,7 +145,12 @@ class Tracer:
         migrates leaves its events in several rings)."""
         result = self.rings.read_all()
         assert result.lost == 0
-        return sorted((decode(s) for s in result.samples), key=lambda e: e.ts_ns)
+        events = []
+        for sample in result.samples:
+            _, reason, evs = batch_events(sample)
+            assert reason == FLUSH_EACH and len(evs) == 1, "batching off: one event per batch"
+            events += evs
+        return sorted(events, key=lambda e: e.ts_ns)
 
     def counter(self, slot: int) -> int:
         per_cpu = self.coll.maps["counters"].lookup(struct.pack("<I", slot))

@@ -7,11 +7,13 @@ import random
 import shutil
 import struct
 import subprocess
+import threading
 import time
 
 import construct as cs
 import pytest
 
+from agent._app import CpuFlushers
 from agent._clock import WallClock, sample_offset
 from agent._fastdecode import FastDecoder, field_layout
 from agent._lru import BoundedTable
@@ -85,6 +87,80 @@ def test_merger_bounds_memory_when_a_cpu_stalls():
         merger.push((None, ts))
     assert [ts for _, ts in merger.pop_ready()] == [1, 2]
     assert [ts for _, ts in merger.pop_all()] == [3, 4, 5]
+
+
+def test_batched_merger_releases_up_to_each_cpus_latest_flush():
+    merger = CpuMerger([0, 1], by_flush=True)
+    merger.extend([("a0", 10), ("a1", 20)])
+    merger.push(("b0", 15))
+    # A drain proves nothing while events wait in kernel batches.
+    merger.mark_drained(0, 1 << 60)
+    merger.mark_drained(1, 1 << 60)
+    assert merger.pop_ready() == []
+    merger.mark_flushed(0, 20)
+    assert merger.pop_ready() == []  # CPU 1 has sent no flush yet
+    merger.mark_flushed(1, 15)       # "everything stamped at or before 15"
+    assert merger.pop_ready() == [("a0", 10), ("b0", 15)]
+    merger.mark_flushed(1, 12)       # an older flush never moves the horizon back
+    assert merger.horizon() == 16
+    merger.mark_flushed(1, 40)
+    assert merger.pop_ready() == [("a1", 20)]
+
+
+def test_batched_merger_stops_waiting_for_a_forgotten_cpu():
+    merger = CpuMerger([0, 1], by_flush=True)
+    merger.extend([("a0", 10), ("a1", 30)])
+    merger.mark_flushed(0, 50)
+    assert merger.pop_ready() == []
+    merger.forget(1)
+    assert merger.pop_ready() == [("a0", 10), ("a1", 30)]
+    merger.mark_flushed(1, 5)  # a late batch from it does not bring it back
+    assert merger.horizon() == 51
+
+
+def test_unbatched_merger_ignores_flush_marks():
+    merger = CpuMerger([0])
+    merger.push(("a", 10))
+    merger.mark_flushed(0, 1 << 60)
+    assert merger.pop_ready() == []
+    merger.mark_drained(0, 10 + OUTPUT_MARGIN_NS + 1)
+    assert merger.pop_ready() == [("a", 10)]
+
+
+def test_flushers_pin_one_thread_per_cpu_and_stop_cleanly():
+    cpus = sorted(os.sched_getaffinity(0))
+    threads_before = threading.active_count()
+    with CpuFlushers(cpus, period=0.001) as flushers:
+        assert flushers.start() and flushers.running and not flushers.failed
+        deadline = time.monotonic() + 10
+        while flushers.flushes < 3 * len(cpus) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert flushers.flushes >= 3 * len(cpus)
+        pinned = {t.name: os.sched_getaffinity(t.native_id) for t in threading.enumerate()
+                  if t.name.startswith("sidetrace-flush-")}
+        assert pinned == {f"sidetrace-flush-{cpu}": {cpu} for cpu in cpus}
+    assert not flushers.running
+    assert threading.active_count() == threads_before
+
+
+def test_flushers_report_a_cpu_they_cannot_pin_to():
+    missing = max(os.sched_getaffinity(0)) + 4096
+    with CpuFlushers([missing], period=0.001) as flushers:
+        assert not flushers.start()
+        assert list(flushers.failed) == [missing] and "cannot pin" in flushers.failed[missing]
+        assert not flushers.running
+
+
+def test_a_flusher_moved_off_its_cpu_stops_and_says_so():
+    cpus = sorted(os.sched_getaffinity(0))
+    with CpuFlushers(cpus[:1], period=0.001) as flushers:
+        assert flushers.start()
+        (thread,) = [t for t in threading.enumerate() if t.name == f"sidetrace-flush-{cpus[0]}"]
+        # What the kernel does to a thread pinned to a CPU that goes offline.
+        os.sched_setaffinity(thread.native_id, set(cpus) | {cpus[0] + 1} if len(cpus) == 1 else set(cpus))
+        thread.join(10)
+        assert not thread.is_alive()
+        assert flushers.stopped == cpus[:1]
 
 
 def test_bounded_table_evicts_least_recently_used_and_expires_idle():

@@ -1,10 +1,14 @@
 /* sidetrace kernel -> user space event format (shared with the Python side).
  *
- * Every record the tracer writes to the `events` perf buffer is one
- * `struct st_event` header (ST_EVENT_HDR_SIZE = 128 bytes) immediately
- * followed by `payload_len` payload bytes.  Nothing else follows except the
- * up to 7 bytes of padding perf adds to a raw sample; use payload_len, never
- * the raw sample size, to find the end of the payload.
+ * Every record (perf raw sample) the tracer writes to the `events` perf
+ * buffer is one BATCH: a `struct st_batch_hdr` (16 bytes, see below), then
+ * `count` events back to back.  Each event is one `struct st_event` header
+ * (ST_EVENT_HDR_SIZE = 128 bytes) immediately followed by `payload_len`
+ * payload bytes, then zero to seven bytes of padding up to the next multiple
+ * of 8 (so the next event's header keeps the alignment described below).
+ * After the last event comes nothing but the up to 7 bytes of padding perf
+ * adds to a raw sample; use payload_len, never the raw sample size, to find
+ * the end of an event.
  *
  * Byte order: host (little-endian on x86_64) for every integer, INCLUDING
  * sport and dport (converted from network order in the kernel).  Addresses are
@@ -12,8 +16,10 @@
  *
  * Alignment: the struct has 4-byte alignment and its u64 members sit at
  * offsets 4, 12, 20, 28, 36.  A perf raw sample starts 12 bytes into its
- * record (8-byte record header + u32 size), so in the ring those members are
- * 8-byte aligned.  The struct has no implicit padding.
+ * record (8-byte record header + u32 size), and every event starts at a
+ * multiple of 8 after the 16-byte batch header, so in the ring those members
+ * (and the batch header's flush_ns) are 8-byte aligned.  The struct has no
+ * implicit padding.
  *
  *  off size field        meaning
  *    0   4  kind         enum st_event_kind
@@ -82,6 +88,35 @@
  */
 #ifndef SIDETRACE_EVENTS_H
 #define SIDETRACE_EVENTS_H
+
+/* struct st_batch_hdr: the start of every record.
+ *
+ *  off size field     meaning
+ *    0   4  kind      ST_BATCH_KIND (no st_event kind has this value)
+ *    4   8  flush_ns  bpf_ktime_get_ns() when the batch was sent.  Every event
+ *                     of this CPU stamped (ts_ns) at or before flush_ns has
+ *                     been sent in this batch or an earlier one of the same
+ *                     CPU's ring (or counted in ST_CNT_LOST_EVENTS).
+ *   12   2  count     events that follow; 0 for a heartbeat (nothing pending)
+ *   14   2  reason    enum st_flush_reason: why the batch was sent
+ *
+ * With the .rodata const batching = 0 (the default) every event is sent at
+ * once, alone in its batch (reason ST_FLUSH_EACH).  With batching = 1 the
+ * events of one CPU collect in a per-CPU buffer that is sent when the next
+ * event might not fit (about 16 KiB), when its first event is
+ * batch_max_age_ns (default 2 ms) old at the next append, or when the agent
+ * makes a zero-byte write() on that CPU (the agent's flushers, one per CPU;
+ * an empty buffer then sends a heartbeat).  A batch holds events of one CPU
+ * in the order their programs ran, which is ts_ns order.
+ */
+#define ST_BATCH_KIND 0x48425453 /* "STBH" */
+
+enum st_flush_reason {
+	ST_FLUSH_EACH = 1,  /* batching off: one event per batch */
+	ST_FLUSH_FULL = 2,  /* the next event might not fit */
+	ST_FLUSH_AGE = 3,   /* the first event reached batch_max_age_ns */
+	ST_FLUSH_AGENT = 4, /* the agent's flush on this CPU (or its heartbeat) */
+};
 
 /* Largest payload one event can carry; the .rodata const max_payload (default
  * 4096) lowers it.  Must be a power of two. */
@@ -156,8 +191,8 @@ enum st_app_proto {
 
 /* Slots of the per-CPU `counters` array (u64 each); sum over CPUs. */
 enum st_counter {
-	ST_CNT_EVENTS = 0,          /* records written to `events` */
-	ST_CNT_PERF_FAIL = 1,       /* bpf_perf_event_output failed (ring full: record lost) */
+	ST_CNT_EVENTS = 0,          /* events sent to `events` (in batches) */
+	ST_CNT_PERF_FAIL = 1,       /* bpf_perf_event_output failed (ring full: batch lost) */
 	ST_CNT_CONN_FULL = 2,       /* conns map update failed */
 	ST_CNT_PIDS_FULL = 3,       /* pids map update failed (fork of a traced process) */
 	ST_CNT_KREAD_FAIL = 4,      /* kernel memory read failed */
@@ -171,7 +206,10 @@ enum st_counter {
 	ST_CNT_PROTO_KNOWN = 12,    /* connections classified as a known protocol */
 	ST_CNT_PROTO_OPAQUE = 13,   /* connections given up on (OPAQUE) */
 	ST_CNT_OPAQUE_DATA = 14,    /* DATA syscalls on OPAQUE connections (dropped or header only) */
-	ST_CNT_MAX = 16,
+	ST_CNT_LOST_EVENTS = 15,    /* events in batches whose output failed */
+	ST_CNT_BATCHES = 16,        /* batches with events sent */
+	ST_CNT_HEARTBEATS = 17,     /* empty batches sent (agent flush, nothing pending) */
+	ST_CNT_MAX = 24,
 };
 
 /* Values of the `pids` map (u32 tgid -> u32 flags). */
@@ -242,6 +280,18 @@ _Static_assert(__builtin_offsetof(struct st_event, daddr) == 92, "daddr");
 _Static_assert(__builtin_offsetof(struct st_event, comm) == 108, "comm");
 _Static_assert(__builtin_offsetof(struct st_event, app_proto) == 124, "app_proto");
 _Static_assert(__builtin_offsetof(struct st_event, reserved) == 126, "reserved");
+
+struct st_batch_hdr {
+	__u32 kind;
+	st_u64 flush_ns;
+	__u16 count;
+	__u16 reason;
+} __attribute__((aligned(4)));
+
+_Static_assert(sizeof(struct st_batch_hdr) == 16, "st_batch_hdr size");
+_Static_assert(__builtin_offsetof(struct st_batch_hdr, flush_ns) == 4, "flush_ns");
+_Static_assert(__builtin_offsetof(struct st_batch_hdr, count) == 12, "count");
+_Static_assert(__builtin_offsetof(struct st_batch_hdr, reason) == 14, "reason");
 
 /* Value of the `conns` map (key: u64 sockfs inode number of the socket). */
 struct st_conn {
