@@ -135,21 +135,26 @@ class _DueQueue:
         """Queue ``node`` for any time ``at``."""
         heapq.heappush(self.heap, (at, node.order, node))
 
-    def pop_due(self, now: int | None) -> _Node | None:
-        """Remove and return the first node due by ``now`` (any, if None); None if none is."""
+    def take_due(self, now: int | None) -> list[_Node]:
+        """Remove and return, in order, the nodes due by ``now`` (all, if None)."""
         inorder, heap = self.inorder, self.heap
-        while inorder and inorder[0].released:
-            inorder.popleft()
-        if inorder:
-            first = inorder[0]
-            at = first.deadline if self.offset is None else first.end + self.offset
-            if not heap or at < heap[0][0] or at == heap[0][0] and first.order < heap[0][1]:
-                if now is not None and at > now:
-                    return None
-                return inorder.popleft()
-        if heap and (now is None or heap[0][0] <= now):
-            return heapq.heappop(heap)[2]
-        return None
+        offset = self.offset
+        out = []
+        while True:
+            while inorder and inorder[0].released:
+                inorder.popleft()
+            if inorder:
+                first = inorder[0]
+                at = first.deadline if offset is None else first.end + offset
+                if not heap or at < heap[0][0] or at == heap[0][0] and first.order < heap[0][1]:
+                    if now is not None and at > now:
+                        return out
+                    out.append(inorder.popleft())
+                    continue
+            if heap and (now is None or heap[0][0] <= now):
+                out.append(heapq.heappop(heap)[2])
+            else:
+                return out
 
     def clear(self) -> None:
         self.inorder.clear()
@@ -227,8 +232,7 @@ class SpanLinker:
             self.publish(span)
             return
         span_id = node.span_id
-        by_id = self._by_id
-        if span_id in by_id:
+        if self._by_id.setdefault(span_id, node) is not node:
             self.errors += 1   # a span seen twice: pass it on untouched
             self.publish(span)
             return
@@ -238,9 +242,7 @@ class SpanLinker:
         if earliest > deadline:
             deadline = earliest
         node.deadline = deadline
-        by_id[span_id] = node
-        held = self._held
-        held.append(node)
+        self._held.append(node)
         self._held_count += 1
         deadlines = self._deadlines
         if deadline >= deadlines.last or not deadlines.inorder:
@@ -265,8 +267,6 @@ class SpanLinker:
                     self._attach(child, node, None, None, 0)
         while self._held_count > self.max_held:
             self._evict_oldest()
-        if len(held) > 2 * self._held_count + 1024:
-            self._held = deque(n for n in held if not n.released)
         if now >= self._next_advance:
             self.tick(now)
 
@@ -275,7 +275,7 @@ class SpanLinker:
         self._next_advance = now_unix_ns + ADVANCE_EVERY_NS
         pending = self._pending
         retry = []
-        while (client := pending.pop_due(now_unix_ns)) is not None:
+        for client in pending.take_due(now_unix_ns):
             if client.decided:
                 continue
             final = client.deadline <= now_unix_ns
@@ -286,19 +286,20 @@ class SpanLinker:
             deadline = client.deadline
             later = now_unix_ns + RETRY_NS if client.thread.proc.servers else deadline
             pending.push_at(client, later if later < deadline else deadline)
-        deadlines = self._deadlines
-        while (node := deadlines.pop_due(now_unix_ns)) is not None:
+        for node in self._deadlines.take_due(now_unix_ns):
             if node.released or node.decided and node.parent is not None:
                 continue
             self._settle_as_root(node)
         held = self._held
         while held and held[0].released:
             held.popleft()
+        if len(held) > 2 * self._held_count + 1024:   # an old span holds up the front
+            self._held = deque(n for n in held if not n.released)
         self._forget(now_unix_ns)
 
     def flush(self) -> None:
         """Release everything held, deciding with what is known now (shutdown)."""
-        while (client := self._pending.pop_due(None)) is not None:
+        for client in self._pending.take_due(None):
             if not client.decided:
                 self._decide_client(client, final=True)
         for node in list(self._held):
@@ -551,8 +552,11 @@ class SpanLinker:
                 reason = NO_CLIENT_SPAN if node.server else NO_SERVER_SPAN
             self.counts[NONE] += 1
             self.reasons[reason] = self.reasons.get(reason, 0) + 1
-            if node.span is not None:
-                attrs = node.span.setdefault("attributes", {})
+            span = node.span
+            if span is not None:
+                attrs = span.get("attributes")
+                if attrs is None:
+                    attrs = span["attributes"] = {}
                 if not node.given_parent:
                     attrs[CONFIDENCE_ATTR] = NONE
                     attrs[REASON_ATTR] = reason
@@ -579,6 +583,7 @@ class SpanLinker:
             node.span = None
             self._held_count -= 1
             node.deadline = forget_at
+            node.order = 0          # queues drop released nodes without comparing them
             remembered.append(node)
             if node.given_parent:
                 waiting = self._awaiting_parent.get(node.parent_span_id)
@@ -624,10 +629,9 @@ class SpanLinker:
                               or len(remembered) > self.max_remembered):
             node = remembered.popleft()
             node.forgotten = True
-            node.children = None
             node.parent = None   # ancestors need not outlive their descendants' release
-            if by_id.get(node.span_id) is node:
-                del by_id[node.span_id]
+            # Only the first span with an id is indexed by it, until it is forgotten.
+            del by_id[node.span_id]
             if node.indexed:
                 self._unindex(node)
             thread = node.thread
