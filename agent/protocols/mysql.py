@@ -588,6 +588,9 @@ class MysqlHandler:
         self._responses.reset()
         self._swallow_eof = False
         self._next_seq = 1
+        if stop <= start:
+            # Not one byte of the command was captured: nothing to describe.
+            return
         code = buf[start]
         if code in _NO_ANSWER:
             if code == COM_STMT_CLOSE and stop - start >= 5:

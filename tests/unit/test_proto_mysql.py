@@ -643,3 +643,14 @@ def test_random_bytes_never_raise(chunks, role):
 def test_detection_never_raises(data, direction):
     for role in ("server", "client", "unknown"):
         MysqlHandler.detect(data, direction, ConnectionHints("tcp", 1, 3306, role))
+
+
+def test_command_with_no_captured_byte_is_skipped():
+    # A one-byte command packet whose body byte went uncaptured: the header
+    # arrives, the command byte does not.
+    handler = MysqlHandler("server")
+    for ts, (direction, data) in enumerate(handshake()):
+        handler.feed(direction, data, len(data), ts, ts)
+    assert handler.feed(IN, b"\x01\x00\x00\x00", 5, 100, 100) == []
+    handler.close(None)
+    assert handler.internal_errors == 0
