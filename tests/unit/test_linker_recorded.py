@@ -222,6 +222,32 @@ def test_decisions_on_a_recorded_stream_are_unchanged(case):
     assert digest == want_digest
 
 
+@pytest.mark.parametrize("kind", ["live", "assembled"])
+def test_once_everything_is_forgotten_nothing_is_left_indexed(kind):
+    """Memory follows the bounds: no index keeps a span past remembering it."""
+    if kind == "live":
+        stream, options = [(s, None) for s in live_stream(7)], {}
+    else:
+        stream, options = assembled_stream(7), {"local_inference": False}
+    clock = [T0]
+    out: list[dict] = []
+    linker = SpanLinker(out.append, clock=lambda: clock[0], remember_ns=S, **options)
+    for span, source in stream:
+        clock[0] = max(clock[0], span.get("end_time_unix_nano", T0))
+        linker.add(span, source=source)
+    assert linker.stats()["held"] > 0
+    for _ in range(8):
+        clock[0] += S
+        linker.tick(clock[0])
+    assert len(out) == len(stream)
+    assert linker.stats()["held"] == 0 and linker.stats()["remembered"] == 0
+    for index in (linker._by_id, linker._clients_by_key, linker._servers_by_key,
+                  linker._clients_by_pair, linker._servers_by_pair, linker._awaiting_parent,
+                  linker._procs):
+        assert not index
+    assert not linker._held and not linker._pending and not linker._deadlines
+
+
 CASES = {
     "live-1": ("live", 1, {}),
     "live-2": ("live", 2, {}),
