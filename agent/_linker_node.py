@@ -96,9 +96,9 @@ class _Node:
                 or server_port is None):
             self.pair = self.seq_key = self.ports = None
         else:
-            if client_address.__class__ is not str or client_address.startswith("::ffff:"):
+            if client_address.__class__ is not str or ":" in client_address:
                 client_address = normal_address(client_address)
-            if server_address.__class__ is not str or server_address.startswith("::ffff:"):
+            if server_address.__class__ is not str or ":" in server_address:
                 server_address = normal_address(server_address)
             seq = attrs.get("sidetrace.tcp.request_seq")
             pair = self.pair = (client_address, client_port, server_address, server_port, seq)
