@@ -48,6 +48,11 @@ Spans that arrive with a ``parent_span_id`` (``sidetrace assemble`` re-linking
 what agents already linked) keep it; they adopt the final trace id of that
 parent once it is seen, and are released unchanged if it never is.
 
+A server span whose client end is not traced by this agent (``peer_traced``
+says so: another host, or an untraced process here) cannot get a client span
+from this agent and is a root at once (``no-client-span``); ``sidetrace
+assemble`` still joins it to another agent's client span by its link key.
+
 Holding is bounded: a span whose parent has not been found ``hold_ns`` after
 its end (and at least ``min_wait_ns`` after it arrived) is released as a root;
 at most ``max_held`` spans are held, the oldest released first.  Released
@@ -174,9 +179,10 @@ class SpanLinker:
 
     def __init__(self, publish: Callable[[dict[str, Any]], None], *,
                  hold_ns: int = 2 * _S, settle_ns: int = 500 * _MS, min_wait_ns: int = 500 * _MS,
-                 remember_ns: int = 5 * _S, max_held: int = 30_000,
+                 remember_ns: int = 2 * _S, max_held: int = 30_000,
                  max_remembered: int = 50_000, clock_skew_ns: int = 2 * _MS,
                  local_inference: bool = True,
+                 peer_traced: Callable[[str, int], bool] | None = None,
                  clock: Callable[[], int] = time.time_ns) -> None:
         self.publish = publish
         self.hold_ns = hold_ns
@@ -187,6 +193,10 @@ class SpanLinker:
         self.max_remembered = max_remembered
         self.clock_skew_ns = clock_skew_ns
         self.local_inference = local_inference
+        # (client address, client port) -> whether that TCP end is traced by
+        # this agent.  When it is not, a server span's client span can never
+        # arrive here, so the span is a root at once instead of after hold_ns.
+        self.peer_traced = peer_traced
         self._clock = clock
         self._order = itertools.count()
         self._held: deque[_Node] = deque()    # in arrival order, released ones dropped lazily
@@ -265,6 +275,11 @@ class SpanLinker:
             for child in self._awaiting_parent.pop(span_id, ()):
                 if not child.released:
                     self._attach(child, node, None, None, 0)
+        if (node.server and node.parent is None and not given_parent and node.seq_key is not None
+                and self.peer_traced is not None):
+            attrs = span["attributes"]
+            if not self.peer_traced(attrs["client.address"], attrs["client.port"]):
+                self._settle_as_root(node)
         while self._held_count > self.max_held:
             self._evict_oldest()
         if now >= self._next_advance:

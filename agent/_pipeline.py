@@ -45,6 +45,7 @@ _F_OPAQUE = int(Flag.OPAQUE)
 _F_PEER_FROM_ARG = int(Flag.PEER_FROM_ARG)
 _F_SEQ_VALID = int(Flag.SEQ_VALID)
 _DATA, _CONN_OPEN, _CONN_CLOSE = int(Kind.DATA), int(Kind.CONN_OPEN), int(Kind.CONN_CLOSE)
+_SERVER = int(Role.SERVER)
 
 _DIRECTION_NAME = {int(Direction.INGRESS): INGRESS, int(Direction.EGRESS): EGRESS}
 _ROLE_NAME = {Role.CLIENT: "client", Role.SERVER: "server", Role.UNKNOWN: "unknown"}
@@ -138,6 +139,9 @@ class Pipeline:
         self.clock = clock or WallClock()
         self.connections: BoundedTable[int, Connection] = BoundedTable(max_connections)
         self._peek = self.connections.peek
+        # (local address, local port) -> conn_id of every TCP connection in the
+        # table: whether the other end of a connection is traced here too.
+        self._tcp_endpoints: dict[tuple[str, int], int] = {}
         self.events = 0
         self.spans = 0
         self.parse_errors = 0
@@ -194,6 +198,7 @@ class Pipeline:
         elif kind == _CONN_CLOSE:
             conn = self.connections.pop(ev.conn_id)
             if conn is not None:
+                self._unindex(conn)
                 self._flush(conn, ev.ts_ns)
 
     def _connection(self, ev: Event) -> Connection:
@@ -202,9 +207,28 @@ class Pipeline:
             conn.touched = ev.ts_ns
         else:
             conn = Connection(ev)
+            # Accepted sockets all share their listener's port: only the ends
+            # that may be a client's are indexed.
+            if conn.l4_proto == IPPROTO_TCP and conn.role != _SERVER:
+                self._tcp_endpoints[(conn.local_address, conn.local_port)] = conn.conn_id
             for _, old in self.connections.put(ev.conn_id, conn, ev.ts_ns):
+                self._unindex(old)
                 self._flush(old, None)
         return conn
+
+    def _unindex(self, conn: Connection) -> None:
+        key = (conn.local_address, conn.local_port)
+        if self._tcp_endpoints.get(key) == conn.conn_id:
+            del self._tcp_endpoints[key]
+
+    def peer_traced(self, address: str, port: int) -> bool:
+        """Whether a TCP connection with this local end is traced here.
+
+        Asked for the client end of a server span: the client wrote its
+        request before the server read it, so in timestamp order a traced
+        client's connection is known by the time the server's span is built.
+        """
+        return (address, port) in self._tcp_endpoints
 
     def _data(self, ev: Event, conn: Connection | None) -> None:
         """A DATA event off the short way; ``conn`` is its connection if known."""
@@ -314,6 +338,7 @@ class Pipeline:
         """Forget connections idle for IDLE_TIMEOUT_NS, flushing what they hold."""
         gone = self.connections.expire(now_ns - IDLE_TIMEOUT_NS)
         for _, conn in gone:
+            self._unindex(conn)
             self._flush(conn, None)
         return len(gone)
 

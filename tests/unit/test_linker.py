@@ -472,7 +472,7 @@ def test_arrival_order_does_not_matter(seed):
 
 
 def test_a_server_span_whose_client_span_was_already_released_is_published_at_once():
-    h = Harness()
+    h = Harness(remember_ns=5 * S)
     client = span("client", 1, 0, 10, seq=55, **CONN)
     h.add(client)
     h.run_for(3)
@@ -718,3 +718,54 @@ def test_assemble_refuses_to_serve_on_a_socket_it_reads(sock_dir, capsys):
                               verbose=False)
     assert _assemble.run_assemble(args) == 2
     assert "must differ" in capsys.readouterr().err
+
+
+# -- a client end this agent does not trace ---------------------------------------------
+
+
+def test_server_span_of_an_untraced_client_is_a_root_at_once():
+    asked = []
+
+    def peer_traced(address, port):
+        asked.append((address, port))
+        return False
+
+    h = Harness(peer_traced=peer_traced)
+    server = span("server", 2, 0, 9, seq=11, client=("10.0.0.1", 40001))
+    h.add(server)
+    assert asked == [("10.0.0.1", 40001)]
+    assert h.out == [server] and h.linker.held == 0
+    assert server["parent_span_id"] is None
+    assert conf(server) == NONE and server["attributes"][REASON_ATTR] == NO_CLIENT_SPAN
+
+
+def test_server_span_of_a_traced_client_waits_for_its_client_span():
+    h = Harness(peer_traced=lambda address, port: True)
+    server = span("server", 2, 1, 9, seq=12, **CONN)
+    h.add(server)
+    assert h.out == [] and h.linker.held == 1
+    client = span("client", 1, 0, 10, seq=12, **CONN)
+    h.add(client)
+    h.run_for(3)
+    assert server["parent_span_id"] == client["span_id"] and conf(server) == EXACT
+
+
+def test_calls_made_by_a_server_span_released_at_once_still_join_it():
+    h = Harness(peer_traced=lambda address, port: False)
+    handler = span("server", 2, 0, 20, tid=21, seq=13, path="/orders")
+    h.add(handler)
+    assert h.out == [handler]
+    call = span("client", 2, 5, 10, tid=21, path="/stock")
+    h.add(call)
+    h.run_for(3)
+    assert call["parent_span_id"] == handler["span_id"] and conf(call) == THREAD
+    assert call["trace_id"] == handler["trace_id"]
+
+
+def test_server_span_without_a_sequence_number_still_waits():
+    # UDP and sides without sequence numbers join by address and time, which
+    # needs the hold.
+    h = Harness(peer_traced=lambda address, port: False)
+    server = span("server", 2, 0, 9, transport="udp")
+    h.add(server)
+    assert h.out == [] and h.linker.held == 1
