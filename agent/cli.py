@@ -20,7 +20,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pid", type=int, action="append", default=[], help="trace this process (repeatable)")
     run.add_argument("--comm", action="append", default=[], help="trace processes with this name (repeatable)")
     run.add_argument("--payload-bytes", type=int, default=4096, help="bytes captured per syscall, at most 4096 (default: %(default)s)")
-    run.add_argument("--ring-pages", type=int, default=256, help="perf ring size per CPU in 4 KiB pages, a power of two (default: %(default)s)")
+    run.add_argument("--ring-pages", type=int, default=1024, help="perf ring size per CPU in 4 KiB pages, a power of two (default: %(default)s)")
     run.add_argument("--stats-interval", type=float, default=5.0, help="seconds between stats messages (default: %(default)s)")
     run.add_argument("--max-connections", type=int, default=65536, help="connections tracked at once (default: %(default)s)")
     run.add_argument("-v", "--verbose", action="store_true", help="log each lifecycle step to stderr")
