@@ -38,7 +38,6 @@ import argparse
 import http.client
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from wire import BlockingSubscriber  # noqa: E402
+from bench_agent_http import SpanCounter, stop  # noqa: E402  (same directory)
 
 REQUESTS_PER_CONNECTION = 20
 CLIENT_THREADS = 4
@@ -187,16 +186,6 @@ def peak_rss_mib(pid: int) -> float:
 
 # -- processes ---------------------------------------------------------------
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def baseline(imports: str) -> dict[str, float]:
     proc = subprocess.Popen([sys.executable, "-c", SLEEPER.format(imports=imports)], cwd=REPO,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -209,34 +198,6 @@ def baseline(imports: str) -> dict[str, float]:
         proc.stdin.close()
         proc.stdout.close()
         stop(proc)
-
-
-class Subscriber(threading.Thread):
-    """Reads and counts spans, like a real consumer would."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(daemon=True)
-        self.sub = BlockingSubscriber(path, timeout=0.5)
-        self.spans = 0
-        self.running = True
-
-    def run(self) -> None:
-        while self.running:
-            try:
-                msg = self.sub.receive()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if msg is None:
-                return
-            if msg["type"] == "span":
-                self.spans += 1
-
-    def close(self) -> None:
-        self.running = False
-        self.join(2)
-        self.sub.close()
 
 
 class Client(threading.Thread):
@@ -276,7 +237,7 @@ def agent_run(tree: Path, server_pid: int, port: int, workdir: Path, seconds: fl
             if agent.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"agent did not start: {agent.stderr.read()}")
             time.sleep(0.05)
-        subscriber = Subscriber(sock)
+        subscriber = SpanCounter(sock)
         subscriber.start()
         try:
             time.sleep(2.0)
