@@ -31,6 +31,7 @@ pytestmark = pytest.mark.kernel
 OBJ = Path(__file__).resolve().parents[2] / "bpfobj" / "bpf" / "sidetrace.bpf.o"
 
 # struct st_event (bpfobj/bpf/include/sidetrace_events.h), 128 bytes, then payload.
+from agent._batches import FlushReason, split_batch  # noqa: E402
 from agent._events import HEADER as _EVENT_HEADER  # noqa: E402
 # The one declaration of the layout, shared with the agent.
 HDR = _EVENT_HEADER.struct
@@ -82,38 +83,24 @@ class Ev:
     payload: bytes
 
 
-# struct st_batch_hdr: kind, flush_ns, count, reason (16 bytes); every sample is one batch.
-BATCH_HDR = struct.Struct("<IQHH")
-BATCH_KIND = 0x48425453
-FLUSH_EACH = 1
+FLUSH_EACH = FlushReason.EACH
 
 
 def batch_events(sample) -> tuple[int, int, list[Ev]]:
-    """(flush_ns, reason, events) of one batch record: events back to back,
-    each padded to 8 bytes, then at most perf's padding."""
-    mv = memoryview(sample)
-    kind, flush_ns, count, reason = BATCH_HDR.unpack_from(mv)
-    assert kind == BATCH_KIND
-    out, off = [], BATCH_HDR.size
-    for _ in range(count):
-        n = struct.unpack_from("<I", mv, off + 60)[0]
-        end = off + HDR.size + n
-        out.append(decode(mv[off:end]))
-        off = (end + 7) & ~7
-    assert len(mv) - off < 8, "batch carries more than perf padding after its last event"
-    assert all(e.ts_ns <= flush_ns for e in out)
-    return flush_ns, reason, out
+    """(flush_ns, reason, events) of one batch record, split by the agent's
+    splitter (which raises CorruptBatch for anything but a whole batch)."""
+    batch = split_batch(sample)
+    out = [as_ev(e) for e in batch.events]
+    assert all(e.ts_ns <= batch.flush_ns for e in out)
+    return batch.flush_ns, batch.reason, out
 
 
-def decode(raw) -> Ev:
-    vals = dict(zip(FIELDS, HDR.unpack_from(raw)))
+def as_ev(event) -> Ev:
+    vals = event._asdict()
     vals["saddr"] = ipaddress.IPv6Address(vals["saddr"])
     vals["daddr"] = ipaddress.IPv6Address(vals["daddr"])
     vals["comm"] = vals["comm"].rstrip(b"\0").decode(errors="replace")
-    n = vals["payload_len"]
-    assert len(raw) >= HDR.size + n, "sample shorter than header + payload_len"
-    assert len(raw) - (HDR.size + n) < 8, "sample carries more than perf padding after the payload"
-    vals["payload"] = bytes(raw[HDR.size:HDR.size + n])
+    assert len(vals["payload"]) == vals["payload_len"]
     return Ev(**vals)
 
 
