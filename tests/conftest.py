@@ -39,11 +39,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    # CI must run every kernel test: turn a kernel-test skip into a failure.
-    if IN_CI and report.skipped and "kernel" in report.keywords:
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> None:
+    # CI must run every kernel test: turn a kernel-test skip into a failure
+    # while the report is made, before any reporter has seen it as a skip.
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and "kernel" in item.keywords:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
-        report.longrepr = f"kernel test skipped in CI: {report.longrepr}"
+        report.longrepr = f"kernel test skipped in CI: {reason}"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

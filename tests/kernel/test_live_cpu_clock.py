@@ -78,7 +78,7 @@ def test_program_runs_on_the_cpu_clock_events_until_detached() -> None:
         for link in links:
             link.close()
         after_close = runs(coll)
-        time.sleep(10 * PERIOD_NS / 1e9)
+        time.sleep(10 * PERIOD_NS / 1e9)  # fixed pause: ten periods in which a detached program must not run
         assert runs(coll) == after_close
 
 

@@ -10,12 +10,15 @@ its batch record (tests/kernel/test_batch_kernel.py covers batching on).
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import ipaddress
 import os
+import select
 import socket
 import struct
 import subprocess
 import sys
+import termios
 import textwrap
 import time
 from dataclasses import dataclass
@@ -158,6 +161,18 @@ def tracer():
 
 def of_ports(events: list[Ev], *ports: int) -> list[Ev]:
     return [e for e in events if e.kind in (EV_DATA, EV_OPEN, EV_CLOSE) and (e.sport in ports or e.dport in ports)]
+
+
+def wait_queued(sock: socket.socket, count: int, timeout: float = 10) -> None:
+    """Wait until ``count`` bytes are queued for reading on ``sock`` (an ioctl: not traced)."""
+    deadline = time.monotonic() + timeout
+    buf = bytearray(4)
+    while True:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf)
+        if int.from_bytes(buf, "little") >= count:
+            return
+        assert time.monotonic() < deadline, f"{count} bytes never arrived"
+        time.sleep(0.001)
 
 
 def tcp_pair(family: int, host: str):
@@ -319,7 +334,8 @@ def test_peek_then_read(tracer: Tracer) -> None:
     ls, cli, srv = tcp_pair(socket.AF_INET, "127.0.0.1")
     try:
         cli.sendall(b"peekaboo")
-        time.sleep(0.02)
+        # a peek returns what has arrived: wait (untraced) until all of it has
+        wait_queued(srv, 8)
         assert srv.recv(4, socket.MSG_PEEK) == b"peek"
         assert srv.recv(100) == b"peekaboo"
         cport = cli.getsockname()[1]
@@ -349,10 +365,13 @@ def test_nonblocking_connect_and_reset(tracer: Tracer) -> None:
         cli.setblocking(True)
         # reset: the server closes with unread data, the client's next read fails
         cli.sendall(b"unread")
-        time.sleep(0.02)
+        wait_queued(srv, 6)
         srv.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         srv.close()
-        time.sleep(0.02)
+        # the reset has arrived when the socket polls as failed (poll is not traced)
+        poller = select.poll()
+        poller.register(cli, select.POLLIN)
+        assert poller.poll(10_000)
         with pytest.raises(ConnectionResetError):
             cli.recv(10)
         cport = cli.getsockname()[1]
@@ -464,7 +483,7 @@ def test_sendmmsg_recvmmsg_report_the_first_message(tracer: Tracer) -> None:
         for i, iov in enumerate(riovs):
             rvec[i].hdr.iov = ctypes.pointer(iov)
             rvec[i].hdr.iovlen = 1
-        time.sleep(0.05)
+        # blocking, no MSG_WAITFORONE: returns once both datagrams are there
         assert libc.recvmmsg(a.fileno(), rvec, 2, 0, None) == 2
         aport, bport = a.getsockname()[1], b.getsockname()[1]
     finally:
