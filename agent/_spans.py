@@ -21,14 +21,6 @@ _rand = random.Random(int.from_bytes(os.urandom(32), "little"))
 _getrandbits = _rand.getrandbits
 
 
-def new_trace_id() -> bytes:
-    return _rand.getrandbits(128).to_bytes(16, "little")
-
-
-def new_span_id() -> bytes:
-    return _rand.getrandbits(64).to_bytes(8, "little")
-
-
 def network_attributes(conn: Any, server_side: bool) -> dict[str, Any]:
     """server.*, client.* and network.* attributes from the connection's endpoints.
 
