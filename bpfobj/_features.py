@@ -12,9 +12,12 @@ import functools
 import os
 import struct
 
-from . import _sys
+from . import _insn, _sys
+from ._btf import Kind
 from ._consts import AttachType, MapFlags, MapType, PseudoSrc, ProgType
 from ._errors import BpfError
+from ._fs import tracefs_path
+from ._kernel_btf import kernel_btf_id
 
 __all__ = [
     "bpf_syscall", "btf", "prog_type_supported", "map_type_supported", "map_batch_ops",
@@ -24,27 +27,15 @@ __all__ = [
 ]
 
 
-# --- a few instructions, enough for probe programs --------------------------
-
-def insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
-    """One 8-byte BPF instruction (struct bpf_insn)."""
-    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
-
-
-def mov64_imm(dst: int, imm: int) -> bytes:
-    return insn(0xB7, dst, 0, 0, imm)          # BPF_ALU64 | BPF_MOV | BPF_K
-
-
-def exit_insn() -> bytes:
-    return insn(0x95)                          # BPF_JMP | BPF_EXIT
-
+# --- probe programs -----------------------------------------------------------
 
 def ld_map_value(dst: int, map_fd: int, offset: int) -> bytes:
     """ld_imm64 dst = &map[0] + offset (BPF_PSEUDO_MAP_VALUE)."""
-    return insn(0x18, dst, PseudoSrc.MAP_VALUE, 0, map_fd) + insn(0, 0, 0, 0, offset)
+    return (_insn.encode(_insn.LD_IMM64, dst, PseudoSrc.MAP_VALUE, 0, map_fd)
+            + _insn.encode(0, 0, 0, 0, offset))
 
 
-RETURN_ZERO = mov64_imm(0, 0) + exit_insn()
+RETURN_ZERO = _insn.mov64_imm(0, 0) + _insn.exit_insn()
 
 
 def _closing(fd: int) -> None:
@@ -69,7 +60,7 @@ def _try(fn) -> bool:
 @functools.cache
 def bpf_syscall() -> bool:
     """bpf() works for this process (root / CAP_BPF)."""
-    return _try(lambda: _sys.map_create(MapType.ARRAY, 4, 4, 1, check_type=False))
+    return _try(lambda: _sys.map_create(MapType.ARRAY, 4, 4, 1))
 
 
 def _tiny_btf() -> bytes:
@@ -104,7 +95,7 @@ def prog_type_supported(prog_type: int) -> bool:
         return tp_btf() or fentry()
     if prog_type in (ProgType.EXT, ProgType.LSM):
         return False  # needs a target; not used by bpfobj
-    return _try(lambda: _sys.prog_load(prog_type, RETURN_ZERO, "GPL", check_type=False))
+    return _try(lambda: _sys.prog_load(prog_type, RETURN_ZERO, "GPL"))
 
 
 PROBED_MAP_TYPES = (MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH, MapType.PERCPU_ARRAY,
@@ -118,7 +109,7 @@ PROBED_MAP_TYPES = (MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH, MapType.PE
 def map_type_supported(map_type: int) -> bool:
     """A minimal map of this type can be created."""
     mt = map_type
-    create = functools.partial(_sys.map_create, check_type=False)
+    create = _sys.map_create
     if mt in (MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH, MapType.PERCPU_ARRAY,
               MapType.LRU_HASH, MapType.LRU_PERCPU_HASH):
         return _try(lambda: create(mt, 4, 8, 1))
@@ -165,7 +156,7 @@ def ringbuf() -> bool:
 def map_batch_ops() -> bool:
     """BPF_MAP_LOOKUP_BATCH works on hash maps (Linux 5.6)."""
     try:
-        fd = _sys.map_create(MapType.HASH, 4, 4, 4, check_type=False)
+        fd = _sys.map_create(MapType.HASH, 4, 4, 4)
     except BpfError:
         return False
     try:
@@ -184,7 +175,7 @@ def map_batch_ops() -> bool:
 def map_freeze() -> bool:
     """BPF_MAP_FREEZE (Linux 5.2)."""
     try:
-        fd = _sys.map_create(MapType.ARRAY, 4, 4, 1, check_type=False)
+        fd = _sys.map_create(MapType.ARRAY, 4, 4, 1)
     except BpfError:
         return False
     try:
@@ -200,12 +191,12 @@ def map_freeze() -> bool:
 def global_data() -> bool:
     """Programs may point into array map values (BPF_PSEUDO_MAP_VALUE, Linux 5.2)."""
     try:
-        mfd = _sys.map_create(MapType.ARRAY, 4, 16, 1, check_type=False)
+        mfd = _sys.map_create(MapType.ARRAY, 4, 16, 1)
     except BpfError:
         return False
     try:
-        prog = ld_map_value(1, mfd, 8) + mov64_imm(0, 0) + exit_insn()
-        return _try(lambda: _sys.prog_load(ProgType.SOCKET_FILTER, prog, "GPL", check_type=False))
+        prog = ld_map_value(1, mfd, 8) + RETURN_ZERO
+        return _try(lambda: _sys.prog_load(ProgType.SOCKET_FILTER, prog, "GPL"))
     finally:
         _closing(mfd)
 
@@ -213,8 +204,6 @@ def global_data() -> bool:
 # --- attach kinds -----------------------------------------------------------
 
 def _tracepoint_id(category: str, name: str) -> int | None:
-    from ._fs import tracefs_path
-
     root = tracefs_path()
     if root is None:
         return None
@@ -232,7 +221,7 @@ def link_create_perf_event() -> bool:
     if tp is None:
         return False
     try:
-        prog = _sys.prog_load(ProgType.TRACEPOINT, RETURN_ZERO, "GPL", check_type=False)
+        prog = _sys.prog_load(ProgType.TRACEPOINT, RETURN_ZERO, "GPL")
     except BpfError:
         return False
     try:
@@ -252,7 +241,7 @@ def link_create_perf_event() -> bool:
 def raw_tracepoint() -> bool:
     """BPF_RAW_TRACEPOINT_OPEN of a raw tracepoint program (Linux 4.17)."""
     try:
-        prog = _sys.prog_load(ProgType.RAW_TRACEPOINT, RETURN_ZERO, "GPL", check_type=False)
+        prog = _sys.prog_load(ProgType.RAW_TRACEPOINT, RETURN_ZERO, "GPL")
     except BpfError:
         return False
     try:
@@ -261,16 +250,14 @@ def raw_tracepoint() -> bool:
         _closing(prog)
 
 
-def _tracing_probe(attach_type: int, btf_name: str, kind_name: str) -> tuple[bool, bool]:
+def _tracing_probe(attach_type: int, btf_name: str, kind: Kind) -> tuple[bool, bool]:
     """(loads, attaches through LINK_CREATE) for a trivial tracing program."""
-    from ._programs import kernel_btf_id
-
     try:
-        btf_id = kernel_btf_id(btf_name, kind_name)
+        btf_id = kernel_btf_id(btf_name, kind)
     except BpfError:
         return False, False
     try:
-        prog = _sys.prog_load(ProgType.TRACING, RETURN_ZERO, "GPL", check_type=False,
+        prog = _sys.prog_load(ProgType.TRACING, RETURN_ZERO, "GPL",
                               expected_attach_type=attach_type, attach_btf_id=btf_id)
     except BpfError:
         return False, False
@@ -284,12 +271,12 @@ def _tracing_probe(attach_type: int, btf_name: str, kind_name: str) -> tuple[boo
 
 @functools.cache
 def _fentry_probe() -> tuple[bool, bool]:
-    return _tracing_probe(AttachType.TRACE_FENTRY, "__x64_sys_getpgid", "FUNC")
+    return _tracing_probe(AttachType.TRACE_FENTRY, "__x64_sys_getpgid", Kind.FUNC)
 
 
 @functools.cache
 def _tp_btf_probe() -> tuple[bool, bool]:
-    return _tracing_probe(AttachType.TRACE_RAW_TP, "btf_trace_sys_enter", "TYPEDEF")
+    return _tracing_probe(AttachType.TRACE_RAW_TP, "btf_trace_sys_enter", Kind.TYPEDEF)
 
 
 @functools.cache
@@ -301,7 +288,7 @@ def fentry() -> bool:
 @functools.cache
 def fexit() -> bool:
     """fexit programs load and attach (Linux 5.5)."""
-    return _tracing_probe(AttachType.TRACE_FEXIT, "__x64_sys_getpgid", "FUNC")[0]
+    return _tracing_probe(AttachType.TRACE_FEXIT, "__x64_sys_getpgid", Kind.FUNC)[0]
 
 
 @functools.cache

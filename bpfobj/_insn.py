@@ -1,4 +1,4 @@
-"""Reading and patching raw 8-byte BPF instructions.
+"""Reading, patching and writing raw 8-byte BPF instructions.
 
 struct bpf_insn { __u8 code; __u8 dst_reg:4, src_reg:4; __s16 off; __s32 imm; }
 (little-endian: dst_reg is the low nibble of the second byte).
@@ -56,4 +56,15 @@ def set_imm64(insns: bytearray, index: int, value: int) -> None:
 
 
 def encode(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    """One instruction (struct bpf_insn) from its fields."""
     return INSN.pack(code, (src << 4) | dst, off, imm)
+
+
+def mov64_imm(dst: int, imm: int) -> bytes:
+    """dst = imm (64-bit move of a constant)."""
+    return encode(ALU64_MOV_K, dst, 0, 0, imm)
+
+
+def exit_insn() -> bytes:
+    """Return r0."""
+    return encode(EXIT)

@@ -13,8 +13,8 @@ import os
 import sys
 import threading
 
-from ._btf import Btf
-from ._errors import NotSupportedError
+from ._btf import Btf, Kind
+from ._errors import BpfError, NotSupportedError
 
 VMLINUX_BTF_PATH = "/sys/kernel/btf/vmlinux"
 
@@ -42,6 +42,15 @@ def kernel_btf(path: str = VMLINUX_BTF_PATH) -> Btf:
             btf = Btf.parse(data, where=os.path.basename(path) + " BTF", validate=False)
             _cached[path] = btf
         return btf
+
+
+def kernel_btf_id(name: str, kind: Kind, btf: Btf | None = None) -> int:
+    """Id of the type ``name`` of ``kind`` (FUNC, TYPEDEF, ...) in ``btf``,
+    by default the running kernel's."""
+    ids = (kernel_btf() if btf is None else btf).ids_by_name(name, kind)
+    if not ids:
+        raise BpfError(f"kernel BTF has no {kind.name} named {name!r}")
+    return ids[0]
 
 
 def clear_cache() -> None:

@@ -26,10 +26,14 @@ import re
 import struct
 from collections.abc import Mapping
 
-from . import _sys
+from . import _features, _sys
 from ._consts import MapType, PinType, ProgType, PseudoSrc
+from ._core import apply_core_relocations
 from ._errors import BpfError, CoreRelocationError, NotSupportedError, SyscallError
+from ._fs import BPFFS, ensure_bpffs
+from ._kernel_btf import clear_cache, kernel_btf
 from ._maps import Map
+from ._parse import load_object_spec
 from ._perf import possible_cpus
 from ._programs import Link, Program, attach_btf_id_for
 from ._spec import MapSpec, ObjectSpec, ProgramSpec
@@ -110,8 +114,6 @@ class Collection:
     def load_file(cls, path: str | os.PathLike[str], *,
                   constants: Mapping[str, int | bytes] | None = None, **kwargs) -> "Collection":
         """Parse the object at ``path``, preset ``constants`` in .rodata/.data, load it."""
-        from ._parse import load_object_spec
-
         spec = load_object_spec(path)
         if constants:
             spec = spec.with_constants(**constants)
@@ -119,8 +121,6 @@ class Collection:
 
     def _kernel_types(self):
         if self._kernel_btf is None:
-            from ._kernel_btf import kernel_btf
-
             self._kernel_btf = kernel_btf()
         return self._kernel_btf
 
@@ -194,8 +194,6 @@ class Collection:
             m.freeze()
 
     def _pinned_map(self, spec: MapSpec, kname: str) -> Map:
-        from ._fs import BPFFS, ensure_bpffs
-
         if self.pin_root == BPFFS or self.pin_root.startswith(BPFFS + "/"):
             ensure_bpffs(BPFFS)
         os.makedirs(self.pin_root, exist_ok=True)
@@ -245,8 +243,6 @@ class Collection:
         if self.spec.btf_types is None:
             raise CoreRelocationError(f"program {progs[0].name!r} has CO-RE relocations "
                                       "but the object has no BTF")
-        from ._core import apply_core_relocations
-
         target = self._kernel_types()
         if len(progs) == 1:
             p = progs[0]
@@ -301,23 +297,16 @@ class Collection:
             spec.type, bytes(code), spec.license or self.spec.license or "GPL",
             name=_kernel_name(spec.name), expected_attach_type=spec.expected_attach_type,
             attach_btf_id=attach_btf_id, kern_version=spec.kernel_version, btf_fd=btf_fd,
-            func_info=func_info, line_info=line_info, log_level=self._log_level)
+            func_info=func_info, line_info=line_info, log_level=self._log_level,
+            type_supported=_features.prog_type_supported)
         return Program(fd, name=spec.name, type=spec.type,
                        expected_attach_type=spec.expected_attach_type,
                        attach_target=spec.attach_target, section=spec.section)
 
     def _tracing_target_id(self, spec: ProgramSpec) -> int:
-        if self._kernel_btf is not None:
-            from ._btf import Kind
-
-            kind, name = ((Kind.TYPEDEF, f"btf_trace_{spec.attach_target}")
-                          if spec.expected_attach_type == 23 else (Kind.FUNC, spec.attach_target))
-            ids = self._kernel_btf.ids_by_name(name, kind)
-            if not ids:
-                raise BpfError(f"program {spec.name!r}: kernel BTF has no {kind.name} {name!r}")
-            return ids[0]
         try:
-            return attach_btf_id_for(spec.type, spec.expected_attach_type, spec.attach_target)
+            return attach_btf_id_for(spec.type, spec.expected_attach_type, spec.attach_target,
+                                     self._kernel_btf)
         except BpfError as exc:
             raise BpfError(f"program {spec.name!r}: {exc}") from None
 
@@ -390,8 +379,6 @@ class Collection:
 
         Attaching tracing programs later parses it again.
         """
-        from ._kernel_btf import clear_cache
-
         self._kernel_btf = None
         clear_cache()
 
@@ -409,6 +396,8 @@ class Collection:
         if len(links) > 2:
             # Each detach waits for an RCU grace period (~30-50 ms here); closing
             # the links from a few threads lets those waits overlap.
+            # lazy import: concurrent.futures (and logging with it) costs about
+            # 9 ms of start-up, and only closing many links needs it.
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max_workers=min(16, len(links))) as pool:

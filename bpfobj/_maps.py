@@ -13,7 +13,7 @@ import errno as _errno
 import os
 from collections.abc import Iterator, Sequence
 
-from . import _sys
+from . import _features, _sys
 from ._consts import PERCPU_MAP_TYPES, MapType, UpdateFlags
 from ._errors import BpfError, SyscallError
 from ._perf import possible_cpus
@@ -67,7 +67,8 @@ class Map:
         fd = _sys.map_create(type, key_size, value_size, max_entries, flags=flags, name=name,
                              inner_map_fd=inner_map_fd, btf_fd=btf_fd,
                              btf_key_type_id=btf_key_type_id,
-                             btf_value_type_id=btf_value_type_id, map_extra=map_extra)
+                             btf_value_type_id=btf_value_type_id, map_extra=map_extra,
+                             type_supported=_features.map_type_supported)
         return cls(fd, name=name, type=type, key_size=key_size, value_size=value_size,
                    max_entries=max_entries, flags=flags)
 
@@ -225,15 +226,12 @@ class Map:
 
     def items(self) -> Iterator[tuple[bytes, bytes | list[bytes]]]:
         """Every (key, value): batched when the kernel supports it for this map."""
-        if self.type in _BATCH_TYPES:
-            from . import _features
-
-            if _features.map_batch_ops():
-                try:
-                    yield from self.lookup_batch()
-                    return
-                except _BatchUnsupported:
-                    pass
+        if self.type in _BATCH_TYPES and _features.map_batch_ops():
+            try:
+                yield from self.lookup_batch()
+                return
+            except _BatchUnsupported:
+                pass
         for key in self.keys():
             value = self.lookup(key)
             if value is not None:  # deleted meanwhile

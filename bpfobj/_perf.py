@@ -279,6 +279,8 @@ class PerfRing:
 
         Returns True when woken by the kernel, False on timeout.
         """
+        # lazy import: bpfobj is a library without trio; only this helper for
+        # trio programs needs it.
         import trio
 
         if timeout is None:

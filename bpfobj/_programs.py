@@ -26,11 +26,14 @@ from __future__ import annotations
 import ctypes
 import os
 
-from . import _sys
+from . import _features, _sys
+from ._btf import Btf, Kind
 from ._consts import PERF_TYPE_SOFTWARE, PERF_TYPE_TRACEPOINT, AttachType, ProgType
 from ._errors import BpfError, NotSupportedError, SyscallError
+from ._fs import ensure_tracefs
+from ._kernel_btf import kernel_btf_id
 
-__all__ = ["Program", "Link", "kernel_btf_id", "tracepoint_id", "attach_btf_id_for", "open_cpu_clock"]
+__all__ = ["Program", "Link", "tracepoint_id", "attach_btf_id_for", "open_cpu_clock"]
 
 # enum perf_sw_ids: the CPU clock software event (an hrtimer per CPU).
 PERF_COUNT_SW_CPU_CLOCK = 0
@@ -54,8 +57,6 @@ def open_cpu_clock(cpu: int, period_ns: int) -> int:
 
 def tracepoint_id(category: str, name: str) -> int:
     """The id of tracepoint ``category:name`` from tracefs (mounting it if needed)."""
-    from ._fs import ensure_tracefs
-
     root = ensure_tracefs().path
     path = os.path.join(root, "events", category, name, "id")
     try:
@@ -65,29 +66,18 @@ def tracepoint_id(category: str, name: str) -> int:
         raise BpfError(f"no tracepoint {category}:{name} ({path} does not exist)") from None
 
 
-def kernel_btf_id(name: str, kind: str) -> int:
-    """Id of the kernel BTF type ``name`` of ``kind`` (e.g. "FUNC", "TYPEDEF")."""
-    try:
-        from ._btf import Kind
-        from ._kernel_btf import kernel_btf
-    except ImportError as exc:  # pragma: no cover - partial checkouts only
-        raise BpfError(f"kernel BTF lookup unavailable: {exc}") from None
-
-    ids = kernel_btf().ids_by_name(name, Kind[kind])
-    if not ids:
-        raise BpfError(f"kernel BTF has no {kind} named {name!r}")
-    return ids[0]
-
-
-def attach_btf_id_for(prog_type: int, attach_type: int, target: str) -> int:
-    """attach_btf_id for a tracing program: ``btf_trace_<tp>`` or the function."""
+def attach_btf_id_for(prog_type: int, attach_type: int, target: str,
+                      kernel_types: Btf | None = None) -> int:
+    """attach_btf_id for a tracing program: the id of ``btf_trace_<tp>`` or of
+    the function in ``kernel_types`` (default: the running kernel's BTF); 0
+    for other programs."""
     if prog_type != ProgType.TRACING:
         return 0
     if not target:
         raise BpfError("tracing program without an attach target")
     if attach_type == AttachType.TRACE_RAW_TP:
-        return kernel_btf_id(f"btf_trace_{target}", "TYPEDEF")
-    return kernel_btf_id(target, "FUNC")
+        return kernel_btf_id(f"btf_trace_{target}", Kind.TYPEDEF, kernel_types)
+    return kernel_btf_id(target, Kind.FUNC, kernel_types)
 
 
 class Link:
@@ -176,7 +166,8 @@ class Program:
         fd = _sys.prog_load(type, instructions, license, name=name,
                             expected_attach_type=expected_attach_type,
                             attach_btf_id=attach_btf_id, btf_fd=btf_fd, func_info=func_info,
-                            line_info=line_info, kern_version=kern_version)
+                            line_info=line_info, kern_version=kern_version,
+                            type_supported=_features.prog_type_supported)
         return cls(fd, name=name, type=type, expected_attach_type=expected_attach_type,
                    attach_target=attach_target, section=section)
 

@@ -10,7 +10,9 @@ that retries EINTR/EAGAIN and turns an errno into a typed error:
 
 * EPERM/EACCES -> :class:`PermissionDeniedError` with a capability hint,
 * a failed BPF_PROG_LOAD -> :class:`VerifierError` carrying the verifier log,
-* EINVAL for a map or program type this kernel lacks -> :class:`NotSupportedError`,
+* EINVAL for a map or program type this kernel lacks -> :class:`NotSupportedError`
+  (when the caller passes ``type_supported``, the probe that tells; this
+  layer runs no probe of its own),
 * anything else -> :class:`SyscallError`.
 
 File descriptors returned by the kernel are plain ints; callers own them.
@@ -647,12 +649,13 @@ def _type_name(enum_cls: type, value: int) -> str:
 def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, *,
                flags: int = 0, name: str = "", inner_map_fd: int = 0, btf_fd: int = 0,
                btf_key_type_id: int = 0, btf_value_type_id: int = 0,
-               map_extra: int = 0, check_type: bool = True) -> int:
+               map_extra: int = 0,
+               type_supported: Callable[[int], bool] | None = None) -> int:
     """BPF_MAP_CREATE; returns the new map fd.
 
-    With ``check_type``, EINVAL is turned into :class:`NotSupportedError` when
-    a minimal map of the same type cannot be created either (the kernel lacks
-    the type).
+    With ``type_supported`` (a probe: can a minimal map of this type be
+    created?), EINVAL is turned into :class:`NotSupportedError` when the probe
+    says the kernel lacks the type.
     """
     attr = MapCreateAttr(
         map_type=map_type, key_size=key_size, value_size=value_size,
@@ -664,10 +667,8 @@ def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, 
     tname = _type_name(MapType, map_type)
 
     def on_error(err: int) -> BaseException | None:
-        if err == _errno.EINVAL and check_type:
-            from . import _features  # late import: features probe through this module
-
-            if not _features.map_type_supported(map_type):
+        if err == _errno.EINVAL and type_supported is not None:
+            if not type_supported(map_type):
                 return NotSupportedError(
                     f"map type {tname}", _MAP_TYPE_SINCE.get(map_type, ""), label)
         return None
@@ -752,15 +753,17 @@ def prog_load(prog_type: int, insns: bytes, license: str, *, name: str = "",
               attach_btf_obj_fd: int = 0, kern_version: int = 0, prog_flags: int = 0,
               btf_fd: int = 0, func_info: bytes = b"", func_info_rec_size: int = 8,
               line_info: bytes = b"", line_info_rec_size: int = 16,
-              log_level: int = 0, log_size: int = 0, check_type: bool = True) -> int:
+              log_level: int = 0, log_size: int = 0,
+              type_supported: Callable[[int], bool] | None = None) -> int:
     """BPF_PROG_LOAD; returns the program fd.
 
     The first attempt runs with ``log_level`` (0 by default: no log, fastest).
     On failure the load is repeated with a verifier log (level >= 1), growing
     the buffer while the kernel answers ENOSPC, and a :class:`VerifierError`
     naming the program carries the log.  EPERM is a
-    :class:`PermissionDeniedError`; EINVAL with an empty log for a program
-    type the kernel lacks is a :class:`NotSupportedError`.
+    :class:`PermissionDeniedError`; EINVAL with an empty log is a
+    :class:`NotSupportedError` when the ``type_supported`` probe (if given)
+    says the kernel lacks the program type.
     """
     if len(insns) % 8:
         raise BpfError(f"program {name!r}: instruction bytes not a multiple of 8")
@@ -831,10 +834,8 @@ def prog_load(prog_type: int, insns: bytes, license: str, *, name: str = "",
             continue
         err = err2
         break
-    if err == _errno.EINVAL and not log.strip() and check_type:
-        from . import _features
-
-        if not _features.prog_type_supported(prog_type):
+    if err == _errno.EINVAL and not log.strip() and type_supported is not None:
+        if not type_supported(prog_type):
             raise NotSupportedError(
                 f"program type {_type_name(ProgType, prog_type)}",
                 _PROG_TYPE_SINCE.get(prog_type, ""), f"program {label!r}")

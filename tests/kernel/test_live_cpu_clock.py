@@ -15,7 +15,7 @@ import pytest
 
 from bpfobj import BpfError, Collection, NotSupportedError, online_cpus, open_cpu_clock
 from bpfobj._consts import AttachType, MapType, ProgType
-from bpfobj._features import exit_insn, insn, mov64_imm
+from bpfobj._insn import encode as insn, exit_insn, mov64_imm
 from bpfobj._spec import MapRelocation, MapSpec, ObjectSpec, ProgramSpec, frozen_map
 
 pytestmark = pytest.mark.kernel

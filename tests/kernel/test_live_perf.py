@@ -20,7 +20,7 @@ from bpfobj import (
     online_cpus,
 )
 from bpfobj._consts import MapType, ProgType
-from bpfobj._features import exit_insn, insn, mov64_imm
+from bpfobj._insn import encode as insn, exit_insn, mov64_imm
 
 pytestmark = pytest.mark.kernel
 
