@@ -30,6 +30,7 @@ from . import _features, _sys
 from ._consts import MapType, PinType, ProgType, PseudoSrc
 from ._core import apply_core_relocations
 from ._errors import BpfError, CoreRelocationError, NotSupportedError, SyscallError
+from ._fd import FdOwner
 from ._fs import BPFFS, ensure_bpffs
 from ._kernel_btf import clear_cache, kernel_btf
 from ._maps import Map
@@ -90,7 +91,7 @@ class Collection:
         self.maps: dict[str, Map] = {}
         self.programs: dict[str, Program] = {}
         self.links: list[Link] = []
-        self.btf_fd = -1
+        self.btf: FdOwner | None = None   # the object's BTF, loaded into the kernel
         self.pinned_now: list[str] = []   # pins this collection created
         self.reused_pins: list[str] = []  # pins that were already there and compatible
         self._kernel_btf = kernel_btf
@@ -128,7 +129,7 @@ class Collection:
         if not self.spec.btf:
             return
         try:
-            self.btf_fd = _sys.btf_load(self.spec.btf)
+            self.btf = FdOwner(_sys.btf_load(self.spec.btf), f"BTF of object {self.name!r}")
         except SyscallError as exc:
             raise BpfError(f"object {self.name!r}: {exc}", errno=exc.errno) from None
 
@@ -154,11 +155,11 @@ class Collection:
             inner = self._new_map(spec.inner, _map_kernel_name(self.name, spec.inner))
         try:
             kwargs = dict(name=kname, flags=flags, inner_map_fd=inner.fd if inner else 0)
-            use_btf = self.btf_fd >= 0 and spec.btf_value_type_id and spec.type not in (
+            use_btf = self.btf is not None and spec.btf_value_type_id and spec.type not in (
                 MapType.PERF_EVENT_ARRAY, MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS)
             try:
                 if use_btf:
-                    m = Map.create(spec.type, key, value, entries, btf_fd=self.btf_fd,
+                    m = Map.create(spec.type, key, value, entries, btf_fd=self.btf.fd,
                                    btf_key_type_id=spec.btf_key_type_id,
                                    btf_value_type_id=spec.btf_value_type_id, **kwargs)
                 else:
@@ -290,7 +291,7 @@ class Collection:
             _LINE_INFO.pack(li.insn_index, li.file_name_off, li.line_off,
                             (li.line << 10) | (li.column & 0x3FF))
             for li in spec.line_info)
-        btf_fd = self.btf_fd if self.btf_fd >= 0 and (func_info or line_info) else 0
+        btf_fd = self.btf.fd if self.btf is not None and (func_info or line_info) else 0
         if not btf_fd:
             func_info = line_info = b""
         fd = _sys.prog_load(
@@ -409,9 +410,8 @@ class Collection:
             prog.close()
         for m in self.maps.values():
             m.close()
-        if self.btf_fd >= 0:
-            fd, self.btf_fd = self.btf_fd, -1
-            _sys.close_fd(fd)
+        if self.btf is not None:
+            self.btf.close()
 
     def __enter__(self) -> "Collection":
         return self

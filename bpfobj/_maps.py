@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from . import _features, _sys
 from ._consts import PERCPU_MAP_TYPES, MapType, UpdateFlags
 from ._errors import BpfError, SyscallError
+from ._fd import FdOwner
 from ._perf import possible_cpus
 
 __all__ = ["Map", "Key", "Value"]
@@ -31,7 +32,7 @@ def _round8(n: int) -> int:
     return (n + 7) & ~7
 
 
-class Map:
+class Map(FdOwner):
     """A live map.  Close it (or use ``with``) to drop the fd.
 
     ``name``, ``type``, ``key_size``, ``value_size``, ``max_entries``, ``flags``
@@ -40,7 +41,7 @@ class Map:
 
     def __init__(self, fd: int, *, name: str, type: int, key_size: int, value_size: int,
                  max_entries: int, flags: int = 0, pinned_path: str | None = None) -> None:
-        self._fd = fd
+        super().__init__(fd)
         self.name = name
         try:
             self.type: MapType | int = MapType(type)
@@ -89,37 +90,8 @@ class Map:
         """Open the map pinned at ``path``."""
         return cls.from_fd(_sys.obj_get(path), pinned_path=path)
 
-    # -- fd -----------------------------------------------------------------
-
-    @property
-    def fd(self) -> int:
-        if self._fd < 0:
-            raise BpfError(f"map {self.name!r} is closed")
-        return self._fd
-
-    def fileno(self) -> int:
-        return self.fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            _sys.close_fd(fd)
-
-    def __enter__(self) -> "Map":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+    def _label(self) -> str:
+        return f"map {self.name!r}"
 
     def __repr__(self) -> str:
         t = self.type.name if isinstance(self.type, MapType) else self.type

@@ -31,6 +31,7 @@ from ._consts import (
     PERF_TYPE_SOFTWARE,
 )
 from ._errors import BpfError, SyscallError
+from ._fd import FdOwner
 
 __all__ = [
     "RingCorruptError", "WalkResult", "walk_ring", "PerfRing", "PerfEventArray",
@@ -159,7 +160,7 @@ def possible_cpus() -> list[int]:
         return _parse_cpu_list(f.read())
 
 
-class PerfRing:
+class PerfRing(FdOwner):
     """One perf event's mmapped ring: the reader side.
 
     ``read()`` copies every pending byte out of the mmap (one or two memoryview
@@ -175,21 +176,20 @@ class PerfRing:
     timeout to drain a quiet ring (:meth:`wait` does both).
     """
 
-    def __init__(self, fd: int, *, pages: int, cpu: int = -1, owns_fd: bool = True) -> None:
-        if pages < 1 or pages & (pages - 1):
-            raise BpfError(f"perf ring needs a power-of-two number of data pages, not {pages}")
-        self._fd = fd
-        self._owns_fd = owns_fd
+    _mm: mmap.mmap | None = None
+
+    def __init__(self, fd: int, *, pages: int, cpu: int = -1) -> None:
+        """Own the perf event ``fd`` and map its ring of ``pages`` data pages."""
+        super().__init__(fd)
         self.cpu = cpu
-        self._mm: mmap.mmap | None = None
-        self._mv: memoryview | None = None
+        if pages < 1 or pages & (pages - 1):
+            self.close()
+            raise BpfError(f"perf ring needs a power-of-two number of data pages, not {pages}")
         try:
             self._mm = mmap.mmap(fd, (1 + pages) * PAGE_SIZE, mmap.MAP_SHARED,
                                  mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
-            if owns_fd:
-                _sys.close_fd(fd)
-            self._fd = -1
+            self.close()
             raise SyscallError("mmap(perf ring)", exc.errno or 0, f"cpu {cpu}") from None
         self._mv = memoryview(self._mm)
         offset = _U64.unpack_from(self._mm, _OFF_DATA_OFFSET)[0]
@@ -226,14 +226,8 @@ class PerfRing:
         fd = _sys.perf_event_open(attr, -1, cpu, what=f"BPF output event on cpu {cpu}")
         return cls(fd, pages=pages, cpu=cpu)
 
-    def fileno(self) -> int:
-        if self._fd < 0:
-            raise BpfError("perf ring is closed")
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._mm is None
+    def _label(self) -> str:
+        return f"perf ring of cpu {self.cpu}"
 
     def enable(self) -> None:
         _sys.perf_event_enable(self.fileno())
@@ -245,7 +239,7 @@ class PerfRing:
         """Bytes written by the kernel and not consumed yet."""
         mm = self._mm
         if mm is None:
-            raise BpfError("perf ring is closed")
+            raise BpfError(f"{self._label()} is closed")
         head, tail = struct.unpack_from("<QQ", mm, _OFF_DATA_HEAD)
         return head - tail
 
@@ -253,7 +247,7 @@ class PerfRing:
         """Consume everything pending; returns the samples and the lost count."""
         mm = self._mm
         if mm is None:
-            raise BpfError("perf ring is closed")
+            raise BpfError(f"{self._label()} is closed")
         head, tail = struct.unpack_from("<QQ", mm, _OFF_DATA_HEAD)
         n = head - tail
         if n == 0:
@@ -294,25 +288,10 @@ class PerfRing:
     def close(self) -> None:
         if self._mm is not None:
             self._data.release()
-            self._mv.release()  # type: ignore[union-attr]
+            self._mv.release()
             self._mm.close()
             self._mm = None
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            if self._owns_fd:
-                _sys.close_fd(fd)
-
-    def __enter__(self) -> "PerfRing":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:  # last resort; explicit close() is the contract
-        try:
-            self.close()
-        except Exception:
-            pass
+        super().close()
 
 
 class PerfEventArray:

@@ -30,6 +30,7 @@ from . import _features, _sys
 from ._btf import Btf, Kind
 from ._consts import PERF_TYPE_SOFTWARE, PERF_TYPE_TRACEPOINT, AttachType, ProgType
 from ._errors import BpfError, NotSupportedError, SyscallError
+from ._fd import FdOwner
 from ._fs import ensure_tracefs
 from ._kernel_btf import kernel_btf_id
 
@@ -80,68 +81,58 @@ def attach_btf_id_for(prog_type: int, attach_type: int, target: str,
     return kernel_btf_id(target, Kind.FUNC, kernel_types)
 
 
-class Link:
+class Link(FdOwner):
     """An attachment.  ``close()`` detaches and releases every fd it holds.
 
     ``kind`` is one of "perf_link", "perf_ioctl", "raw_tracepoint", "tracing".
-    ``link_fd`` is the BPF link fd when there is one (else -1).
+    ``fd`` keeps the program attached: a BPF link, except for "perf_ioctl"
+    (kernels without perf links), where it is the perf event the program was
+    set on.  A "perf_link" also holds its perf event (``perf_event``).
     """
 
-    def __init__(self, kind: str, *, link_fd: int = -1, perf_fd: int = -1,
+    def __init__(self, kind: str, fd: int, *, perf_event: FdOwner | None = None,
                  program: str = "", target: str = "") -> None:
+        super().__init__(fd)
         self.kind = kind
-        self.link_fd = link_fd
-        self.perf_fd = perf_fd
+        self.perf_event = perf_event
         self.program = program
         self.target = target
 
+    def _label(self) -> str:
+        return f"link of program {self.program!r} to {self.target!r}"
+
     @property
-    def closed(self) -> bool:
-        return self.link_fd < 0 and self.perf_fd < 0
+    def has_bpf_link(self) -> bool:
+        return self.kind != "perf_ioctl"
 
     def detach(self) -> None:
         """BPF_LINK_DETACH (the link fd stays open until close)."""
-        if self.link_fd < 0:
+        if not self.has_bpf_link:
             raise BpfError(f"{self!r} has no BPF link to detach")
-        _sys.link_detach(self.link_fd)
+        _sys.link_detach(self.fd)
 
     def info(self) -> _sys.BpfLinkInfo:
-        if self.link_fd < 0:
+        if not self.has_bpf_link:
             raise BpfError(f"{self!r} has no BPF link")
-        return _sys.obj_get_info_by_fd(self.link_fd, _sys.BpfLinkInfo())
+        return _sys.obj_get_info_by_fd(self.fd, _sys.BpfLinkInfo())
 
     def close(self) -> None:
-        if self.link_fd >= 0:
-            fd, self.link_fd = self.link_fd, -1
-            _sys.close_fd(fd)
-        if self.perf_fd >= 0:
-            fd, self.perf_fd = self.perf_fd, -1
-            _sys.close_fd(fd)
-
-    def __enter__(self) -> "Link":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+        super().close()
+        if self.perf_event is not None:
+            self.perf_event.close()
 
     def __repr__(self) -> str:
         return f"<Link {self.kind} {self.program!r} -> {self.target!r}{' closed' if self.closed else ''}>"
 
 
-class Program:
+class Program(FdOwner):
     """A loaded program.  ``attach()`` returns a :class:`Link`; ``close()`` drops the fd
     (links keep the program alive in the kernel until they are closed too)."""
 
     def __init__(self, fd: int, *, name: str, type: int,
                  expected_attach_type: int = AttachType.NONE, attach_target: str = "",
                  section: str = "") -> None:
-        self._fd = fd
+        super().__init__(fd)
         self.name = name
         try:
             self.type: ProgType | int = ProgType(type)
@@ -171,35 +162,8 @@ class Program:
         return cls(fd, name=name, type=type, expected_attach_type=expected_attach_type,
                    attach_target=attach_target, section=section)
 
-    @property
-    def fd(self) -> int:
-        if self._fd < 0:
-            raise BpfError(f"program {self.name!r} is closed")
-        return self._fd
-
-    def fileno(self) -> int:
-        return self.fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            _sys.close_fd(fd)
-
-    def __enter__(self) -> "Program":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+    def _label(self) -> str:
+        return f"program {self.name!r}"
 
     def __repr__(self) -> str:
         t = self.type.name if isinstance(self.type, ProgType) else self.type
@@ -253,14 +217,14 @@ class Program:
             try:
                 if use_link:
                     link_fd = _sys.link_create(self.fd, perf_fd, AttachType.PERF_EVENT)
-                    return Link("perf_link", link_fd=link_fd, perf_fd=perf_fd,
+                    return Link("perf_link", link_fd, perf_event=FdOwner(perf_fd, "perf event"),
                                 program=self.name, target=target)
             except SyscallError as exc:
                 if exc.errno not in (22, 95, 524):  # EINVAL/EOPNOTSUPP/ENOTSUPP: fall back
                     raise
             _sys.perf_event_set_bpf(perf_fd, self.fd)
             _sys.perf_event_enable(perf_fd)
-            return Link("perf_ioctl", perf_fd=perf_fd, program=self.name, target=target)
+            return Link("perf_ioctl", perf_fd, program=self.name, target=target)
         except BaseException:
             _sys.close_fd(perf_fd)
             raise
@@ -294,19 +258,19 @@ class Program:
 
     def attach_raw_tracepoint(self, name: str) -> Link:
         fd = _sys.raw_tracepoint_open(name, self.fd)
-        return Link("raw_tracepoint", link_fd=fd, program=self.name, target=name)
+        return Link("raw_tracepoint", fd, program=self.name, target=name)
 
     def attach_tracing(self) -> Link:
         """Attach an fentry/fexit/tp_btf program (its target was fixed at load time)."""
         at = int(self.expected_attach_type)
         try:
             fd = _sys.link_create(self.fd, 0, at)
-            return Link("tracing", link_fd=fd, program=self.name, target=self.attach_target)
+            return Link("tracing", fd, program=self.name, target=self.attach_target)
         except SyscallError as exc:
             if exc.errno not in (22, 95, 524):  # no LINK_CREATE for tracing: fall back
                 raise
         fd = _sys.raw_tracepoint_open(None, self.fd)
-        return Link("tracing", link_fd=fd, program=self.name, target=self.attach_target)
+        return Link("tracing", fd, program=self.name, target=self.attach_target)
 
     def attach_uprobe(self, path: str, offset: int, *, retprobe: bool = False,
                       pid: int = -1) -> Link:

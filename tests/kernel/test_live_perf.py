@@ -295,7 +295,7 @@ def test_legacy_ioctl_attach_path(events_map: Map, emitter: Program) -> None:
     """The fallback for kernels without perf links: SET_BPF + ENABLE on the event."""
     with PerfEventArray(events_map, pages=8, watermark=0) as rings:
         with emitter.attach_tracepoint("syscalls", "sys_enter_getppid", use_link=False) as link:
-            assert link.kind == "perf_ioctl" and link.link_fd == -1
+            assert link.kind == "perf_ioctl" and not link.has_bpf_link
             for _ in range(3):
                 os.getppid()
             assert len(rings.read_all().samples) == 3

@@ -26,8 +26,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # pure: bytes in, specs out; no syscall, no ctypes
     "parsing": ("_consts", "_errors", "_insn", "_elf", "_btf", "_btf_ext", "_spec", "_sections",
                 "_parse", "_core", "_kernel_btf"),
-    # the kernel interface: one wrapper per command, pseudo file systems, probes
-    "syscalls": ("_sys", "_fs", "_features"),
+    # the kernel interface: one wrapper per command, the fd owner, pseudo file systems, probes
+    "syscalls": ("_sys", "_fd", "_fs", "_features"),
     # objects that own kernel resources, and the loader that makes them
     "live": ("_maps", "_programs", "_perf", "_loader", "__init__"),
     # development-time tooling
