@@ -39,6 +39,7 @@ from ._events import COUNTER_NAMES
 from ._linker import SpanLinker
 from ._merge import CpuMerger
 from ._pipeline import Pipeline
+from ._resource import ProcessResources
 from ._targets import TargetSelection, TargetTracker, comm_key
 
 log = logging.getLogger("sidetrace")
@@ -161,13 +162,15 @@ class Agent:
 
     def __init__(self, collection: bpfobj.Collection, rings: bpfobj.PerfEventArray,
                  server: SpanServer, selection: TargetSelection, max_connections: int,
-                 flushers: CpuFlushers | None = None) -> None:
+                 flushers: CpuFlushers | None = None, resources: ProcessResources | None = None) -> None:
         self.collection = collection
         self.rings = rings
         self.server = server
         self.clock = WallClock()
         self.linker = SpanLinker(server.publish)
-        self.pipeline = Pipeline(self.linker.add, clock=self.clock, max_connections=max_connections)
+        self.resources = resources if resources is not None else ProcessResources()
+        self.pipeline = Pipeline(self.resources.attaching(self.linker.add), clock=self.clock,
+                                 max_connections=max_connections)
         self.linker.peer_traced = self.pipeline.peer_traced
         # Batching is on exactly when flushers run (see serve).
         self.flushers = flushers
@@ -284,6 +287,7 @@ class Agent:
                 "pids_by_comm": pids_by_comm,
                 "comms": len(self.selection.comms),
                 "connections": len(self.pipeline.connections),
+                "process_resources": len(self.resources),
             },
             "kernel_errors": {k: v for k, v in errors.items() if k not in _NOT_ERRORS},
             "kernel_events": errors.get("events", 0),
@@ -408,7 +412,8 @@ async def _serve_loaded(args: argparse.Namespace, spec, selection: TargetSelecti
         with bpfobj.PerfEventArray(collection.maps["events"], pages=args.ring_pages) as rings:
             server = SpanServer(args.socket, stats_interval=args.stats_interval)
             agent = Agent(collection, rings, server, selection, args.max_connections,
-                          flushers if flushers.running else None)
+                          flushers if flushers.running else None,
+                          ProcessResources(args.service, command_args=args.command_args))
             server.stats_source = agent.stats
             agent.load_comms()
             agent.targets.rescan()
