@@ -17,7 +17,7 @@ $(STAMP):
 $(STAMP)/venv: pyproject.toml tests/requirements.txt | $(STAMP)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]' -r tests/requirements.txt
+	$(VENV)/bin/pip install -q -e '.[test,otlp,prometheus]' -r tests/requirements.txt
 	touch $@
 
 setup: $(STAMP)/venv

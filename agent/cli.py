@@ -5,14 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._config import ConfigError, apply_config_file, without_file_lists
+from ._export_cli import add_export_parsers, add_resource_options, run_export
+
 DEFAULT_SOCKET = "/run/sidetrace/sidetrace.sock"
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(commands: dict[tuple[str, ...], argparse.ArgumentParser] | None = None) -> argparse.ArgumentParser:
+    """The parser; ``commands`` is filled with each command's own parser (for the config file)."""
     parser = argparse.ArgumentParser(
         prog="sidetrace",
         description="Zero-instrumentation distributed tracing from socket syscalls.",
     )
+    parser.add_argument("--config", metavar="PATH",
+                        help="configuration file (default: $SIDETRACE_CONFIG or /etc/sidetrace/sidetrace.toml)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="trace processes and serve spans on a Unix socket")
@@ -24,6 +30,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stats-interval", type=float, default=5.0, help="seconds between stats messages (default: %(default)s)")
     run.add_argument("--max-connections", type=int, default=65536, help="connections tracked at once (default: %(default)s)")
     run.add_argument("-v", "--verbose", action="store_true", help="log each lifecycle step to stderr")
+    add_resource_options(run)
 
     tail = sub.add_parser("tail", help="subscribe to a running agent and print spans")
     tail.add_argument("--socket", default=DEFAULT_SOCKET, help="agent socket (default: %(default)s)")
@@ -43,12 +50,31 @@ def _build_parser() -> argparse.ArgumentParser:
     assemble.add_argument("--stats-interval", type=float, default=5.0, help="seconds between stats messages (default: %(default)s)")
     assemble.add_argument("-v", "--verbose", action="store_true", help="log connections to stderr")
 
-    sub.add_parser("check", help="report what this kernel offers and whether the agent can run")
+    check = sub.add_parser("check", help="report what this kernel offers and whether the agent can run")
+    if commands is not None:
+        commands.update({("run",): run, ("tail",): tail, ("assemble",): assemble, ("check",): check})
+        commands.update(add_export_parsers(sub))
+    else:
+        add_export_parsers(sub)
     return parser
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Options from the configuration file, overridden by ``argv``; ConfigError if the file is wrong."""
+    commands: dict[tuple[str, ...], argparse.ArgumentParser] = {}
+    parser = _build_parser(commands)
+    file_lists = apply_config_file(commands, argv)
+    args = parser.parse_args(argv)
+    without_file_lists(args, file_lists)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else list(argv))
+    except ConfigError as exc:
+        print(f"sidetrace: {exc}", file=sys.stderr)
+        return 2
     if args.command == "check":
         from agent.check import main as check_main
 
@@ -57,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         from agent._tail import tail
 
         return tail(args)
+    if args.command == "export":
+        return run_export(args)
     if args.command == "assemble":
         from agent._assemble import run_assemble
 
