@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := .make
 export PATH := /usr/sbin:/sbin:$(PATH)
 
-.PHONY: all run test test-unit test-kernel bpf check-bpf layout setup services bench clean
+.PHONY: all run test test-unit test-kernel bpf bpf-objects check-bpf layout setup services bench clean
 
 all: test
 
@@ -53,20 +53,33 @@ bench: setup
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
 # --- BPF objects (development time only; the built objects are committed) ---
+# bpfobj.manifest says what each source gives: name.bpf.o, or one
+# name.<arch>.bpf.o per architecture (built with -D__TARGET_ARCH_<arch>) for a
+# source that includes bpf_regs.h.
 CLANG ?= clang
-BPF_CFLAGS := -O2 -g -target bpf -Wall -Werror -Ibpfobj/bpf/include
-BPF_SOURCES := $(wildcard bpfobj/bpf/*.bpf.c tests/bpf/*.bpf.c)
-BPF_OBJECTS := $(BPF_SOURCES:.c=.o)
+# The build directory is mapped to "." so objects are the same wherever they are built.
+BPF_CFLAGS := -O2 -g -target bpf -Wall -Werror -Ibpfobj/bpf/include -fdebug-prefix-map=$(CURDIR)=.
+BPF_HEADERS := $(wildcard bpfobj/bpf/include/*.h)
 
 $(STAMP)/clang: | $(STAMP)
 	command -v $(CLANG) >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang llvm; }
 	touch $@
 
-%.bpf.o: %.bpf.c $(wildcard bpfobj/bpf/include/*.h) | $(STAMP)/clang
+%.bpf.o: %.bpf.c $(BPF_HEADERS) | $(STAMP)/clang
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
-bpf: $(BPF_OBJECTS)
+define BPF_ARCH_RULE
+%.$(1).bpf.o: %.bpf.c $$(BPF_HEADERS) | $$(STAMP)/clang
+	$$(CLANG) $$(BPF_CFLAGS) -D__TARGET_ARCH_$(1) -c $$< -o $$@
+endef
+$(foreach arch,$(BPF_ARCHES),$(eval $(call BPF_ARCH_RULE,$(arch))))
+
+bpf: setup
+	$(MAKE) --no-print-directory bpf-objects BPF_ARCHES="$$($(PY) -m bpfobj.manifest arches)" \
+	  BPF_OBJECTS="$$($(PY) -m bpfobj.manifest objects)"
 	$(PY) -m bpfobj.manifest write
+
+bpf-objects: $(BPF_OBJECTS)
 
 check-bpf:
 	$(PY) -m bpfobj.manifest check

@@ -44,6 +44,7 @@ from ._targets import TargetSelection, TargetTracker, comm_key
 
 log = logging.getLogger("sidetrace")
 
+# One object per architecture (sidetrace.x86.bpf.o, ...): bpfobj.arch_object picks it.
 TRACER_OBJECT = Path(bpfobj.__file__).parent / "bpf" / "sidetrace.bpf.o"
 # A ring is drained at least this often even below its wake-up watermark,
 # which bounds how late a span can be.
@@ -365,22 +366,25 @@ async def _until_signal(agent: "Agent", cancel_scope: trio.CancelScope) -> None:
             return
 
 
-def _check_can_run() -> None:
+def _check_can_run() -> Path:
+    """The tracer object for this machine, once the agent can run at all."""
     if os.geteuid() != 0:
         raise AgentError("sidetrace run needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN); "
                          "run `sidetrace check` for details")
-    if not TRACER_OBJECT.exists():
-        raise AgentError(f"the tracer object {TRACER_OBJECT} is missing; reinstall sidetrace")
+    try:
+        return bpfobj.arch_object(TRACER_OBJECT)
+    except bpfobj.BpfError as exc:
+        raise AgentError(f"no tracer object for this machine: {exc}") from None
 
 
 async def serve(args: argparse.Namespace, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run the agent until cancelled (or a signal arrives)."""
-    _check_can_run()
+    tracer = _check_can_run()
     selection = TargetSelection(pids=frozenset(args.pid), comms=frozenset(args.comm))
     if not 1 <= args.payload_bytes <= 4096:
         raise AgentError("--payload-bytes must be between 1 and 4096")
     with start_flushers(bpfobj.online_cpus()) as flushers:
-        spec = bpfobj.load_object_spec(TRACER_OBJECT).with_constants(
+        spec = bpfobj.load_object_spec(tracer).with_constants(
             trace_all=1 if selection.everything else 0,
             agent_tgid=os.getpid(),
             max_payload=args.payload_bytes,

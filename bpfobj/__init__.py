@@ -10,6 +10,7 @@ it into live maps, programs and links::
 """
 
 from . import _features as features
+from ._arch import arch_object
 from ._errors import (
     BpfError,
     CoreRelocationError,
@@ -53,6 +54,7 @@ __all__ = [
     "ProgramSpec", "VariableSpec", "load_object_spec", "parse_object",
     # live objects
     "Collection", "LoadedObject", "load", "Map", "Program", "Link", "open_cpu_clock",
+    "arch_object",
     # perf rings
     "PerfEventArray", "PerfRing", "WalkResult", "walk_ring", "online_cpus", "possible_cpus",
     # environment

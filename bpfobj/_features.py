@@ -269,9 +269,14 @@ def _tracing_probe(attach_type: int, btf_name: str, kind: Kind) -> tuple[bool, b
         _closing(prog)
 
 
+def _getpgid_entry() -> str:
+    """The kernel's entry function of getpgid(), a harmless fentry target."""
+    return (_sys.ABI.syscall_prefix if _sys.ABI else "") + "getpgid"
+
+
 @functools.cache
 def _fentry_probe() -> tuple[bool, bool]:
-    return _tracing_probe(AttachType.TRACE_FENTRY, "__x64_sys_getpgid", Kind.FUNC)
+    return _tracing_probe(AttachType.TRACE_FENTRY, _getpgid_entry(), Kind.FUNC)
 
 
 @functools.cache
@@ -288,7 +293,7 @@ def fentry() -> bool:
 @functools.cache
 def fexit() -> bool:
     """fexit programs load and attach (Linux 5.5)."""
-    return _tracing_probe(AttachType.TRACE_FEXIT, "__x64_sys_getpgid", Kind.FUNC)[0]
+    return _tracing_probe(AttachType.TRACE_FEXIT, _getpgid_entry(), Kind.FUNC)[0]
 
 
 @functools.cache

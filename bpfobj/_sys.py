@@ -23,6 +23,7 @@ PERF_FLAG_FD_CLOEXEC.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno as _errno
 import fcntl
 import os
@@ -30,9 +31,6 @@ import platform
 from collections.abc import Callable
 
 from ._consts import (
-    PERF_EVENT_IOC_DISABLE,
-    PERF_EVENT_IOC_ENABLE,
-    PERF_EVENT_IOC_SET_BPF,
     PERF_FLAG_FD_CLOEXEC,
     AttachType,
     Cmd,
@@ -53,17 +51,67 @@ __all__ = [
     "obj_pin", "obj_get", "link_create", "link_detach", "raw_tracepoint_open",
     "obj_get_info_by_fd", "perf_event_open", "perf_event_enable",
     "perf_event_disable", "perf_event_set_bpf", "close_fd", "PerfEventAttr",
-    "BpfProgInfo", "BpfMapInfo", "BpfLinkInfo", "OBJ_NAME_LEN",
+    "BpfProgInfo", "BpfMapInfo", "BpfLinkInfo", "OBJ_NAME_LEN", "ArchAbi", "ARCHES", "ABI",
+    "MACHINE", "arch_abi",
 ]
 
-_SYSCALL_NUMBERS = {
-    "x86_64": (321, 298),
-    "aarch64": (280, 241),
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchAbi:
+    """What differs per architecture at the kernel boundary bpfobj uses.
+
+    ``syscalls`` holds the numbers of the syscalls made by number (bpfobj's
+    own, and those its tests watch for); ``syscall_prefix`` names the
+    kernel's syscall entry functions (fentry targets: prefix + "getpgid");
+    ``bpf_arch`` is the kernel's name of the architecture, which names the
+    BPF objects built for it (``make bpf``: -D__TARGET_ARCH_<bpf_arch>,
+    ``name.<bpf_arch>.bpf.o``).  The perf ioctl requests are encoded with
+    the generic _IOC layout on both (asm-generic/ioctl.h).
+    """
+
+    machine: str
+    bpf_arch: str
+    syscalls: dict[str, int]
+    syscall_prefix: str
+    perf_ioc_enable: int
+    perf_ioc_disable: int
+    perf_ioc_set_bpf: int
+
+
+ARCHES = {
+    "x86_64": ArchAbi(
+        machine="x86_64", bpf_arch="x86",
+        syscalls={"bpf": 321, "perf_event_open": 298, "getpgid": 121},
+        syscall_prefix="__x64_sys_",
+        perf_ioc_enable=0x2400, perf_ioc_disable=0x2401, perf_ioc_set_bpf=0x40042408),
+    "aarch64": ArchAbi(
+        machine="aarch64", bpf_arch="arm64",
+        syscalls={"bpf": 280, "perf_event_open": 241, "getpgid": 155},
+        syscall_prefix="__arm64_sys_",
+        perf_ioc_enable=0x2400, perf_ioc_disable=0x2401, perf_ioc_set_bpf=0x40042408),
 }
-try:
-    NR_BPF, NR_PERF_EVENT_OPEN = _SYSCALL_NUMBERS[platform.machine()]
-except KeyError:  # pragma: no cover - other architectures are not supported yet
-    NR_BPF, NR_PERF_EVENT_OPEN = -1, -1
+
+MACHINE = platform.machine()
+# None on an architecture bpfobj does not know: every call then raises
+# NotSupportedError naming it (see arch_abi()).
+ABI = ARCHES.get(MACHINE)
+
+
+def _unknown_arch() -> NotSupportedError:
+    return NotSupportedError(f"the {MACHINE or 'unknown'} architecture", "",
+                             f"bpfobj knows {', '.join(sorted(ARCHES))}")
+
+
+def arch_abi() -> ArchAbi:
+    """The running architecture's entry, or NotSupportedError naming it."""
+    if ABI is None:
+        raise _unknown_arch()
+    return ABI
+
+
+NR_BPF = ABI.syscalls["bpf"] if ABI else -1
+NR_PERF_EVENT_OPEN = ABI.syscalls["perf_event_open"] if ABI else -1
 
 OBJ_NAME_LEN = 16  # BPF_OBJ_NAME_LEN, including the terminating NUL
 
@@ -596,6 +644,8 @@ def _error(command: str, err: int, what: str,
         detail = f"{what}: {hint}" if what else hint
         return PermissionDeniedError(command, err, detail)
     if err == _errno.ENOSYS:
+        if ABI is None:  # the call went out as syscall(-1)
+            return _unknown_arch()
         return NotSupportedError(command, "3.18", "the bpf() syscall is not available")
     return SyscallError(command, err, what)
 
@@ -978,17 +1028,17 @@ def _ioctl(fd: int, request: int, arg: int, name: str) -> None:
 
 def perf_event_enable(fd: int) -> None:
     """ioctl(PERF_EVENT_IOC_ENABLE)."""
-    _ioctl(fd, PERF_EVENT_IOC_ENABLE, 0, "PERF_EVENT_IOC_ENABLE")
+    _ioctl(fd, arch_abi().perf_ioc_enable, 0, "PERF_EVENT_IOC_ENABLE")
 
 
 def perf_event_disable(fd: int) -> None:
     """ioctl(PERF_EVENT_IOC_DISABLE)."""
-    _ioctl(fd, PERF_EVENT_IOC_DISABLE, 0, "PERF_EVENT_IOC_DISABLE")
+    _ioctl(fd, arch_abi().perf_ioc_disable, 0, "PERF_EVENT_IOC_DISABLE")
 
 
 def perf_event_set_bpf(fd: int, prog_fd: int) -> None:
     """ioctl(PERF_EVENT_IOC_SET_BPF, prog_fd): run the program on this event."""
-    _ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog_fd, "PERF_EVENT_IOC_SET_BPF")
+    _ioctl(fd, arch_abi().perf_ioc_set_bpf, prog_fd, "PERF_EVENT_IOC_SET_BPF")
 
 
 def close_fd(fd: int) -> None:

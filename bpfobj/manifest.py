@@ -2,11 +2,15 @@
 
 ``bpfobj/bpf/MANIFEST.sha256`` lists the sha256 of every BPF source
 (``bpfobj/bpf/**/*.c``, ``tests/bpf/*.c``), every header (``bpfobj/bpf/**/*.h``)
-and every object built from a ``*.bpf.c`` source, in ``sha256sum`` format
+and every object built from a ``*.bpf.c`` source (one per architecture for a
+source that includes ``bpf_regs.h``), in ``sha256sum`` format
 (so ``cd <repo> && sha256sum -c bpfobj/bpf/MANIFEST.sha256`` also works).
 
 ``python -m bpfobj.manifest write``  records the current state (``make bpf``
 runs it after building).
+
+``python -m bpfobj.manifest objects`` / ``arches``  list the objects to
+build and the architectures of per-architecture objects (for the Makefile).
 
 ``python -m bpfobj.manifest check``  fails when the committed objects do not
 match their sources: an object is *stale* when its source or a header it
@@ -27,6 +31,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST_REL = "bpfobj/bpf/MANIFEST.sha256"
 INCLUDE_DIRS = ("bpfobj/bpf/include",)
+# Architectures of the objects built from sources that read registers (the
+# kernel's names, as in -D__TARGET_ARCH_x86; bpfobj._sys.ARCHES maps
+# `uname -m` to them), and the header that makes a source one of those.
+ARCHES = ("x86", "arm64")
+ARCH_HEADER = "bpfobj/bpf/include/bpf_regs.h"
 _HEADER_LINE = "# sidetrace BPF manifest: sha256 of BPF sources, headers and built objects (python -m bpfobj.manifest write)"
 _INCLUDE_RE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
 
@@ -53,9 +62,17 @@ def sources(root: Path | None = None) -> list[str]:
     return sorted(_rel(root, p) for p in found)
 
 
-def object_of(source: str) -> str | None:
-    """The object a source produces (``x.bpf.c`` -> ``x.bpf.o``), or None."""
-    return source[: -len(".c")] + ".o" if source.endswith(".bpf.c") else None
+def objects_of(root: Path, source: str) -> list[str]:
+    """The objects a source produces: ``x.bpf.c`` -> ``x.bpf.o``, or one
+    ``x.<arch>.bpf.o`` per architecture when it includes the register header
+    (directly or not); nothing for other sources."""
+    if not source.endswith(".bpf.c"):
+        return []
+    stem = source[: -len(".bpf.c")]
+    if ARCH_HEADER in includes(root, source):
+        return [f"{stem}.{arch}.bpf.o" for arch in ARCHES]
+    return [f"{stem}.bpf.o"]
+
 
 
 def includes(root: Path, source: str) -> list[str]:
@@ -88,9 +105,9 @@ def current(root: Path | None = None) -> dict[str, str]:
     hashes = {}
     for src in sources(root):
         hashes[src] = _sha256(root / src)
-        obj = object_of(src)
-        if obj and (root / obj).is_file():
-            hashes[obj] = _sha256(root / obj)
+        for obj in objects_of(root, src):
+            if (root / obj).is_file():
+                hashes[obj] = _sha256(root / obj)
     return hashes
 
 
@@ -112,7 +129,8 @@ def read_manifest(root: Path | None = None) -> dict[str, str] | None:
 def write(root: Path | None = None) -> Path:
     """Record the current hashes; every *.bpf.c must have its object."""
     root = REPO if root is None else root
-    missing = [object_of(s) for s in sources(root) if object_of(s) and not (root / object_of(s)).is_file()]
+    missing = [obj for src in sources(root) for obj in objects_of(root, src)
+               if not (root / obj).is_file()]
     if missing:
         raise SystemExit(f"bpfobj.manifest: cannot write, objects not built: {', '.join(missing)} (run `make bpf`)")
     lines = [_HEADER_LINE]
@@ -132,6 +150,25 @@ class Problem:
         return f"{self.kind}: {self.path}: {self.detail}"
 
 
+def _object_problem(recorded: dict[str, str], now: dict[str, str], src: str, inputs: list[str],
+                    obj: str) -> Problem | None:
+    if obj not in now:
+        return Problem("missing-object", obj, f"not built from {src}; run `make bpf` and commit it")
+    changed = [i for i in inputs if recorded.get(i) != now.get(i)]
+    obj_changed = recorded.get(obj) != now[obj]
+    if changed and not obj_changed:
+        return Problem(
+            "stale", obj,
+            f"not rebuilt after {', '.join(changed)} changed; run `make bpf` and commit the object and "
+            f"{MANIFEST_REL}")
+    if obj_changed:
+        why = f"inputs changed: {', '.join(changed)}" if changed else "object differs from the recorded build"
+        return Problem(
+            "manifest-out-of-date", obj,
+            f"{why}; run `python -m bpfobj.manifest write` (make bpf does) and commit {MANIFEST_REL}")
+    return None
+
+
 def check(root: Path | None = None) -> list[Problem]:
     """Problems found; an empty list means every object matches its sources."""
     root = REPO if root is None else root
@@ -143,27 +180,13 @@ def check(root: Path | None = None) -> list[Problem]:
     srcs = sources(root)
     explained: set[str] = set()
     for src in srcs:
-        obj = object_of(src)
-        if obj is None:
-            continue
         inputs = [src, *includes(root, src)]
-        explained.update(inputs)
-        explained.add(obj)
-        if obj not in now:
-            problems.append(Problem("missing-object", obj, f"not built from {src}; run `make bpf` and commit it"))
-            continue
-        changed = [i for i in inputs if recorded.get(i) != now.get(i)]
-        obj_changed = recorded.get(obj) != now[obj]
-        if changed and not obj_changed:
-            problems.append(Problem(
-                "stale", obj,
-                f"not rebuilt after {', '.join(changed)} changed; run `make bpf` and commit the object and "
-                f"{MANIFEST_REL}"))
-        elif obj_changed:
-            why = f"inputs changed: {', '.join(changed)}" if changed else "object differs from the recorded build"
-            problems.append(Problem(
-                "manifest-out-of-date", obj,
-                f"{why}; run `python -m bpfobj.manifest write` (make bpf does) and commit {MANIFEST_REL}"))
+        for obj in objects_of(root, src):
+            explained.update(inputs)
+            explained.add(obj)
+            problem = _object_problem(recorded, now, src, inputs, obj)
+            if problem is not None:
+                problems.append(problem)
     # Files the manifest does not know or no longer has, not covered above.
     for name in sorted(set(now) ^ set(recorded)):
         if name in explained and name in now and name in recorded:
@@ -185,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         path = write()
         print(f"bpfobj.manifest: wrote {_rel(REPO, path)}")
         return 0
+    if args == ["objects"]:
+        print(" ".join(obj for src in sources() for obj in objects_of(REPO, src)))
+        return 0
+    if args == ["arches"]:
+        print(" ".join(ARCHES))
+        return 0
     if args == ["check"]:
         problems = check()
         if problems:
@@ -194,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("bpfobj.manifest: all BPF objects match their sources")
         return 0
-    print("usage: python -m bpfobj.manifest write|check", file=sys.stderr)
+    print("usage: python -m bpfobj.manifest write|check|objects|arches", file=sys.stderr)
     return 2
 
 

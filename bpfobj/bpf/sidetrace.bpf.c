@@ -10,8 +10,9 @@
  *
  * Exit-only data path.  The data syscalls need no sys_enter program and no
  * in-flight map: at sys_exit the syscall's arguments are still in the
- * task's saved user register frame (bpf_task_pt_regs(current): di, si, dx,
- * r10, r8, r9 are preserved across the syscall on x86_64), and the return
+ * task's saved user register frame (bpf_task_pt_regs(current), read
+ * through bpf_regs.h: the argument registers are preserved across the
+ * syscall, and arm64 keeps the first one in orig_x0), and the return
  * value is in the tracepoint context.  The TCP sequence number at the start
  * of the syscall is derived at exit: write_seq - ret for writes, copied_seq
  * - ret for reads (copied_seq for MSG_PEEK).  This halves the tracepoint
@@ -52,10 +53,11 @@
  * Not seen: sendfile/splice/io_uring I/O, sockets closed by exit(), exec
  * (O_CLOEXEC), dup2() over the fd or close_range() (no CONN_CLOSE; the
  * LRU map forgets them; the agent learns of exits from PROC_EXIT), 32-bit
- * compat syscalls.  x86_64 only (syscall arguments read from pt_regs).
+ * compat syscalls.  Built for x86_64 and arm64 (bpf_regs.h).
  */
 #include "bpf_api.h"
 #include "vmlinux_min.h"
+#include "bpf_regs.h"
 #include "sidetrace_events.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -196,7 +198,7 @@ struct st_newtask_ctx {
 	__u64 clone_flags;
 };
 
-/* ---- user ABI structs (x86_64 UAPI, fixed layouts) ---- */
+/* ---- user ABI structs (64-bit UAPI, the same on x86_64 and arm64) ---- */
 struct st_msghdr_head { /* first 32 bytes of struct user_msghdr */
 	__u64 name;
 	__s32 namelen;
@@ -887,9 +889,9 @@ static __always_inline int on_opaque_data(struct st_sys_exit_ctx *ctx, const int
 
 	count(ST_CNT_OPAQUE_DATA);
 	if (sys == ST_SYS_RECVFROM || sys == ST_SYS_RECVMMSG)
-		flags = regs->r10;
+		flags = PT_REGS_SYSCALL_ARG4(regs);
 	else if (sys == ST_SYS_RECVMSG)
-		flags = regs->dx;
+		flags = PT_REGS_SYSCALL_ARG3(regs);
 	if (!drop_opaque) {
 		b = batch_get(ctx);
 		if (b) {
@@ -958,7 +960,7 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 	regs = bpf_task_pt_regs(task);
 	if (!regs)
 		return 0;
-	fd = (int)regs->di;
+	fd = (int)PT_REGS_SYSCALL_ARG1(regs);
 	file = fd_to_file(task, fd);
 	if (!file) {
 		count(ST_CNT_BAD_FD);
@@ -1001,24 +1003,24 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 	 * returns the datagram's full length, which can exceed it. */
 	case ST_SYS_READ:
 	case ST_SYS_WRITE:
-		got = capture_buf(payload, regs->si, regs->dx < lim ? regs->dx : lim);
+		got = capture_buf(payload, PT_REGS_SYSCALL_ARG2(regs), PT_REGS_SYSCALL_ARG3(regs) < lim ? PT_REGS_SYSCALL_ARG3(regs) : lim);
 		break;
 	case ST_SYS_READV:
 	case ST_SYS_WRITEV:
-		got = capture_iov(b->iov, payload, regs->si, regs->dx, lim);
+		got = capture_iov(b->iov, payload, PT_REGS_SYSCALL_ARG2(regs), PT_REGS_SYSCALL_ARG3(regs), lim);
 		break;
 	case ST_SYS_RECVFROM:
 	case ST_SYS_SENDTO:
-		got = capture_buf(payload, regs->si, regs->dx < lim ? regs->dx : lim);
-		flags = regs->r10;
-		uaddr = regs->r8;
+		got = capture_buf(payload, PT_REGS_SYSCALL_ARG2(regs), PT_REGS_SYSCALL_ARG3(regs) < lim ? PT_REGS_SYSCALL_ARG3(regs) : lim);
+		flags = PT_REGS_SYSCALL_ARG4(regs);
+		uaddr = PT_REGS_SYSCALL_ARG5(regs);
 		break;
 	case ST_SYS_RECVMSG:
 	case ST_SYS_SENDMSG: {
 		struct st_msghdr_head m;
 
-		flags = regs->dx;
-		if (bpf_probe_read_user(&m, sizeof(m), (const void *)regs->si)) {
+		flags = PT_REGS_SYSCALL_ARG3(regs);
+		if (bpf_probe_read_user(&m, sizeof(m), (const void *)PT_REGS_SYSCALL_ARG2(regs))) {
 			count(ST_CNT_UREAD_FAIL);
 			break;
 		}
@@ -1030,9 +1032,9 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 	case ST_SYS_SENDMMSG: {
 		struct st_mmsghdr m;
 
-		flags = regs->r10;
+		flags = PT_REGS_SYSCALL_ARG4(regs);
 		/* ret counts messages; report the first one only */
-		if (bpf_probe_read_user(&m, sizeof(m), (const void *)regs->si)) {
+		if (bpf_probe_read_user(&m, sizeof(m), (const void *)PT_REGS_SYSCALL_ARG2(regs))) {
 			count(ST_CNT_UREAD_FAIL);
 			bytes = 0;
 			e->ret = 0;
@@ -1167,7 +1169,7 @@ int st_exit_connect(struct st_sys_exit_ctx *ctx)
 	regs = bpf_task_pt_regs(bpf_get_current_task_btf());
 	if (!regs)
 		return 0;
-	return on_open(ctx, ST_SYS_CONNECT, (int)regs->di, ret, ST_ROLE_CLIENT);
+	return on_open(ctx, ST_SYS_CONNECT, (int)PT_REGS_SYSCALL_ARG1(regs), ret, ST_ROLE_CLIENT);
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept")

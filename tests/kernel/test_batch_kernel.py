@@ -22,11 +22,11 @@ import pytest
 from agent._app import BATCH_MAX_AGE_NS, KERNEL_COUNTER_NAMES, CpuFlushers, batching_constants
 from agent._batches import FlushReason, split_batch
 from agent._events import Direction, Kind
-from bpfobj import Collection, PerfEventArray, load_object_spec, online_cpus
+from bpfobj import Collection, PerfEventArray, arch_object, load_object_spec, online_cpus
 
 pytestmark = pytest.mark.kernel
 
-OBJ = Path(__file__).resolve().parents[2] / "bpfobj" / "bpf" / "sidetrace.bpf.o"
+OBJ = arch_object(Path(__file__).resolve().parents[2] / "bpfobj" / "bpf" / "sidetrace.bpf.o")
 
 MESSAGES = 300
 CHILD = textwrap.dedent(f"""

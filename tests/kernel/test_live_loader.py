@@ -23,6 +23,7 @@ from bpfobj import (
     PermissionDeniedError,
     SyscallError,
     VerifierError,
+    arch_object,
     features,
     load_object_spec,
 )
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.kernel
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 TRACE_OBJ = BPF_DIR / "live_trace.bpf.o"
-ATTACH_OBJ = BPF_DIR / "live_attach.bpf.o"
+ATTACH_OBJ = BPF_DIR / "live_attach.bpf.o"  # per architecture: see arch_object
 REJECT_OBJ = BPF_DIR / "live_reject.bpf.o"
 
 # struct live_event { u32 kind, tgid, ppid, cpu; u64 arg0, magic, config; }
@@ -216,12 +217,17 @@ def test_unknown_constant_is_rejected() -> None:
         spec.with_constants(no_such_thing=1)
 
 
+def _attach_spec():
+    return load_object_spec(arch_object(ATTACH_OBJ)).with_constants(
+        target_tgid=os.getpid(), target_arg=MARKER, nr_getpgid=_sys.arch_abi().syscalls["getpgid"])
+
+
 def _only(spec, *names: str):
     return dataclasses.replace(spec, programs=frozen_map({n: spec.programs[n] for n in names}))
 
 
 def test_raw_tracepoint_and_tp_btf() -> None:
-    spec = load_object_spec(ATTACH_OBJ).with_constants(target_tgid=os.getpid(), target_arg=MARKER)
+    spec = _attach_spec()
     with Collection(_only(spec, "live_raw_enter", "live_btf_enter")) as coll:
         links = coll.attach_all()
         assert {link.kind for link in links} == {"raw_tracepoint", "tracing"}
@@ -238,7 +244,7 @@ def test_raw_tracepoint_and_tp_btf() -> None:
 def test_fentry_fexit_match_the_feature_probe() -> None:
     """fentry/fexit attach and count when the kernel allows trampolines; where
     it refuses them (as the probe says) loading fails with a typed error."""
-    spec = load_object_spec(ATTACH_OBJ).with_constants(target_tgid=os.getpid(), target_arg=MARKER)
+    spec = _attach_spec()
     if not features.fentry():
         with pytest.raises(PermissionDeniedError, match="trampolines"):
             Collection(_only(spec, "live_fentry", "live_fexit"))
@@ -291,7 +297,7 @@ def test_tracer_object_loads_and_attaches_with_one_core_pass() -> None:
     from bpfobj._core import apply_core_relocations
     from bpfobj._kernel_btf import kernel_btf
 
-    spec = load_object_spec(TRACER_OBJ)
+    spec = load_object_spec(arch_object(TRACER_OBJ))
     with Collection(spec) as coll:
         links = coll.attach_all()
         assert len(links) == len(spec.programs) > 1

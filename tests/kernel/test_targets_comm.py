@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 
 from agent._targets import comm_key
-from bpfobj import Collection
+from bpfobj import Collection, arch_object
 from wire import BlockingSubscriber, validate
 
 from ._procs import agent, app, collect_spans, started, stop, wait_for_socket
 
 pytestmark = pytest.mark.kernel
 
-OBJ = Path(__file__).resolve().parents[2] / "bpfobj" / "bpf" / "sidetrace.bpf.o"
+OBJ = arch_object(Path(__file__).resolve().parents[2] / "bpfobj" / "bpf" / "sidetrace.bpf.o")
 PID_TRACED, PID_INHERITED, PID_BY_COMM = 1, 2, 4
 CURL = shutil.which("curl")
 

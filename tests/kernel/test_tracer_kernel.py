@@ -26,12 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from bpfobj import Collection, PerfEventArray, load_object_spec
+from bpfobj import Collection, PerfEventArray, arch_object, load_object_spec
 from bpfobj._btf import Kind
 
 pytestmark = pytest.mark.kernel
 
-OBJ = Path(__file__).resolve().parents[2] / "bpfobj" / "bpf" / "sidetrace.bpf.o"
+OBJ = arch_object(Path(__file__).resolve().parents[2] / "bpfobj" / "bpf" / "sidetrace.bpf.o")
 
 # struct st_event (bpfobj/bpf/include/sidetrace_events.h), 128 bytes, then payload.
 from agent._batches import FlushReason, split_batch  # noqa: E402

@@ -43,8 +43,10 @@ def batch(flush_ns: int, *events: bytes, count: int | None = None, reason: int =
     return bytearray(head + b"".join(events) + bytes(perf_padding))
 
 
-def test_header_declaration_matches_object_btf() -> None:
-    btf = bpfobj.load_object_spec(TRACER_OBJECT).btf_types
+@pytest.mark.parametrize("obj", sorted(TRACER_OBJECT.parent.glob("sidetrace.*.bpf.o")),
+                         ids=lambda p: p.name)
+def test_header_declaration_matches_object_btf(obj) -> None:
+    btf = bpfobj.load_object_spec(obj).btf_types
     c_struct = btf.type_by_name("st_batch_hdr")
     assert c_struct is not None, "struct st_batch_hdr is not in the object's BTF"
     declaration = _batches.BATCH_HEADER

@@ -10,15 +10,24 @@ import sys
 import pytest
 
 import bpfobj
+from bpfobj import manifest
 from agent._app import TRACER_OBJECT
 from agent._events import EVENT_HEADER, HEADER_SIZE, Kind, MalformedEvent, decode_event
 from agent._event_layout_decl import DECLARATIONS
 from agent._fastdecode import GENERATED_MODULE, FastDecoder, field_layout, main, render_layout_module
 
 
-@pytest.fixture(scope="module")
-def btf():
-    return bpfobj.load_object_spec(TRACER_OBJECT).btf_types
+# One object per architecture: the layout must be the same in each.
+TRACER_OBJECTS = sorted(TRACER_OBJECT.parent.glob("sidetrace.*.bpf.o"))
+
+
+@pytest.fixture(scope="module", params=TRACER_OBJECTS, ids=lambda p: p.name)
+def btf(request):
+    return bpfobj.load_object_spec(request.param).btf_types
+
+
+def test_tracer_is_built_for_every_architecture():
+    assert [p.name for p in TRACER_OBJECTS] == sorted(f"sidetrace.{a}.bpf.o" for a in manifest.ARCHES)
 
 
 @pytest.mark.parametrize("c_name, declaration", [("st_event", EVENT_HEADER)])

@@ -21,16 +21,7 @@ typedef struct {
 	int counter;
 } atomic_t;
 
-/* x86_64 register frame saved at syscall entry: syscall arguments are
- * di, si, dx, r10, r8, r9 and stay valid until the syscall returns. */
-struct pt_regs {
-	unsigned long r10;
-	unsigned long r9;
-	unsigned long r8;
-	unsigned long dx;
-	unsigned long si;
-	unsigned long di;
-} __st_core;
+/* struct pt_regs differs per architecture: see bpf_regs.h. */
 
 struct signal_struct {
 	atomic_t live; /* threads of the group still running; 0 once the group is dead */
