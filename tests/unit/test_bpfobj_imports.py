@@ -29,7 +29,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # the kernel interface: one wrapper per command, the fd owner, pseudo file systems, probes
     "syscalls": ("_sys", "_fd", "_fs", "_features"),
     # objects that own kernel resources, and the loader that makes them
-    "live": ("_maps", "_programs", "_perf", "_loader", "__init__"),
+    "live": ("_maps", "_programs", "_perf", "_loader", "_arch", "__init__"),
     # development-time tooling
     "tools": ("manifest",),
 }
