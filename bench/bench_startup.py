@@ -10,7 +10,7 @@ Baselines measured in the same run: the interpreter alone (``python -c
 pass``) and ``import bpfobj``.
 
 Usage: python bench/bench_startup.py [OBJECT] [--runs N]
-(default object: bpfobj/bpf/sidetrace.bpf.o, else tests/bpf/live_trace.bpf.o)
+(default object: bpfobj/bpf/sidetrace.bpf.o, that is the one built for this machine)
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ t0 = time.perf_counter()
 import bpfobj
 from bpfobj._kernel_btf import kernel_btf
 t1 = time.perf_counter()
-spec = bpfobj.load_object_spec(sys.argv[1])
+spec = bpfobj.load_object_spec(bpfobj.arch_object(sys.argv[1]))
 t2 = time.perf_counter()
 kernel_btf()
 t3 = time.perf_counter()
@@ -78,9 +78,7 @@ def startup_once(obj: str) -> tuple[float, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default = os.path.join(ROOT, "bpfobj/bpf/sidetrace.bpf.o")
-    if not os.path.exists(default):
-        default = os.path.join(ROOT, "tests/bpf/live_trace.bpf.o")
+    default = os.path.join(ROOT, "bpfobj/bpf/sidetrace.bpf.o")  # this machine's: arch_object
     ap.add_argument("object", nargs="?", default=default)
     ap.add_argument("--runs", type=int, default=7)
     args = ap.parse_args(argv)

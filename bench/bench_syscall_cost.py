@@ -56,9 +56,9 @@ sys.path.insert(0, str(REPO))
 
 from agent._app import CpuFlushers, batching_constants  # noqa: E402
 from agent._batches import BATCH_HEADER_FORMAT  # noqa: E402
-from bpfobj import Collection, PerfEventArray, load_object_spec, online_cpus  # noqa: E402
+from bpfobj import Collection, PerfEventArray, arch_object, load_object_spec, online_cpus  # noqa: E402
 
-FULL_OBJ = REPO / "bpfobj" / "bpf" / "sidetrace.bpf.o"
+FULL_OBJ = arch_object(REPO / "bpfobj" / "bpf" / "sidetrace.bpf.o")
 EMPTY_OBJ = REPO / "tests" / "bpf" / "empty_hooks.bpf.o"
 LOOP_SRC = REPO / "bench" / "syscall_loop.c"
 DATA_SYSCALLS = ("read", "readv", "recvfrom", "recvmsg", "recvmmsg",
