@@ -8,24 +8,23 @@ CPU's promise: every event of that CPU stamped at or before it has been sent
 (in this batch or an earlier one of the same ring), so the merge horizon of
 that CPU may advance to it (see ``_merge``).
 
-Pure: no kernel, no I/O.  The hot path unpacks with ``struct``; the construct
-declaration (``BATCH_HEADER``, loaded on first use, like ``_events``) is the
-one the tests compare with the object's BTF.
+Pure: no kernel, no I/O.  The header is declared once, with construct, as
+``BATCH_HEADER`` in ``_event_layout_decl`` (the declaration the tests compare
+with the object's BTF); the hot path unpacks with the ``struct`` format
+generated from it into ``_event_layout``.
 """
 
 from __future__ import annotations
 
 import enum
-import struct
 from typing import NamedTuple
 
+from . import _event_layout
 from ._events import HEADER_SIZE, Event, MalformedEvent, decode_event
+from ._fastdecode import RecordLayout
 
-# struct st_batch_hdr: kind, flush_ns, count, reason; little-endian, packed to 4.
-BATCH_HEADER_FORMAT = "<LQHH"
-BATCH_HEADER_NAMES = ("kind", "flush_ns", "count", "reason")
-_HEADER = struct.Struct(BATCH_HEADER_FORMAT)
-BATCH_HEADER_SIZE = _HEADER.size  # 16
+HEADER = RecordLayout(_event_layout.BATCH_HEADER_FORMAT, _event_layout.BATCH_HEADER_NAMES)
+BATCH_HEADER_SIZE = HEADER.size  # 16
 BATCH_KIND = 0x48425453  # ST_BATCH_KIND, "STBH"; no st_event kind has this value
 # Events are padded to this many bytes inside a batch.
 EVENT_ALIGN = 8
@@ -56,35 +55,7 @@ class Batch(NamedTuple):
     events: list[Event]
 
 
-def __getattr__(name: str):
-    if name == "BATCH_HEADER":
-        return _declaration()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _declaration():
-    """struct st_batch_hdr (bpfobj/bpf/include/sidetrace_events.h), 16 bytes, packed to 4:
-
-        struct st_batch_hdr {
-            __u32 kind;        /* ST_BATCH_KIND */
-            st_u64 flush_ns;   /* bpf_ktime_get_ns() when sent */
-            __u16 count;       /* events that follow; 0: heartbeat */
-            __u16 reason;      /* enum st_flush_reason */
-        } __attribute__((aligned(4)));
-    """
-    import construct as cs
-
-    declaration = cs.Struct(
-        "kind" / cs.Int32ul,
-        "flush_ns" / cs.Int64ul,
-        "count" / cs.Int16ul,
-        "reason" / cs.Int16ul,
-    )
-    declaration.__doc__ = _declaration.__doc__
-    return declaration
-
-
-_unpack_header = _HEADER.unpack_from
+_unpack_header = HEADER.unpack_from
 
 
 def split_batch(raw: bytes | bytearray | memoryview) -> Batch:

@@ -12,3 +12,9 @@ EVENT_HEADER_NAMES = (
     "payload_len", "syscall", "direction", "role", "family", "sport", "dport", "l4_proto",
     "flags", "saddr", "daddr", "comm", "app_proto", "reserved",
 )
+
+BATCH_HEADER_FORMAT = "<LQHH"
+BATCH_HEADER_SIZE = 16
+BATCH_HEADER_NAMES = (
+    "kind", "flush_ns", "count", "reason",
+)

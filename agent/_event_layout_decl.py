@@ -55,8 +55,32 @@ EVENT_HEADER.__doc__ = """struct st_event (bpfobj/bpf/include/sidetrace_events.h
 followed by ``payload_len`` payload bytes.
 """
 
+BATCH_HEADER = cs.Struct(
+    "kind" / cs.Int32ul,
+    "flush_ns" / cs.Int64ul,
+    "count" / cs.Int16ul,
+    "reason" / cs.Int16ul,
+)
+BATCH_HEADER.__doc__ = """struct st_batch_hdr (bpfobj/bpf/include/sidetrace_events.h), 16 bytes, packed to 4:
+
+    struct st_batch_hdr {
+        __u32 kind;        /* ST_BATCH_KIND */
+        st_u64 flush_ns;   /* bpf_ktime_get_ns() when sent */
+        __u16 count;       /* events that follow; 0: heartbeat */
+        __u16 reason;      /* enum st_flush_reason */
+    } __attribute__((aligned(4)));
+
+followed by ``count`` events, each an st_event and its payload padded to 8 bytes.
+"""
+
 # Every declaration the generated module carries, under the prefix of its
 # constants there (EVENT_HEADER_FORMAT, EVENT_HEADER_NAMES, EVENT_HEADER_SIZE).
 DECLARATIONS: dict[str, cs.Struct] = {
     "EVENT_HEADER": EVENT_HEADER,
+    "BATCH_HEADER": BATCH_HEADER,
+}
+# The C struct each declaration mirrors, as named in the object's BTF.
+C_STRUCTS: dict[str, str] = {
+    "EVENT_HEADER": "st_event",
+    "BATCH_HEADER": "st_batch_hdr",
 }

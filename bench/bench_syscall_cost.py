@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agent._app import CpuFlushers, batching_constants  # noqa: E402
-from agent._batches import BATCH_HEADER_FORMAT  # noqa: E402
+from agent._batches import HEADER as BATCH_HEADER  # noqa: E402
 from bpfobj import Collection, PerfEventArray, arch_object, load_object_spec, online_cpus  # noqa: E402
 
 FULL_OBJ = arch_object(REPO / "bpfobj" / "bpf" / "sidetrace.bpf.o")
@@ -128,8 +128,8 @@ def empty_program_names(both_sides: bool) -> list[str]:
     return [n for n in names if not any(n == f"empty_enter_{s}" for s in DATA_SYSCALLS)]
 
 
-_batch_count = struct.Struct("<12x H 2x").unpack_from  # st_batch_hdr.count
-assert struct.calcsize(BATCH_HEADER_FORMAT) == struct.calcsize("<12x H 2x")
+_unpack_batch_header = BATCH_HEADER.unpack_from
+_COUNT = BATCH_HEADER.names.index("count")
 
 
 class Drainer:
@@ -153,7 +153,7 @@ class Drainer:
         # Only the batch headers' counts: decoding every event here would
         # take CPU from the loop, and more of it the more events per record.
         self.samples += len(r.samples)
-        self.events += sum(_batch_count(s)[0] for s in r.samples)
+        self.events += sum(_unpack_batch_header(s)[_COUNT] for s in r.samples)
         self.lost += r.lost
 
     def close(self) -> None:

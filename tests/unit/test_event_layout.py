@@ -1,5 +1,7 @@
-"""The Python declaration of struct st_event must match the committed tracer object's BTF,
-and the generated struct formats the agent decodes with must match the declaration."""
+"""The Python declarations of the structs shared with BPF C (st_event, st_batch_hdr) must
+match the committed tracer object's BTF (which its C header produced; the manifest test
+fails when the object is older than the header), and the generated struct formats the
+agent decodes with must match the declarations."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import bpfobj
 from bpfobj import manifest
 from agent._app import TRACER_OBJECT
 from agent._events import EVENT_HEADER, HEADER_SIZE, Kind, MalformedEvent, decode_event
-from agent._event_layout_decl import DECLARATIONS
+from agent._event_layout_decl import C_STRUCTS, DECLARATIONS
 from agent._fastdecode import GENERATED_MODULE, FastDecoder, field_layout, main, render_layout_module
 
 
@@ -30,8 +32,13 @@ def test_tracer_is_built_for_every_architecture():
     assert [p.name for p in TRACER_OBJECTS] == sorted(f"sidetrace.{a}.bpf.o" for a in manifest.ARCHES)
 
 
-@pytest.mark.parametrize("c_name, declaration", [("st_event", EVENT_HEADER)])
-def test_declaration_matches_object_btf(btf, c_name, declaration):
+def test_every_declaration_names_its_c_struct():
+    assert set(C_STRUCTS) == set(DECLARATIONS)
+
+
+@pytest.mark.parametrize("prefix", sorted(DECLARATIONS))
+def test_declaration_matches_object_btf(btf, prefix):
+    c_name, declaration = C_STRUCTS[prefix], DECLARATIONS[prefix]
     c_struct = btf.type_by_name(c_name)
     assert c_struct is not None, f"struct {c_name} is not in the object's BTF"
     assert c_struct.size == declaration.sizeof()
