@@ -17,9 +17,11 @@ from ._errors import (
     NotSupportedError,
     ObjectFormatError,
     PermissionDeniedError,
+    SymbolNotFoundError,
     SyscallError,
     VerifierError,
 )
+from ._elfsym import FunctionSymbol, FunctionTable, function_offset, read_functions
 from ._fs import MountStatus, ensure_bpffs, ensure_tracefs
 from ._loader import Collection, LoadedObject, load
 from ._maps import Map
@@ -48,10 +50,12 @@ from ._spec import (
 __all__ = [
     # errors
     "BpfError", "CoreRelocationError", "NotSupportedError", "ObjectFormatError",
-    "PermissionDeniedError", "SyscallError", "VerifierError", "RingCorruptError",
+    "PermissionDeniedError", "SymbolNotFoundError", "SyscallError", "VerifierError", "RingCorruptError",
     # specs and parsing
     "CoreRelocation", "FuncInfo", "LineInfo", "MapRelocation", "MapSpec", "ObjectSpec",
     "ProgramSpec", "VariableSpec", "load_object_spec", "parse_object",
+    # uprobe targets in executables and shared libraries
+    "FunctionSymbol", "FunctionTable", "function_offset", "read_functions",
     # live objects
     "Collection", "LoadedObject", "load", "Map", "Program", "Link", "open_cpu_clock",
     "arch_object",

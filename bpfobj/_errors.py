@@ -79,3 +79,13 @@ class NotSupportedError(BpfError):
 
 class CoreRelocationError(BpfError):
     """A CO-RE relocation could not be resolved and cannot be poisoned safely."""
+
+
+class SymbolNotFoundError(BpfError):
+    """A function a uprobe should be placed on is not in the file's symbol tables."""
+
+    def __init__(self, path: str, symbol: str, reason: str) -> None:
+        super().__init__(f"{path}: cannot place a uprobe on {symbol}: {reason}")
+        self.path = path
+        self.symbol = symbol
+        self.reason = reason

@@ -337,12 +337,16 @@ class Collection:
         """Attach every program to its section's target; all or nothing.
 
         perf_event programs are skipped: their section names no event (see
-        :meth:`attach_cpu_clock`).
+        :meth:`attach_cpu_clock`); so are uprobes whose section names no file
+        (a bare ``SEC("uprobe")``): the caller places them with
+        :meth:`Program.attach_uprobe_symbol`.
         """
         made: list[Link] = []
         try:
             for name, prog in self.programs.items():
                 if prog.type == ProgType.PERF_EVENT:
+                    continue
+                if prog.type == ProgType.KPROBE and not prog.attach_target:
                     continue
                 made.append(self.attach(name))
         except BaseException:

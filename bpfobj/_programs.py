@@ -10,8 +10,11 @@ the program type:
 * raw tracepoint: BPF_RAW_TRACEPOINT_OPEN;
 * tp_btf / fentry / fexit (BPF_PROG_TYPE_TRACING, loaded with attach_btf_id
   from kernel BTF): BPF_LINK_CREATE, falling back to BPF_RAW_TRACEPOINT_OPEN;
-* uprobes (BPF_PROG_TYPE_KPROBE, ``uprobe/<path>:<offset>``): a perf event of
-  the uprobe PMU plus the same link as tracepoints;
+* uprobes (BPF_PROG_TYPE_KPROBE, ``uprobe/<path>:<offset>`` or
+  ``uprobe/<path>:<function>``, the function resolved from the file's
+  ``.dynsym``/``.symtab`` by :mod:`._elfsym`): a perf event of the uprobe PMU
+  plus the same link as tracepoints; a bare ``uprobe`` section names no
+  target, and :meth:`Program.attach_uprobe_symbol` places it;
 * perf_event programs (``SEC("perf_event")``): the section names no event,
   so ``attach()`` refuses them; :meth:`Program.attach_perf_event` runs one on
   a perf event the caller opened, e.g. a per-CPU software clock from
@@ -29,6 +32,7 @@ import os
 from . import _features, _sys
 from ._btf import Btf, Kind
 from ._consts import PERF_TYPE_SOFTWARE, PERF_TYPE_TRACEPOINT, AttachType, ProgType
+from ._elfsym import function_offset
 from ._errors import BpfError, NotSupportedError, SyscallError
 from ._fd import FdOwner
 from ._fs import ensure_tracefs
@@ -192,13 +196,16 @@ class Program(FdOwner):
         if t == ProgType.TRACING:
             return self.attach_tracing()
         if t == ProgType.KPROBE and self.section.startswith(("uprobe", "uretprobe")):
-            path, _, off = target.rpartition(":")
+            path, _, where = target.rpartition(":")
+            if not path:
+                raise BpfError(f"program {self.name!r}: uprobe target {target!r} is not "
+                               "<path>:<offset> or <path>:<function>")
+            retprobe = self.section.startswith("uretprobe")
             try:
-                offset = int(off, 0)
+                offset = int(where, 0)
             except ValueError:
-                raise NotSupportedError("uprobe by symbol name", "",
-                                        f"program {self.name!r}: give {path}:<offset>") from None
-            return self.attach_uprobe(path, offset, retprobe=self.section.startswith("uretprobe"))
+                return self.attach_uprobe_symbol(path, where, retprobe=retprobe)
+            return self.attach_uprobe(path, offset, retprobe=retprobe)
         if t == ProgType.PERF_EVENT:
             raise NotSupportedError("attaching perf_event programs by section name", "",
                                     f"program {self.name!r}: open the perf event and use "
@@ -271,6 +278,13 @@ class Program(FdOwner):
                 raise
         fd = _sys.raw_tracepoint_open(None, self.fd)
         return Link("tracing", fd, program=self.name, target=self.attach_target)
+
+    def attach_uprobe_symbol(self, path: str, function: str, *, retprobe: bool = False,
+                             pid: int = -1) -> Link:
+        """Attach to the entry (or, with ``retprobe``, the returns) of ``function``
+        in the ELF file ``path``; :class:`SymbolNotFoundError` if the file does
+        not define it (a stripped file has no symbols to find)."""
+        return self.attach_uprobe(path, function_offset(path, function), retprobe=retprobe, pid=pid)
 
     def attach_uprobe(self, path: str, offset: int, *, retprobe: bool = False,
                       pid: int = -1) -> Link:
