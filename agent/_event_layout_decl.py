@@ -36,7 +36,8 @@ EVENT_HEADER = cs.Struct(
     "daddr" / cs.Bytes(16),
     "comm" / cs.Bytes(16),
     "app_proto" / cs.Int16ul,
-    "reserved" / cs.Int16ul,
+    "tls" / cs.Int8ul,
+    "tls_version" / cs.Int8ul,
 )
 EVENT_HEADER.__doc__ = """struct st_event (bpfobj/bpf/include/sidetrace_events.h), 128 bytes, packed to 4:
 
@@ -49,7 +50,7 @@ EVENT_HEADER.__doc__ = """struct st_event (bpfobj/bpf/include/sidetrace_events.h
         __u16 family;          __u16 sport;       __u16 dport;
         __u8 l4_proto;         __u8 flags;
         __u8 saddr[16];        __u8 daddr[16];    char comm[16];
-        __u16 app_proto;       __u16 reserved;
+        __u16 app_proto;       __u8 tls;          __u8 tls_version;
     } __attribute__((aligned(4)));
 
 followed by ``payload_len`` payload bytes.

@@ -69,6 +69,8 @@ class Syscall(enum.IntEnum):
     ACCEPT = 12
     ACCEPT4 = 13
     CLOSE = 14
+    TLS_READ = 15   # plaintext read through a TLS library
+    TLS_WRITE = 16  # plaintext written through a TLS library
 
 
 class Flag(enum.IntFlag):
@@ -80,6 +82,18 @@ class Flag(enum.IntFlag):
     MULTI_MSG = 1 << 5
     PEEK = 1 << 6
     OPAQUE = 1 << 7
+
+
+class TlsFlag(enum.IntFlag):
+    """enum st_tls_flags (st_event.tls): where a TLS plaintext event comes from."""
+
+    PLAINTEXT = 1 << 0   # plaintext of a TLS library call
+    BY_THREAD = 1 << 1   # socket found from the thread's adjacent socket I/O
+    DEFERRED = 1 << 2    # write sent at its ciphertext's socket write
+
+
+# st_event.tls_version (the low byte of the protocol version) -> tls.protocol.version
+TLS_VERSIONS = {1: "1.0", 2: "1.1", 3: "1.2", 4: "1.3"}
 
 
 class AppProto(enum.IntEnum):
@@ -133,7 +147,8 @@ class Event(NamedTuple):
     daddr: bytes
     comm: bytes
     app_proto: int
-    reserved: int
+    tls: int
+    tls_version: int
     payload: bytes
 
 

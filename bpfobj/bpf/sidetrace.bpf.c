@@ -7,6 +7,8 @@
  *   lifecycle: syscalls/sys_exit_{connect,accept,accept4}, syscalls/sys_enter_close
  *   processes: task/task_newtask (fork follow), sched/sched_process_exec
  *              (process names), sched/sched_process_exit
+ *   TLS:       uprobes on the TLS library's read/write calls, placed by the
+ *              agent (include/sidetrace_tls.bpf.h)
  *
  * Exit-only data path.  The data syscalls need no sys_enter program and no
  * in-flight map: at sys_exit the syscall's arguments are still in the
@@ -530,7 +532,8 @@ static __always_inline void fill_header(struct st_event *e, struct task_struct *
 	e->syscall = sys;
 	e->direction = dir;
 	e->app_proto = 0;
-	e->reserved = 0;
+	e->tls = 0;
+	e->tls_version = 0;
 	if (c) {
 		e->conn_id = c->conn_id;
 		e->bytes_tx = c->bytes_tx;
@@ -845,6 +848,8 @@ static __always_inline __u16 classify(const __u8 *payload, __u32 got, __u64 tota
 	return ST_PROTO_UNKNOWN;
 }
 
+#include "sidetrace_tls.bpf.h"
+
 /* Sticky per-connection protocol from one payload (see the header). */
 static __always_inline void infer_proto(struct st_event *e, struct st_conn *c, __u32 got, __u64 total)
 {
@@ -859,8 +864,11 @@ static __always_inline void infer_proto(struct st_event *e, struct st_conn *c, _
 	}
 	c->app_proto = proto;
 	e->app_proto = proto;
+	if (proto == ST_PROTO_OPAQUE && got >= 5 && tls_record_header((const __u8 *)(e + 1)))
+		c->flags |= ST_CONN_TLS;
 	count(proto == ST_PROTO_OPAQUE ? ST_CNT_PROTO_OPAQUE : ST_CNT_PROTO_KNOWN);
 }
+
 
 /* ---- data syscalls (sys_exit only) ---- */
 static __always_inline bool reportable(__s64 ret)
@@ -875,12 +883,13 @@ static __always_inline bool reportable(__s64 ret)
 }
 
 /* A DATA syscall on an OPAQUE connection: no payload copy, no TCP sequence
- * read; nothing at all with drop_opaque, else the header alone.  The byte
+ * read; nothing at all with drop_opaque, else the header alone (nothing for
+ * TLS seen through the library, whose plaintext is sent instead).  The byte
  * offsets still advance (not for recvmmsg/sendmmsg, whose per-message
  * length would need the mmsghdr read). */
 static __always_inline int on_opaque_data(struct st_sys_exit_ctx *ctx, const int sys, struct task_struct *task,
 					  struct pt_regs *regs, __u64 pid_tgid, int fd, __s64 ret,
-					  struct st_conn *c, __u8 evflags)
+					  struct st_conn *c, __u64 ino, __u8 evflags)
 {
 	const bool egress = sys >= ST_SYS_WRITE;
 	struct st_batch *b;
@@ -892,7 +901,9 @@ static __always_inline int on_opaque_data(struct st_sys_exit_ctx *ctx, const int
 		flags = PT_REGS_SYSCALL_ARG4(regs);
 	else if (sys == ST_SYS_RECVMSG)
 		flags = PT_REGS_SYSCALL_ARG3(regs);
-	if (!drop_opaque) {
+	if (tls_on_ciphertext(ctx, sys, task, regs, pid_tgid, fd, ret, c, ino, flags))
+		;
+	else if (!drop_opaque) {
 		b = batch_get(ctx);
 		if (b) {
 			e = batch_slot(b);
@@ -981,7 +992,7 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 	if (c->flags & ST_CONN_IGNORE)
 		return 0;
 	if (c->app_proto == ST_PROTO_OPAQUE)
-		return on_opaque_data(ctx, sys, task, regs, pid_tgid, fd, ret, c, evflags);
+		return on_opaque_data(ctx, sys, task, regs, pid_tgid, fd, ret, c, ino, evflags);
 	b = batch_get(ctx);
 	if (!b)
 		return 0;
@@ -1050,8 +1061,23 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 	}
 	}
 
-	if (c->app_proto == ST_PROTO_UNKNOWN && got)
+	if (c->app_proto == ST_PROTO_UNKNOWN && got) {
 		infer_proto(e, c, got, bytes);
+	} else if (got >= 6 && c->app_proto != ST_PROTO_OPAQUE && tls_record_header(payload) &&
+		   payload[0] == 0x16 && payload[5] == 1) {
+		/* A TLS ClientHello on a connection that spoke a known protocol
+		 * (PostgreSQL's SSLRequest, MySQL's SSL request, STARTTLS): from
+		 * here on it carries TLS records.  Nothing is sent for it. */
+		c->app_proto = ST_PROTO_OPAQUE;
+		c->flags |= ST_CONN_TLS;
+		count(ST_CNT_PROTO_OPAQUE);
+		tls_count(ST_TLS_CNT_STARTTLS);
+		if (egress)
+			__sync_fetch_and_add(&c->bytes_tx, bytes);
+		else if (!(flags & MSG_PEEK))
+			__sync_fetch_and_add(&c->bytes_rx, bytes);
+		return 0;
+	}
 
 	if (c->l4_proto == IPPROTO_UDP && uaddr)
 		peer_from_sockaddr(e, uaddr);
@@ -1236,6 +1262,8 @@ int st_enter_close(struct st_sys_enter_ctx *ctx)
 		return 0;
 	if (!file_last_ref(file))
 		return 0;
+	if (c->flags & ST_CONN_TLS)
+		bpf_map_delete_elem(&tls_conns, &ino);
 	if (!(c->flags & ST_CONN_IGNORE)) {
 		b = batch_get(ctx);
 		if (b) {

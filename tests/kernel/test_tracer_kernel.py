@@ -82,7 +82,8 @@ class Ev:
     daddr: ipaddress.IPv6Address
     comm: str
     app_proto: int
-    reserved: int
+    tls: int
+    tls_version: int
     payload: bytes
 
 
@@ -219,7 +220,7 @@ def test_tcp_exchange(tracer: Tracer, family: int, host: str) -> None:
     for e in evs:
         assert e.family == fam and e.l4_proto == IPPROTO_TCP
         assert e.saddr == loop and e.daddr == loop
-        assert e.reserved == 0
+        assert e.tls == 0 and e.tls_version == 0
         # classified HTTP/1 by the request on both ends, from the first data event on
         assert e.app_proto == (P_UNKNOWN if e.kind == EV_OPEN else P_HTTP1)
         assert e.comm  # the test process's comm

@@ -20,7 +20,7 @@ def event(kind=Kind.DATA, *, conn=1, ts=1_000, direction=Direction.INGRESS, payl
         bytes_rx=0, tgid=tgid, tid=tid, fd=5, tcp_seq=seq, payload_len=len(payload), syscall=1,
         direction=direction, role=role, family=family, sport=sport, dport=dport,
         l4_proto=IPPROTO_TCP, flags=Flag.SEQ_VALID, saddr=V4("127.0.0.1"), daddr=V4("127.0.0.2"),
-        comm=b"server\0".ljust(16, b"\0"), app_proto=0, reserved=0, payload=payload,
+        comm=b"server\0".ljust(16, b"\0"), app_proto=0, tls=0, tls_version=0, payload=payload,
     )
 
 

@@ -65,7 +65,11 @@
  *                        payloads (a hint: the agent confirms it); 0 while
  *                        unknown, ST_PROTO_OPAQUE once the kernel gave up.
  *                        The event whose payload decided it carries it.
- *  126   2  reserved     0
+ *  126   1  tls          enum st_tls_flags: 0 for socket syscalls; ST_TLS_PLAINTEXT
+ *                        (+ provenance bits) for plaintext read or written
+ *                        through a TLS library (syscall ST_SYS_TLS_*)
+ *  127   1  tls_version  low byte of the negotiated TLS version (0x01..0x04
+ *                        for TLS 1.0..1.3) where the library told it; else 0
  *  128   -  payload      first payload_len bytes of the data (DATA only)
  *
  * s = local end and d = remote end of the socket, whatever the direction.
@@ -80,6 +84,15 @@
  * drop_opaque = 1, the default) or sent as the header alone (payload_len 0,
  * ST_F_OPAQUE, tcp_seq not read), so unrecognised traffic costs no payload
  * copy and no (or a small) perf record.
+ *
+ * TLS plaintext (ST_SYS_TLS_READ / ST_SYS_TLS_WRITE, tls != 0): uprobes on
+ * the TLS library's read and write calls send the plaintext as DATA events of
+ * the socket underneath (same conn_id, addresses and ports as its syscalls);
+ * ret is the plaintext length, bytes_tx/bytes_rx count plaintext, and
+ * tcp_seq (with ST_F_SEQ_VALID) is the TCP sequence number of the first byte
+ * of the TLS record that carries the first plaintext byte, the same number
+ * at both ends of the connection.  Once a socket is seen through the
+ * library its ciphertext syscalls send nothing.  See sidetrace_tls.bpf.h.
  *
  * Connection ids: unique per loaded object (and boot): ((cpu + 1) << 48) | n,
  * n counting per CPU.  A connection is one socket (identified in the kernel by
@@ -148,6 +161,20 @@ enum st_syscall {
 	ST_SYS_ACCEPT = 12,
 	ST_SYS_ACCEPT4 = 13,
 	ST_SYS_CLOSE = 14,
+	ST_SYS_TLS_READ = 15,  /* SSL_read / SSL_read_ex: plaintext received */
+	ST_SYS_TLS_WRITE = 16, /* SSL_write / SSL_write_ex: plaintext sent */
+};
+
+/* st_event.tls */
+enum st_tls_flags {
+	ST_TLS_PLAINTEXT = 1 << 0, /* payload is plaintext from a TLS library call */
+	/* the socket was found from the thread's socket I/O next to the call (a
+	 * library that does its socket I/O outside its calls, e.g. node's),
+	 * not from a socket call made inside it */
+	ST_TLS_BY_THREAD = 1 << 1,
+	/* a write sent at the ciphertext's socket write, after the call
+	 * returned (ts_ns is the socket write's) */
+	ST_TLS_DEFERRED = 1 << 2,
 };
 
 enum st_direction {
@@ -250,7 +277,8 @@ struct st_event {
 	__u8 daddr[16];
 	char comm[16];
 	__u16 app_proto;
-	__u16 reserved;
+	__u8 tls;
+	__u8 tls_version;
 } __attribute__((aligned(4)));
 
 #define ST_EVENT_HDR_SIZE 128
@@ -279,7 +307,8 @@ _Static_assert(__builtin_offsetof(struct st_event, saddr) == 76, "saddr");
 _Static_assert(__builtin_offsetof(struct st_event, daddr) == 92, "daddr");
 _Static_assert(__builtin_offsetof(struct st_event, comm) == 108, "comm");
 _Static_assert(__builtin_offsetof(struct st_event, app_proto) == 124, "app_proto");
-_Static_assert(__builtin_offsetof(struct st_event, reserved) == 126, "reserved");
+_Static_assert(__builtin_offsetof(struct st_event, tls) == 126, "tls");
+_Static_assert(__builtin_offsetof(struct st_event, tls_version) == 127, "tls_version");
 
 struct st_batch_hdr {
 	__u32 kind;
@@ -315,6 +344,23 @@ struct st_conn {
 enum st_conn_flags {
 	ST_CONN_IGNORE = 1 << 0,   /* socket of another family/protocol: cached negative */
 	ST_CONN_V4MAPPED = 1 << 2, /* same bit as ST_F_V4MAPPED */
+	ST_CONN_TLS = 1 << 3,      /* carries TLS records (OPAQUE from a TLS record or a STARTTLS handshake) */
+	ST_CONN_TLS_LIB = 1 << 4,  /* seen through a TLS library: its ciphertext sends nothing */
+};
+
+/* Slots of the per-CPU `tls_counters` array (u64 each); sum over CPUs. */
+enum st_tls_counter {
+	ST_TLS_CNT_CALLS = 0,       /* TLS read/write calls of traced threads that returned */
+	ST_TLS_CNT_EVENTS = 1,      /* plaintext events sent */
+	ST_TLS_CNT_NO_CONN = 2,     /* plaintext dropped: its socket could not be found */
+	ST_TLS_CNT_SEQ = 3,         /* plaintext events with the TCP sequence of their TLS record */
+	ST_TLS_CNT_NO_SEQ = 4,      /* plaintext events whose record was not identified */
+	ST_TLS_CNT_ORPHAN_RET = 5,  /* a return without its entry (attached mid-call) */
+	ST_TLS_CNT_DEFERRED = 6,    /* writes held until their ciphertext's socket write */
+	ST_TLS_CNT_DEFER_LOST = 7,  /* held writes replaced before their socket write */
+	ST_TLS_CNT_RESYNC = 8,      /* record tracking lost its place in a TLS stream */
+	ST_TLS_CNT_STARTTLS = 9,    /* connections that switched to TLS after plaintext */
+	ST_TLS_CNT_MAX = 12,
 };
 
 _Static_assert(sizeof(struct st_conn) == 80, "st_conn size");
