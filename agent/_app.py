@@ -40,7 +40,8 @@ from ._linker import SpanLinker
 from ._merge import CpuMerger
 from ._pipeline import Pipeline
 from ._resource import ProcessResources
-from ._targets import TargetSelection, TargetTracker, comm_key
+from ._targets import TargetSelection, TargetTracker, comm_key, live_pids
+from ._tls import TlsLibraries
 
 log = logging.getLogger("sidetrace")
 
@@ -186,6 +187,22 @@ class Agent:
         self.comms_map = collection.maps["comms"]
         self.selection = selection
         self.targets = TargetTracker(selection, add=self._trace_pid, remove=lambda tgid: pids.delete(tgid))
+        self.tls = TlsLibraries(collection.programs, collection.maps.get("tls_counters"))
+
+    def traced_pids(self) -> list[int]:
+        """Every process traced now: the kernel's `pids` map (children and
+        exec-by-name included), or every process but the agent."""
+        if self.selection.everything:
+            me = os.getpid()
+            return [pid for pid in live_pids() if pid != me]
+        return [_U32.unpack_from(key)[0] for key, _ in self.pids_map.items()]
+
+    def scan_tls(self) -> None:
+        """Place TLS uprobes on libraries traced processes mapped since the last scan."""
+        try:
+            self.tls.scan(self.traced_pids())
+        except (OSError, bpfobj.BpfError) as exc:
+            log.warning("TLS library scan failed: %s", exc)
 
     def _trace_pid(self, tgid: int) -> None:
         """Mark ``tgid`` traced, keeping the flags the kernel may have set (exec, fork)."""
@@ -308,6 +325,7 @@ class Agent:
             "parse_errors": self.pipeline.parse_errors,
             "connections_evicted": self.pipeline.connections.evicted,
             "linker": self.linker.stats(),
+            "tls": {**self.tls.stats(), "connections": self.pipeline.tls_connections},
         }
 
 
@@ -345,6 +363,7 @@ async def _housekeeping(agent: Agent) -> None:
             agent.targets.rescan()
         except (OSError, bpfobj.BpfError) as exc:
             log.warning("target rescan failed: %s", exc)
+        agent.scan_tls()
         agent.pipeline.expire_idle(time.monotonic_ns())
         agent.linker.tick(time.time_ns())
         if time.monotonic() - last_clock > CLOCK_REFRESH_SECONDS:
@@ -423,18 +442,22 @@ async def _serve_loaded(args: argparse.Namespace, spec, selection: TargetSelecti
             agent.targets.rescan()
             # Attach last: every map and ring is ready before the first event.
             collection.attach_all()
+            agent.scan_tls()
             collection.release_kernel_btf()
             _settle_heap()
             log.info("tracing %s; %d programs attached, %d CPU rings; serving on %s",
                      "every process" if selection.everything else sorted(agent.targets.tracked),
                      len(collection.links), len(rings.rings), args.socket)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(server.serve)
-                for ring in rings:
-                    nursery.start_soon(_read_ring, agent, ring)
-                nursery.start_soon(_housekeeping, agent)
-                nursery.start_soon(_until_signal, agent, nursery.cancel_scope)
-                task_status.started(agent)
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(server.serve)
+                    for ring in rings:
+                        nursery.start_soon(_read_ring, agent, ring)
+                    nursery.start_soon(_housekeeping, agent)
+                    nursery.start_soon(_until_signal, agent, nursery.cancel_scope)
+                    task_status.started(agent)
+            finally:
+                agent.tls.close()
 
 
 def run(args: argparse.Namespace) -> int:

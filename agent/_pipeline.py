@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ._clock import WallClock
-from ._events import IPPROTO_TCP, AppProto, Direction, Event, Flag, Kind, Role, address_text, comm_text
+from ._events import (IPPROTO_TCP, TLS_VERSIONS, AppProto, Direction, Event, Flag, Kind, Role, address_text,
+                      comm_text)
 from ._lru import BoundedTable
 from ._spans import build_span
 from .protocols import EGRESS, INGRESS, REGISTRY, ConnectionHints, ProtocolHandler, SpanFacts
@@ -58,7 +59,7 @@ class Connection:
         "conn_id", "tgid", "comm", "family", "l4_proto", "role",
         "local_address", "local_port", "remote_address", "remote_port",
         "protocol", "parser", "detect_left", "tids", "tid", "tid_since", "touched", "events",
-        "net_attrs", "_remote_raw",
+        "net_attrs", "_remote_raw", "tls",
     )
 
     def __init__(self, ev: Event) -> None:
@@ -85,6 +86,8 @@ class Connection:
         self.events = 0
         # network attributes for (server side, client side) spans, built once.
         self.net_attrs: dict[bool, dict[str, Any]] = {}
+        # Seen through its TLS library: the version ("1.3"; "" if unknown); None: not TLS.
+        self.tls: str | None = None
 
     def set_peer(self, ev: Event) -> None:
         """An unconnected UDP socket: the peer is per datagram (sendto/recvfrom).
@@ -153,6 +156,8 @@ class Pipeline:
         self.opaque_events = 0
         # connections the kernel gave up on after the agent had recognised them
         self.opaque_conflicts = 0
+        # connections whose plaintext came through their TLS library
+        self.tls_connections = 0
 
     # -- events --------------------------------------------------------------
 
@@ -169,7 +174,7 @@ class Pipeline:
             # short way; anything else as _data does it.
             conn = self._peek(ev.conn_id)
             if (conn is None or conn.parser is None or flags & _F_PEER_FROM_ARG
-                    or ev.app_proto == _OPAQUE or ev.ret <= 0):
+                    or ev.app_proto == _OPAQUE or ev.ret <= 0 or ev.tls and conn.tls is None):
                 self._data(ev, conn)
                 return
             ts = ev.ts_ns
@@ -235,6 +240,8 @@ class Pipeline:
         if conn is None:
             conn = self._connection(ev)
         conn.events += 1
+        if ev.tls and conn.tls is None:
+            self._tls_started(conn, ev)
         if ev.flags & _F_PEER_FROM_ARG:
             conn.set_peer(ev)
         give_up = False
@@ -270,6 +277,21 @@ class Pipeline:
             self._flush(conn, ev.ts_ns)
             conn.parser = None
             conn.protocol = "opaque"
+
+    def _tls_started(self, conn: Connection, ev: Event) -> None:
+        """The connection's first plaintext seen through its TLS library.
+
+        What its bytes gave so far is done: nothing (the ciphertext made it
+        opaque) or a plaintext prelude (PostgreSQL's SSLRequest, STARTTLS).
+        The plaintext is a stream of its own, detected afresh.
+        """
+        self._flush(conn, ev.ts_ns)
+        conn.tls = TLS_VERSIONS.get(ev.tls_version, "")
+        conn.parser = None
+        conn.protocol = None
+        conn.detect_left = DETECT_ATTEMPTS
+        conn.net_attrs = {}
+        self.tls_connections += 1
 
     def _detect(self, conn: Connection, ev: Event) -> bool:
         payload = ev.payload

@@ -25,12 +25,12 @@ def network_attributes(conn: Any, server_side: bool) -> dict[str, Any]:
     """server.*, client.* and network.* attributes from the connection's endpoints.
 
     For a server span the local end is the server; for a client span the
-    remote end is.
+    remote end is.  ``tls.*`` for connections seen through their TLS library.
     """
     local = (conn.local_address, conn.local_port)
     remote = (conn.remote_address, conn.remote_port)
     server, client = (local, remote) if server_side else (remote, local)
-    return {
+    attrs = {
         "server.address": server[0],
         "server.port": server[1],
         "client.address": client[0],
@@ -38,6 +38,12 @@ def network_attributes(conn: Any, server_side: bool) -> dict[str, Any]:
         "network.transport": "tcp" if conn.l4_proto == IPPROTO_TCP else "udp",
         "network.type": "ipv4" if conn.family == socket.AF_INET else "ipv6",
     }
+    tls = getattr(conn, "tls", None)
+    if tls is not None:  # plaintext read through the connection's TLS library
+        attrs["tls.protocol.name"] = "tls"
+        if tls:
+            attrs["tls.protocol.version"] = tls
+    return attrs
 
 
 def build_span(facts: SpanFacts, conn: Any, protocol: str, tid: int, clock: Any) -> dict[str, Any]:
