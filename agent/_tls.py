@@ -62,6 +62,7 @@ TLS_COUNTER_NAMES = (
 _U64 = struct.Struct("<Q")
 
 ATTACHED = "attached"
+FOUND = "found"            # would be attached (``attach=False``: sidetrace check)
 FAILED = "failed"
 UNSUPPORTED = "unsupported"
 
@@ -71,7 +72,7 @@ class TlsLibrary:
     """One file that is, or is named like, a TLS library."""
 
     path: str
-    status: str                        # ATTACHED, FAILED or UNSUPPORTED
+    status: str                        # ATTACHED, FOUND, FAILED or UNSUPPORTED
     reason: str = ""                   # why not attached
     functions: tuple[str, ...] = ()    # functions probed
     pids: set[int] = dataclasses.field(default_factory=set)
@@ -123,12 +124,16 @@ class TlsLibraries:
 
     ``programs`` maps program names to loaded :class:`bpfobj.Program` objects
     (the tracer collection's); ``counters`` is its ``tls_counters`` map, or
-    None.  ``resolve`` is how files are read (tests pass their own).
+    None.  ``resolve`` is how files are read (tests pass their own).  With
+    ``attach=False`` nothing is placed: libraries that would be are FOUND.
     """
 
     def __init__(self, programs: dict[str, Any], counters: Any = None, *,
-                 resolve=bpfobj.read_functions, proc: str = "/proc") -> None:
+                 resolve=bpfobj.read_functions, proc: str = "/proc", attach: bool = True) -> None:
         self.programs = programs
+        self.attach = attach
+        # The agent warns once per library; a report (check) only lists them.
+        self._warn = log.warning if attach else log.debug
         self.counters = counters
         self.resolve = resolve
         self.proc = proc
@@ -171,7 +176,7 @@ class TlsLibraries:
         if other is not None:
             reason = (f"{other} is not supported: only OpenSSL-compatible libraries "
                       "(SSL_read/SSL_write) are read, so its TLS traffic stays opaque")
-            log.warning("%s: %s", path, reason)
+            self._warn("%s: %s", path, reason)
             return TlsLibrary(path, UNSUPPORTED, reason)
         # The path as this process sees it, valid from the agent's mount namespace too.
         seen_at = f"{self.proc}/{pid}/root{path}"
@@ -190,10 +195,12 @@ class TlsLibraries:
                 table.offset(missing[0])
             except bpfobj.SymbolNotFoundError as exc:
                 return self._failed(path, exc.reason + f" ({', '.join(missing)} not found)")
+        if not self.attach:
+            return TlsLibrary(path, FOUND, functions=tuple(n for n in ENTRY_PROGRAMS if n in table.functions))
         return self._attach(path, seen_at, table)
 
     def _failed(self, path: str, reason: str) -> TlsLibrary:
-        log.warning("%s: TLS plaintext not readable: %s", path, reason)
+        self._warn("%s: TLS plaintext not readable: %s", path, reason)
         return TlsLibrary(path, FAILED, reason)
 
     def _attach(self, path: str, seen_at: str, table: Any) -> TlsLibrary:

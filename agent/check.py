@@ -12,6 +12,8 @@ import os
 import platform
 import sys
 
+from ._tls_check import tls_report
+
 CAPS = {21: "CAP_SYS_ADMIN", 38: "CAP_PERFMON", 39: "CAP_BPF"}
 
 
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None, out=None) -> int:
         if not basics["global data"]:
             problems.append("programs cannot use global data (.rodata); needs Linux 5.2+")
 
+    tls_notes = tls_report(say)
+
     say()
     if problems:
         say("the agent cannot run here:")
@@ -96,6 +100,8 @@ def main(argv: list[str] | None = None, out=None) -> int:
             say(f"  - {p}")
         return 1
     say("the agent can run here.")
+    for note in tls_notes:
+        say(f"note: {note}")
     if not attach["fentry"]:
         say("note: fentry/fexit are refused by this kernel; syscall tracepoints are used instead.")
     return 0
