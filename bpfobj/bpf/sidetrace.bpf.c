@@ -1063,11 +1063,13 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 
 	if (c->app_proto == ST_PROTO_UNKNOWN && got) {
 		infer_proto(e, c, got, bytes);
-	} else if (got >= 6 && c->app_proto != ST_PROTO_OPAQUE && tls_record_header(payload) &&
-		   payload[0] == 0x16 && payload[5] == 1) {
+	} else if (got >= 5 && c->app_proto != ST_PROTO_OPAQUE && tls_record_header(payload) &&
+		   payload[0] == 0x16 && (got == 5 ? bytes == 5 : payload[5] == 1)) {
 		/* A TLS ClientHello on a connection that spoke a known protocol
-		 * (PostgreSQL's SSLRequest, MySQL's SSL request, STARTTLS): from
-		 * here on it carries TLS records.  Nothing is sent for it. */
+		 * (PostgreSQL's SSLRequest, MySQL's SSL request, STARTTLS), as
+		 * written, or its record header alone as OpenSSL reads it: from
+		 * here on the connection carries TLS records.  Nothing is sent
+		 * for it. */
 		c->app_proto = ST_PROTO_OPAQUE;
 		c->flags |= ST_CONN_TLS;
 		count(ST_CNT_PROTO_OPAQUE);

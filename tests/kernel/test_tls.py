@@ -303,3 +303,142 @@ def test_stripped_and_unknown_tls_libraries_are_reported_not_fatal(tmp_path):
     assert "uprobes: yes" in check.stdout, check.stdout
     assert f"{stripped}: failed: " in check.stdout and "stripped" in check.stdout, check.stdout
     assert "libgnutls.so.30" in check.stdout and "unsupported: GnuTLS is not supported" in check.stdout, check.stdout
+
+
+PSYCOPG_CLIENT = r'''
+import sys
+import psycopg
+
+port = int(sys.argv[1])
+sys.stdin.readline()
+with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
+                     sslmode="require", autocommit=True) as conn:
+    print("ssl:", conn.info.pgconn.ssl_in_use, flush=True)
+    conn.execute("CREATE TABLE kt (id int, name text)")
+    conn.execute("INSERT INTO kt VALUES (1, 'secret-value')")
+    assert conn.execute("SELECT name FROM kt WHERE id = %s", (1,)).fetchone() == ("secret-value",)
+    try:
+        conn.execute("SELECT * FROM missing_table")
+        raise SystemExit("a query of a missing table succeeded")
+    except psycopg.errors.UndefinedTable:
+        pass
+print("done", flush=True)
+'''
+
+# (name, db.query.text, status), in order
+POSTGRES_EXPECTED = [
+    ("CREATE kt", "CREATE TABLE kt (id int, name text)", "unset"),
+    ("INSERT kt", "INSERT INTO kt VALUES (?, ?)", "unset"),
+    ("SELECT kt", "SELECT name FROM kt WHERE id = $1", "unset"),
+    ("SELECT missing_table", "SELECT * FROM missing_table", "error"),
+]
+PSQL_EXPECTED = [("SELECT", "SELECT ? AS one", "unset")]
+
+
+def _db_rows(spans):
+    ordered = sorted(spans, key=lambda s: s["start_time_unix_nano"])
+    return [(s["name"], s["attributes"].get("db.query.text"), s["status"]) for s in ordered]
+
+
+def assert_db_exchanges(spans: list[dict], expected: list[tuple], system: str, port: int,
+                        client_version: bool = True) -> None:
+    """The plaintext test's db spans, through TLS: same rows both sides, TLS attributes, exact links.
+
+    ``client_version``: the client's OpenSSL tells its version (OpenSSL 3.2 and
+    later, as psycopg's wheel bundles, do not: no ``tls.protocol.version``).
+    """
+    for span in spans:
+        validate(span)
+    servers = [s for s in spans if s["kind"] == "server"]
+    clients = [s for s in spans if s["kind"] == "client"]
+    assert _db_rows(servers) == expected, servers
+    assert _db_rows(clients) == expected, clients
+    client_by_id = {s["span_id"]: s for s in clients}
+    for span in spans:
+        attrs = span["attributes"]
+        assert attrs["db.system.name"] == system
+        assert attrs["server.port"] == port and attrs["server.address"] == "127.0.0.1"
+        assert attrs["tls.protocol.name"] == "tls"
+        if span["kind"] == "server" or client_version:
+            assert attrs["tls.protocol.version"] in ("1.2", "1.3")
+        assert "secret-value" not in str(attrs)
+    for server in servers:
+        client = client_by_id.get(server["parent_span_id"])
+        assert client is not None and client["name"] == server["name"], server
+        assert server["attributes"]["sidetrace.link.confidence"] == "exact", server
+        assert (server["attributes"]["sidetrace.tcp.request_seq"]
+                == client["attributes"]["sidetrace.tcp.request_seq"])
+
+
+def test_postgresql_with_ssl_psycopg_and_psql_sslmode_require(tmp_path, certificate):
+    pytest.importorskip("psycopg")
+    psql = need_binary("psql")
+    from ..unit.test_proto_postgres import postgres_server
+
+    sock = tmp_path / "agent.sock"
+    with postgres_server(ssl=certificate) as pg:
+        with started([sys.executable, "-c", PSYCOPG_CLIENT, str(pg.port)],
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as client:
+            with agent(sock, "--pid", str(pg.pid), "--pid", str(client.pid), "--comm", "psql") as agent_proc:
+                wait_for_socket(sock, agent_proc)
+                with BlockingSubscriber(sock, timeout=0.5) as sub:
+                    wait_for_stats(sub, lambda s: (lib := tls_library(s, "libssl.so")) is not None
+                                   and lib["status"] == "attached" and lib["processes"] >= 2)
+                    client.stdin.write("go\n")
+                    client.stdin.flush()
+                    lines = [client.stdout.readline().strip(), client.stdout.readline().strip()]
+                    assert lines == ["ssl: True", "done"], lines
+                    conninfo = f"host=127.0.0.1 port={pg.port} user=postgres dbname=postgres sslmode=require"
+                    with started([psql, conninfo, "-X", "-At", "-c", "SELECT 1 AS one"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as psql_proc:
+                        out = psql_proc.stdout.read()
+                        assert psql_proc.wait(20) == 0, psql_proc.stderr.read()
+                    spans = collect_spans(sub, 2 * (len(POSTGRES_EXPECTED) + len(PSQL_EXPECTED)),
+                                          protocols=("postgresql",))
+                assert stop(agent_proc) == 0, agent_proc.stderr.read()
+
+    assert out.strip() == "1"
+    psql_spans = [s for s in spans if s["pid"] == psql_proc.pid or s["attributes"]["client.port"]
+                  in {c["attributes"]["client.port"] for c in spans if c["pid"] == psql_proc.pid}]
+    psycopg_spans = [s for s in spans if s not in psql_spans]
+    assert_db_exchanges(psycopg_spans, POSTGRES_EXPECTED, "postgresql", pg.port, client_version=False)
+    assert_db_exchanges(psql_spans, PSQL_EXPECTED, "postgresql", pg.port)
+    assert all(s["pid"] == client.pid for s in psycopg_spans if s["kind"] == "client")
+
+
+REDIS_COMMANDS = "SET kt:user secret-value\nGET kt:user\nINCR kt:user\nDEL kt:user\n"
+REDIS_EXPECTED = [
+    ("SET", "SET kt:user ?", "unset"),
+    ("GET", "GET kt:user", "unset"),
+    ("INCR", "INCR kt:user", "error"),
+    ("DEL", "DEL kt:user", "unset"),
+]
+
+
+def test_redis_tls_port_and_redis_cli_tls(tmp_path, certificate):
+    redis_server, redis_cli = need_binary("redis-server"), need_binary("redis-cli")
+    cert, key = certificate
+    port = free_port()
+    sock = tmp_path / "agent.sock"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True}
+    with started([redis_server, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                  "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+                  "--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                 **quiet) as server:
+        wait_for_port(port, server)
+        with agent(sock, "--pid", str(server.pid), "--comm", "redis-cli") as agent_proc:
+            wait_for_socket(sock, agent_proc)
+            with BlockingSubscriber(sock, timeout=0.5) as sub:
+                wait_for_stats(sub, lambda s: (lib := tls_library(s, "libssl.so")) is not None
+                               and lib["status"] == "attached")
+                with started([redis_cli, "--tls", "--insecure", "-h", "127.0.0.1", "-p", str(port)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) as client:
+                    out, err = client.communicate(REDIS_COMMANDS, timeout=20)
+                spans = collect_spans(sub, 2 * len(REDIS_EXPECTED), protocols=("redis",))
+            assert stop(agent_proc) == 0, agent_proc.stderr.read()
+
+    assert out.split("\n")[:2] == ["OK", "secret-value"], (out, err)
+    spans = [s for s in spans if s["name"] not in ("COMMAND", "HELLO")]  # redis-cli's own set-up
+    assert_db_exchanges(spans, REDIS_EXPECTED, "redis", port)
+    assert all(s["pid"] == client.pid for s in spans if s["kind"] == "client")

@@ -92,12 +92,12 @@ class PostgresServer:
 
 
 @contextmanager
-def postgres_server():
+def postgres_server(ssl: tuple[Path, Path] | None = None):
     """Start a throw-away PostgreSQL on 127.0.0.1; stopped by pid and deleted on exit.
 
     initdb and postgres refuse to run as root, so both run as the ``postgres``
     user that Debian's package creates; the cluster lives in a temporary
-    directory that user owns.
+    directory that user owns.  ``ssl`` (certificate, key) turns on ssl with them.
     """
     bindir = postgres_bindir()
     if bindir is None:
@@ -119,9 +119,19 @@ def postgres_server():
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=directory,
                        **run_as)
         port = free_port()
+        settings = []
+        if ssl is not None:
+            # The server reads its key only if its own user owns it, mode 0600.
+            for name, source in (("server.crt", ssl[0]), ("server.key", ssl[1])):
+                shutil.copy(source, directory / name)
+                os.chmod(directory / name, 0o600)
+                if os.geteuid() == 0:
+                    os.chown(directory / name, account.pw_uid, account.pw_gid)
+            settings = ["-c", "ssl=on", "-c", f"ssl_cert_file={directory / 'server.crt'}",
+                        "-c", f"ssl_key_file={directory / 'server.key'}"]
         with open(log, "wb") as log_file:
             proc = subprocess.Popen(
-                [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
+                [str(bindir / "postgres"), "-D", str(data), "-p", str(port), *settings,
                  "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={directory}",
                  "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
                  "-c", "shared_buffers=16MB", "-c", "max_connections=20"],
