@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import bpfobj
 from bpfobj._consts import ProgType
-from bpfobj._features import exit_insn, mov64_imm
+from bpfobj._insn import exit_insn, mov64_imm
 
 from ._targets import live_pids
 from ._tls import FOUND, TlsLibraries, executable_mappings
