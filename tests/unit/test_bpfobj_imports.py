@@ -24,7 +24,7 @@ ROOT = Path(bpfobj.__file__).parent
 # Lowest first.  A module may import only from its own layer or one below.
 LAYERS: dict[str, tuple[str, ...]] = {
     # pure: bytes in, specs out; no syscall, no ctypes
-    "parsing": ("_consts", "_errors", "_insn", "_elf", "_btf", "_btf_ext", "_spec", "_sections",
+    "parsing": ("_consts", "_errors", "_insn", "_elf", "_elfsym", "_btf", "_btf_ext", "_spec", "_sections",
                 "_parse", "_core", "_kernel_btf"),
     # the kernel interface: one wrapper per command, the fd owner, pseudo file systems, probes
     "syscalls": ("_sys", "_fd", "_fs", "_features"),
