@@ -22,7 +22,6 @@ import logging
 import os
 import signal
 import struct
-import sys
 import threading
 import time
 from pathlib import Path
@@ -31,14 +30,17 @@ from typing import Any
 import trio
 
 import bpfobj
-from wire import SpanServer
+from wire import ServerAlreadyRunning, SpanServer, check_socket_path
 
 from ._batches import BATCH_COUNTER_NAMES, CorruptBatch, split_batch
 from ._clock import WallClock
+from ._console import error, log_to_stderr
 from ._events import COUNTER_NAMES
 from ._linker import SpanLinker
 from ._merge import CpuMerger
+from ._options import OptionError, check_run_options
 from ._pipeline import Pipeline
+from ._privileges import check_privileges
 from ._resource import ProcessResources
 from ._targets import TargetSelection, TargetTracker, comm_key, live_pids
 from ._tls import TlsLibraries
@@ -385,23 +387,33 @@ async def _until_signal(agent: "Agent", cancel_scope: trio.CancelScope) -> None:
             return
 
 
-def _check_can_run() -> Path:
-    """The tracer object for this machine, once the agent can run at all."""
-    if os.geteuid() != 0:
-        raise AgentError("sidetrace run needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN); "
-                         "run `sidetrace check` for details")
+def check_preconditions(args: argparse.Namespace) -> Path:
+    """Everything ``run`` needs, checked before anything is loaded into the kernel;
+    returns the tracer object for this machine."""
     try:
-        return bpfobj.arch_object(TRACER_OBJECT)
+        check_run_options(args)
+    except OptionError as exc:
+        raise AgentError(str(exc)) from None
+    try:
+        tracer = bpfobj.arch_object(TRACER_OBJECT)
     except bpfobj.BpfError as exc:
         raise AgentError(f"no tracer object for this machine: {exc}") from None
+    privileges = check_privileges(args.ring_pages)
+    if not privileges.ok:
+        raise AgentError(f"cannot trace here: {'; '.join(privileges.problems)} (see `sidetrace check`)")
+    try:
+        check_socket_path(args.socket)
+    except ServerAlreadyRunning:
+        raise AgentError(f"an agent is already serving on {args.socket}") from None
+    except OSError as exc:
+        raise AgentError(f"cannot serve on {args.socket}: {exc.strerror or exc}") from None
+    return tracer
 
 
 async def serve(args: argparse.Namespace, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run the agent until cancelled (or a signal arrives)."""
-    tracer = _check_can_run()
+    tracer = check_preconditions(args)
     selection = TargetSelection(pids=frozenset(args.pid), comms=frozenset(args.comm))
-    if not 1 <= args.payload_bytes <= 4096:
-        raise AgentError("--payload-bytes must be between 1 and 4096")
     with start_flushers(bpfobj.online_cpus()) as flushers:
         spec = bpfobj.load_object_spec(tracer).with_constants(
             trace_all=1 if selection.everything else 0,
@@ -461,14 +473,17 @@ async def _serve_loaded(args: argparse.Namespace, spec, selection: TargetSelecti
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="sidetrace: %(message)s", stream=sys.stderr)
+    log_to_stderr(args.verbose)
     try:
-        trio.run(serve, args)
+        try:
+            trio.run(serve, args)
+        except* ServerAlreadyRunning:
+            # Another agent took the socket while this one was loading.
+            raise AgentError(f"an agent is already serving on {args.socket}") from None
     except AgentError as exc:
-        print(f"sidetrace: {exc}", file=sys.stderr)
+        error(str(exc))
         return 2
     except bpfobj.BpfError as exc:
-        print(f"sidetrace: cannot start tracing: {exc}", file=sys.stderr)
+        error(f"cannot start tracing: {exc}")
         return 1
     return 0

@@ -21,7 +21,6 @@ import dataclasses
 import logging
 import os
 import signal
-import sys
 import time
 from typing import Any
 
@@ -29,6 +28,7 @@ import trio
 
 from wire import SpanServer, WireError, open_subscriber
 
+from ._console import error, log_to_stderr
 from ._linker import SpanLinker
 
 log = logging.getLogger("sidetrace.assemble")
@@ -159,10 +159,9 @@ def _find(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseExc
 
 
 def run_assemble(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="sidetrace: %(message)s", stream=sys.stderr)
+    log_to_stderr(args.verbose)
     if args.hold <= 0:
-        print("sidetrace: --hold must be positive", file=sys.stderr)
+        error("--hold must be positive")
         return 2
     try:
         trio.run(serve, args)
@@ -170,6 +169,6 @@ def run_assemble(args: argparse.Namespace) -> int:
         found = _find(exc, (ValueError, OSError))
         if found is None:
             raise
-        print(f"sidetrace: {found}", file=sys.stderr)
+        error(str(found))
         return 2 if isinstance(found, ValueError) else 1
     return 0

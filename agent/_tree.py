@@ -7,19 +7,20 @@ of it has arrived for a quiet period, or once it has waited too long; it
 holds a bounded number of traces, the oldest handed over first.  ``render``
 draws one trace: the call tree on the left, then kind, process, duration,
 and a bar showing when each span ran within the trace, then the status and
-how sure the linker was of the span's parent when it was not exact.
+how sure the linker was of the span's parent when it was not exact.  Every
+cell that shows text from a span is escaped with ``terminal_text``.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from wire import BlockingSubscriber, WireError, make_filter
+from wire import BlockingSubscriber, terminal_text
+
+from ._console import error
 
 QUIET_NS = 1_500_000_000
 MAX_WAIT_NS = 30_000_000_000
@@ -193,16 +194,17 @@ def render(spans: Iterable[Mapping[str, Any]], bar_width: int = BAR_WIDTH) -> st
     table = []
     for span, prefix, orphan in rows:
         start, end = _times(span)
-        label = prefix + str(span.get("name", "?"))
+        # Every cell holding text from the span is escaped before the columns are measured.
+        label = prefix + terminal_text(span.get("name", "?"))
         if len(label) > MAX_LABEL:
             label = label[:MAX_LABEL - 1] + "…"
         table.append((
             label,
-            str(span.get("kind", "?")),
-            f"{span.get('comm', '?')}[{span.get('pid', '?')}]",
+            terminal_text(span.get("kind", "?")),
+            terminal_text(f"{span.get('comm', '?')}[{span.get('pid', '?')}]"),
             _duration(end - start),
             _bar(start, end, t0, total, bar_width),
-            " ".join(p for p in (_status(span), _note(span, orphan)) if p),
+            terminal_text(" ".join(p for p in (_status(span), _note(span, orphan)) if p)),
         ))
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     lines = [header]
@@ -216,11 +218,12 @@ def render(spans: Iterable[Mapping[str, Any]], bar_width: int = BAR_WIDTH) -> st
 # -- the command ------------------------------------------------------------------------
 
 
-def tail_tree(args: argparse.Namespace) -> int:
-    """Subscribe and print each trace once it looks complete; ``--count`` counts traces."""
-    span_filter = None
-    if args.protocol or args.pid:
-        span_filter = make_filter(protocols=args.protocol or None, pids=args.pid or None)
+def show_trees(sub: BlockingSubscriber, count: int = 0) -> int:
+    """Print each trace from ``sub`` once it looks complete; stop after ``count`` traces (0: never).
+
+    ``sub`` must read with a timeout, so that quiet traces are shown while no
+    span arrives.  Returns the exit status.
+    """
     buffer = TraceBuffer()
     shown = 0
 
@@ -229,34 +232,24 @@ def tail_tree(args: argparse.Namespace) -> int:
         for trace in traces:
             print(render(trace) + "\n", flush=True)
             shown += 1
-            if args.count and shown >= args.count:
+            if count and shown >= count:
                 return True
         return False
 
-    try:
-        with BlockingSubscriber(args.socket, filter=span_filter, timeout=0.25) as sub:
-            while True:
-                try:
-                    msg = sub.receive()
-                except TimeoutError:
-                    msg = False
-                if msg is None:  # the agent went away: show what it sent
-                    show(buffer.drain())
-                    break
-                now = time.monotonic_ns()
-                if msg and msg.get("type") == "span" and show(buffer.add(msg, now)):
-                    break
-                if show(buffer.due(now)):
-                    break
-    except FileNotFoundError:
-        print(f"sidetrace: no agent socket at {args.socket}; is `sidetrace run` running?", file=sys.stderr)
-        return 2
-    except ConnectionRefusedError:
-        print(f"sidetrace: the agent at {args.socket} refused the connection", file=sys.stderr)
-        return 2
-    except WireError as exc:
-        print(f"sidetrace: bad data from the agent: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, BrokenPipeError):
-        pass
-    return 0
+    while True:
+        try:
+            msg = sub.receive()
+        except TimeoutError:
+            msg = False
+        if msg is None:  # the agent went away: show what it sent
+            show(buffer.drain())
+            return 0
+        if msg and msg.get("type") == "error":
+            show(buffer.drain())
+            error(f"the agent ended the subscription: {msg.get('message', '?')}")
+            return 1
+        now = time.monotonic_ns()
+        if msg and msg.get("type") == "span" and show(buffer.add(msg, now)):
+            return 0
+        if show(buffer.due(now)):
+            return 0

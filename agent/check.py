@@ -3,7 +3,9 @@
 Prints the kernel version, kernel BTF, tracefs/bpffs (mounting them when
 missing, and saying so), the process's capabilities, and which program types,
 map types and attach kinds really work (each probed by doing it).  Exits 0
-when the agent can run, 1 with a plain explanation when it cannot.
+when the agent can run, 1 with a plain explanation when it cannot.  Whether
+the privileges suffice is decided by ``check_privileges``, the same function
+``sidetrace run`` asks before it loads anything.
 """
 
 from __future__ import annotations
@@ -12,17 +14,12 @@ import os
 import platform
 import sys
 
+from bpfobj import BpfError, features
+from bpfobj._fs import ensure_bpffs, ensure_tracefs
+from wire import terminal_text
+
+from ._privileges import check_privileges
 from ._tls_check import tls_report
-
-CAPS = {21: "CAP_SYS_ADMIN", 38: "CAP_PERFMON", 39: "CAP_BPF"}
-
-
-def _cap_eff() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    return 0
 
 
 def _mark(ok: bool) -> str:
@@ -36,11 +33,9 @@ def main(argv: list[str] | None = None, out=None) -> int:
         print(__doc__.strip(), file=out)
         return 0
 
-    from bpfobj import BpfError, features
-    from bpfobj._fs import ensure_bpffs, ensure_tracefs
-
     def say(text: str = "") -> None:
-        print(text, file=out)
+        # Kernel strings, paths and error text reach the terminal escaped.
+        print(terminal_text(text), file=out)
 
     problems: list[str] = []
 
@@ -51,24 +46,17 @@ def main(argv: list[str] | None = None, out=None) -> int:
         problems.append("the kernel has no BTF (/sys/kernel/btf/vmlinux); it needs "
                         "CONFIG_DEBUG_INFO_BTF=y for CO-RE")
 
-    caps = _cap_eff()
-    held = [name for bit, name in CAPS.items() if caps >> bit & 1]
-    say(f"user: uid {os.geteuid()}; capabilities: {', '.join(held) or 'none of the BPF ones'} "
-        f"(CapEff {caps:#x})")
-    has_caps = bool(caps >> 21 & 1) or (bool(caps >> 39 & 1) and bool(caps >> 38 & 1))
-    if not has_caps:
-        problems.append("this process lacks CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN): "
-                        "run `sidetrace` as root")
-
     for label, ensure in (("tracefs", ensure_tracefs), ("bpffs", ensure_bpffs)):
         try:
             status = ensure()
             say(f"{label}: {status.path}" + (" (mounted now)" if status.mounted_now else " (mounted)"))
         except BpfError as exc:
             say(f"{label}: not mounted and could not mount: {exc}")
-            if label == "tracefs":
-                problems.append("tracefs is not mounted and cannot be mounted here "
-                                "(mount -t tracefs tracefs /sys/kernel/tracing)")
+
+    # After the mounts: whether tracefs is readable is part of the answer.
+    privileges = check_privileges()
+    say(f"user: uid {os.geteuid()}; {privileges.summary()}")
+    problems.extend(privileges.problems)
 
     results = features.summary()
     for group, items in results.items():
@@ -80,7 +68,7 @@ def main(argv: list[str] | None = None, out=None) -> int:
     basics, progs, maps, attach = (results["basics"], results["program types"],
                                    results["map types"], results["attach"])
     if not basics["bpf syscall"]:
-        problems.append("the bpf() syscall is refused" + ("" if has_caps else " (not privileged)"))
+        problems.append("the bpf() syscall is refused" + ("" if privileges.ok else " (not privileged)"))
     else:
         if not progs["tracepoint"]:
             problems.append("tracepoint programs cannot be loaded")

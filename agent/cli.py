@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._config import ConfigError, apply_config_file, without_file_lists
-from ._export_cli import add_export_parsers, add_resource_options, run_export
+from wire import DEFAULT_SOCKET_PATH
 
-DEFAULT_SOCKET = "/run/sidetrace/sidetrace.sock"
+from . import _options as opt
+from ._config import ConfigError, apply_config_file, without_file_lists
+from ._console import error
+from ._export_cli import add_export_parsers, add_resource_options, run_export
 
 
 def _build_parser(commands: dict[tuple[str, ...], argparse.ArgumentParser] | None = None) -> argparse.ArgumentParser:
     """The parser; ``commands`` is filled with each command's own parser (for the config file)."""
-    parser = argparse.ArgumentParser(
+    parser = opt.OptionParser(
         prog="sidetrace",
         description="Zero-instrumentation distributed tracing from socket syscalls.",
     )
@@ -22,32 +24,47 @@ def _build_parser(commands: dict[tuple[str, ...], argparse.ArgumentParser] | Non
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="trace processes and serve spans on a Unix socket")
-    run.add_argument("--socket", default=DEFAULT_SOCKET, help="Unix socket to serve spans on (default: %(default)s)")
-    run.add_argument("--pid", type=int, action="append", default=[], help="trace this process (repeatable)")
-    run.add_argument("--comm", action="append", default=[], help="trace processes with this name (repeatable)")
-    run.add_argument("--payload-bytes", type=int, default=4096, help="bytes captured per syscall, at most 4096 (default: %(default)s)")
-    run.add_argument("--ring-pages", type=int, default=1024, help="perf ring size per CPU in 4 KiB pages, a power of two (default: %(default)s)")
-    run.add_argument("--stats-interval", type=float, default=5.0, help="seconds between stats messages (default: %(default)s)")
-    run.add_argument("--max-connections", type=int, default=65536, help="connections tracked at once (default: %(default)s)")
+    run.add_argument("--socket", type=opt.SERVE_SOCKET, default=DEFAULT_SOCKET_PATH,
+                     help="Unix socket to serve spans on (default: %(default)s)")
+    run.add_argument("--pid", type=opt.RUNNING_PID, action="append", default=[],
+                     help="trace this running process and its children (repeatable)")
+    run.add_argument("--comm", type=opt.COMM, action="append", default=[],
+                     help=f"trace processes with this name, at most {opt.COMM_MAX_BYTES} bytes (repeatable)")
+    run.add_argument("--payload-bytes", type=opt.PAYLOAD_BYTES, default=opt.PAYLOAD_MAX_BYTES,
+                     help=f"bytes captured per syscall, 1 to {opt.PAYLOAD_MAX_BYTES} (default: %(default)s)")
+    run.add_argument("--ring-pages", type=opt.RING_PAGES, default=opt.DEFAULT_RING_PAGES,
+                     help="perf ring size per CPU in 4 KiB pages, a power of two up to "
+                          f"{opt.RING_PAGES_MAX} (default: %(default)s)")
+    run.add_argument("--stats-interval", type=opt.STATS_INTERVAL, default=5.0,
+                     help=f"seconds between stats messages, {opt.STATS_INTERVAL_MIN:g} to "
+                          f"{opt.STATS_INTERVAL_MAX:g} (default: %(default)s)")
+    run.add_argument("--max-connections", type=opt.MAX_CONNECTIONS, default=65536,
+                     help=f"connections tracked at once, 1 to {opt.MAX_CONNECTIONS_LIMIT} (default: %(default)s)")
     run.add_argument("-v", "--verbose", action="store_true", help="log each lifecycle step to stderr")
     add_resource_options(run)
 
     tail = sub.add_parser("tail", help="subscribe to a running agent and print spans")
-    tail.add_argument("--socket", default=DEFAULT_SOCKET, help="agent socket (default: %(default)s)")
+    tail.add_argument("--socket", type=opt.CONNECT_SOCKET, default=DEFAULT_SOCKET_PATH,
+                      help="agent socket (default: %(default)s)")
     tail.add_argument("--format", choices=("jsonl", "pretty", "tree"), default="pretty",
                       help="tree: each trace as an indented waterfall once it looks complete")
-    tail.add_argument("--protocol", action="append", default=[], help="only spans of this protocol (repeatable)")
-    tail.add_argument("--pid", type=int, action="append", default=[], help="only spans of this process (repeatable)")
+    tail.add_argument("--protocol", type=opt.PROTOCOL, action="append", default=[],
+                      help="only spans of this protocol (repeatable)")
+    tail.add_argument("--pid", type=opt.PID, action="append", default=[],
+                      help="only spans of this process (repeatable)")
     tail.add_argument("--stats", action="store_true", help="print stats messages too")
-    tail.add_argument("--count", type=int, default=0, help="exit after this many spans, or traces with --format tree (0: never)")
+    tail.add_argument("--count", type=opt.COUNT, default=0,
+                      help="exit after this many spans, or traces with --format tree (0: never)")
 
     assemble = sub.add_parser("assemble", help="join the spans of several agents into traces and serve them")
-    assemble.add_argument("--connect", action="append", required=True, metavar="SOCKET",
+    assemble.add_argument("--connect", type=opt.CONNECT_SOCKET, action="append", required=True, metavar="SOCKET",
                           help="an agent socket to subscribe to (repeatable)")
-    assemble.add_argument("--socket", required=True, help="Unix socket to serve the joined spans on")
-    assemble.add_argument("--hold", type=float, default=3.0,
+    assemble.add_argument("--socket", type=opt.SERVE_SOCKET, required=True,
+                          help="Unix socket to serve the joined spans on")
+    assemble.add_argument("--hold", type=opt.HOLD, default=3.0,
                           help="seconds a span waits for its other end from another agent (default: %(default)s)")
-    assemble.add_argument("--stats-interval", type=float, default=5.0, help="seconds between stats messages (default: %(default)s)")
+    assemble.add_argument("--stats-interval", type=opt.STATS_INTERVAL, default=5.0,
+                          help="seconds between stats messages (default: %(default)s)")
     assemble.add_argument("-v", "--verbose", action="store_true", help="log connections to stderr")
 
     check = sub.add_parser("check", help="report what this kernel offers and whether the agent can run")
@@ -73,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(sys.argv[1:] if argv is None else list(argv))
     except ConfigError as exc:
-        print(f"sidetrace: {exc}", file=sys.stderr)
+        error(str(exc))
         return 2
     if args.command == "check":
         from agent.check import main as check_main

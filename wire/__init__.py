@@ -4,14 +4,14 @@ Everything a subscriber needs is here; nothing imports the agent or the BPF
 loader.  The contract is schema.cddl, shipped with the package.
 """
 
-from ._client import BlockingSubscriber, Subscription, open_subscriber
-from ._format import format_json, format_pretty
+from ._client import BlockingSubscriber, Subscription, SubscriptionRefused, open_subscriber
+from ._format import format_json, format_pretty, is_terminal_safe, terminal_text
 from ._framing import (DEFAULT_MAX_ITEM_SIZE, CborSequenceDecoder, ItemTooLarge, MalformedItem,
                        TruncatedItem, WireError, decode_sequence, encode_item)
 from ._schema import (DEFAULT_SOCKET_PATH, MESSAGE_TYPES, SCHEMA_VERSION, SchemaViolation,
                       SpanFilter, local_boot_id, local_host_name, make_error, make_filter,
                       make_hello, make_span, make_stats, schema_text, validate)
-from ._server import ServerAlreadyRunning, SpanServer, SubscriberInfo
+from ._server import ServerAlreadyRunning, SpanServer, SubscriberInfo, check_socket_path, claim_socket_path
 
 __all__ = [
     "BlockingSubscriber",
@@ -28,12 +28,16 @@ __all__ = [
     "SpanServer",
     "SubscriberInfo",
     "Subscription",
+    "SubscriptionRefused",
     "TruncatedItem",
     "WireError",
+    "check_socket_path",
+    "claim_socket_path",
     "decode_sequence",
     "encode_item",
     "format_json",
     "format_pretty",
+    "is_terminal_safe",
     "local_boot_id",
     "local_host_name",
     "make_error",
@@ -43,5 +47,6 @@ __all__ = [
     "make_stats",
     "open_subscriber",
     "schema_text",
+    "terminal_text",
     "validate",
 ]

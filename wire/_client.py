@@ -20,7 +20,7 @@ import trio
 from ._framing import DEFAULT_MAX_ITEM_SIZE, CborSequenceDecoder, WireError, encode_item
 from ._schema import DEFAULT_SOCKET_PATH, SCHEMA_VERSION, SpanFilter
 
-__all__ = ["BlockingSubscriber", "Subscription", "open_subscriber"]
+__all__ = ["BlockingSubscriber", "Subscription", "SubscriptionRefused", "open_subscriber"]
 
 _READ_SIZE = 64 * 1024
 FilterSpec = SpanFilter | Mapping[str, Any] | None
@@ -34,7 +34,17 @@ def _coerce_filter(spec: FilterSpec) -> SpanFilter:
     return SpanFilter.from_message({**spec, "type": "filter"})
 
 
+class SubscriptionRefused(WireError):
+    """The agent sent an ``error`` instead of ``hello``: it will not serve this subscriber."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the agent refused the subscription: {reason}")
+        self.reason = reason
+
+
 def _check_hello(msg: Any) -> dict[str, Any]:
+    if isinstance(msg, dict) and msg.get("type") == "error":
+        raise SubscriptionRefused(str(msg.get("message", "no reason given")))
     if not isinstance(msg, dict) or msg.get("type") != "hello":
         raise WireError(f"expected a hello message first, got {str(msg)[:80]}")
     version = msg.get("schema_version")

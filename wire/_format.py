@@ -1,4 +1,12 @@
-"""Text renderings of messages for ``sidetrace tail``: JSON lines and a one-line human form."""
+"""Text renderings of messages for ``sidetrace tail``: JSON lines and a one-line human form.
+
+Messages carry text from outside: names, paths and process names taken from
+observed traffic.  Written raw to a terminal, such text can move the cursor,
+retitle or clear the window, reprogram keys (ESC and C1 sequences) or make a
+line read differently from what it holds (bidi overrides).  So every rendering
+here is terminal-safe, and ``terminal_text`` is the one escaping function for
+anything else printed from outside.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,58 @@ from typing import Any
 
 import cbor2
 
-__all__ = ["format_json", "format_pretty"]
+__all__ = ["format_json", "format_pretty", "is_terminal_safe", "terminal_text"]
+
+_NAMED_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def is_terminal_safe(text: str) -> bool:
+    """True when ``text`` holds only characters a terminal shows as themselves.
+
+    That is what Python's ``str.isprintable`` means: no character of the
+    Unicode categories Other (Cc controls such as ESC, BEL and the C1 range;
+    Cf format characters such as bidi overrides and zero-width marks; Cs lone
+    surrogates, which is how undecodable bytes arrive; Co; Cn) or Separator
+    (Zl, Zp, and Zs other than the ASCII space).
+    """
+    return text.isprintable()
+
+
+def _escape_char(ch: str) -> str:
+    if ch.isprintable() and ch != "\\":
+        return ch
+    named = _NAMED_ESCAPES.get(ch)
+    if named is not None:
+        return named
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def terminal_text(value: Any) -> str:
+    """``value`` as text safe to write to a terminal, anything unsafe visibly escaped.
+
+    Characters ``is_terminal_safe`` refuses become ``\\t``, ``\\n``, ``\\r``,
+    ``\\xNN`` (below 0x80), ``\\uNNNN`` or ``\\UNNNNNNNN``; the backslash
+    itself becomes ``\\\\``, so output maps back to exactly one input.  Bytes
+    are read as UTF-8, each byte of an invalid sequence shown as ``\\xNN``
+    (0x80 and up, so it cannot be mistaken for a character).  Other values
+    go through ``str``.  Safe text comes back unchanged (one C-level scan).
+    """
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        text = bytes(value).decode("utf-8", "surrogateescape")
+    else:
+        text = str(value)
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join([_escape_char(ch) for ch in text])
 
 
 def _json_default(value: Any) -> Any:
@@ -25,8 +84,17 @@ def _json_default(value: Any) -> Any:
 
 
 def format_json(msg: Mapping[str, Any]) -> str:
-    """One JSON line (no newline): byte strings, ids included, as lowercase hex."""
-    return json.dumps(msg, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+    """One JSON line (no newline): byte strings, ids included, as lowercase hex.
+
+    Non-ASCII text is kept as it is unless the line would not be terminal-safe
+    (JSON itself only escapes C0 controls, not C1 controls or bidi
+    overrides); such a line is written with every non-ASCII character as a
+    ``\\u`` escape, which JSON readers decode to the same text.
+    """
+    line = json.dumps(msg, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+    if is_terminal_safe(line):
+        return line
+    return json.dumps(msg, default=_json_default, ensure_ascii=True, separators=(",", ":"))
 
 
 def _clock(ns: Any) -> str:
@@ -107,19 +175,19 @@ def _format_stats(stats: Mapping[str, Any]) -> str:
 
 
 def format_pretty(msg: Mapping[str, Any]) -> str:
-    """One line for a person reading a terminal; never raises on odd messages."""
+    """One terminal-safe line for a person reading a terminal; never raises on odd messages."""
     kind = msg.get("type")
     try:
         if kind == "span":
-            return _format_span(msg)
+            return terminal_text(_format_span(msg))
         if kind == "stats":
-            return _format_stats(msg)
+            return terminal_text(_format_stats(msg))
         if kind == "hello":
-            return (f"connected to sidetrace {msg.get('agent_version', '?')} on "
-                    f"{msg.get('host_name', '?')} (boot {msg.get('boot_id', '?')}, "
-                    f"schema {msg.get('schema_version', '?')})")
+            return terminal_text(f"connected to sidetrace {msg.get('agent_version', '?')} on "
+                                 f"{msg.get('host_name', '?')} (boot {msg.get('boot_id', '?')}, "
+                                 f"schema {msg.get('schema_version', '?')})")
         if kind == "error":
-            return f"agent error: {msg.get('message', '?')}"
+            return terminal_text(f"agent error: {msg.get('message', '?')}")
     except Exception:  # noqa: BLE001 - a strange message still gets shown, as JSON
         pass
     return format_json(msg)

@@ -15,6 +15,7 @@ import errno
 import itertools
 import logging
 import os
+import socket
 import stat
 import time
 from collections import deque
@@ -23,13 +24,12 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-import cbor2
 import trio
 
 from ._framing import CborSequenceDecoder, WireError, encode_item
 from ._schema import DEFAULT_SOCKET_PATH, SpanFilter, make_error, make_hello
 
-__all__ = ["ServerAlreadyRunning", "SpanServer", "SubscriberInfo"]
+__all__ = ["ServerAlreadyRunning", "SpanServer", "SubscriberInfo", "check_socket_path", "claim_socket_path"]
 
 log = logging.getLogger("sidetrace.wire")
 
@@ -77,6 +77,88 @@ class _Subscriber:
             return
         self.queue.append(encoded)
         self.wake.set()
+
+
+class _Directory:
+    """The socket's directory, held open: names in it are reached through
+    /proc/self/fd, so a bind address stays short however deep the directory."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def bind_path(self, name: str) -> str:
+        return f"/proc/self/fd/{self.fd}/{name}"
+
+    @staticmethod
+    def staging_name() -> str:
+        return f".sidetrace.{os.getpid()}.{next(_staging_ids)}.tmp"
+
+    def unlink(self, name: str) -> None:
+        try:
+            os.unlink(name, dir_fd=self.fd)
+        except OSError:
+            pass
+
+    def __enter__(self) -> _Directory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+_staging_ids = itertools.count()
+
+
+def claim_socket_path(path: str | os.PathLike[str]) -> str:
+    """Make ``path`` free to serve on; returns its directory.
+
+    Creates the directory (0755) if it is missing; removes a socket file that
+    nobody answers on (left by an agent that died).  Raises
+    ``ServerAlreadyRunning`` when something answers there (never take over a
+    live agent's socket), ``FileExistsError`` when a file that is not a
+    socket is there, and the ``OSError`` of the directory otherwise.
+    """
+    path = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return directory
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
+    # A socket file outlives its process; only a refused connection says
+    # nobody is behind it.  Non-blocking: a live agent with a full backlog
+    # answers EAGAIN instead of making us wait.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK) as probe:
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            log.info("removing stale socket %s", path)
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except BlockingIOError:
+            raise ServerAlreadyRunning(errno.EADDRINUSE, "an agent is already listening", path) from None
+        else:
+            raise ServerAlreadyRunning(errno.EADDRINUSE, "an agent is already listening", path)
+    return directory
+
+
+def check_socket_path(path: str | os.PathLike[str]) -> None:
+    """Everything ``serve`` will need of ``path``, checked before anything else starts.
+
+    ``claim_socket_path``, then a socket bound and removed again in the
+    directory: that proves the directory takes sockets from this process
+    (permissions, read-only or pseudo file systems) the only sure way.
+    """
+    directory = claim_socket_path(path)
+    with _Directory(directory) as parent, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as trial:
+        name = parent.staging_name()
+        try:
+            trial.bind(parent.bind_path(name))
+        finally:
+            parent.unlink(name)
 
 
 class SpanServer:
@@ -151,7 +233,7 @@ class SpanServer:
                 sub.dropped += 1  # as offer() would, without encoding for nobody
                 continue
             if encoded is None:
-                encoded = cbor2.dumps(msg)
+                encoded = encode_item(msg)
                 self.messages_encoded += 1
             sub.offer(encoded)
 
@@ -195,57 +277,29 @@ class SpanServer:
             await trio.aclose_forcefully(listener)
 
     async def _bind(self) -> trio.socket.SocketType:
-        parent = os.path.dirname(self.path)
-        if parent:
-            os.makedirs(parent, mode=0o755, exist_ok=True)
-        await self._remove_stale_socket()
+        directory = claim_socket_path(self.path)
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
         # Bind and listen under a private name, then rename into place: the
         # path never names a socket that refuses connections, so a subscriber
         # that sees the file can connect at once.
-        staging = f"{self.path}.{os.getpid()}.tmp"
         try:
-            try:
-                os.unlink(staging)
-            except FileNotFoundError:
-                pass
-            await sock.bind(staging)
-            os.chmod(staging, self.socket_mode)
-            sock.listen(min(self.max_subscribers, 128))
-            st = os.stat(staging)
-            os.rename(staging, self.path)
+            with _Directory(directory) as parent:
+                staging = parent.staging_name()
+                try:
+                    await sock.bind(parent.bind_path(staging))
+                    os.chmod(staging, self.socket_mode, dir_fd=parent.fd)
+                    sock.listen(min(self.max_subscribers, 128))
+                    st = os.stat(staging, dir_fd=parent.fd)
+                    os.rename(staging, os.path.basename(self.path), src_dir_fd=parent.fd,
+                              dst_dir_fd=parent.fd)
+                except BaseException:
+                    parent.unlink(staging)
+                    raise
             self._socket_identity = (st.st_dev, st.st_ino)
         except BaseException:
             sock.close()
-            try:
-                os.unlink(staging)
-            except OSError:
-                pass
-            self._unlink_socket()
             raise
         return sock
-
-    async def _remove_stale_socket(self) -> None:
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise FileExistsError(errno.EEXIST, "exists and is not a socket", self.path)
-        # A socket file outlives its process; only a refused connection says
-        # nobody is behind it.  Never take over a live agent's socket.
-        probe = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        try:
-            await probe.connect(self.path)
-        except ConnectionRefusedError:
-            log.info("removing stale socket %s", self.path)
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        else:
-            raise ServerAlreadyRunning(errno.EADDRINUSE, "an agent is already listening", self.path)
-        finally:
-            probe.close()
 
     def _unlink_socket(self) -> None:
         # Remove the file only if it is still ours: a later agent may have replaced it.

@@ -51,5 +51,5 @@ def test_check_without_capabilities_explains_and_fails() -> None:
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "the agent cannot run here" in proc.stdout
-    assert "lacks CAP_BPF" in proc.stdout
+    assert "needs CAP_BPF" in proc.stdout
     assert "Traceback" not in proc.stderr

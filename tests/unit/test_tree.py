@@ -10,7 +10,8 @@ import tempfile
 import pytest
 import trio
 
-from agent._tree import BAR_WIDTH, TraceBuffer, render, tail_tree
+from agent._tail import tail
+from agent._tree import BAR_WIDTH, TraceBuffer, render
 from wire import SpanServer, make_span
 
 MS = 1_000_000
@@ -169,14 +170,14 @@ def sock_path():
 
 async def test_tail_tree_prints_each_trace_once_it_is_quiet(sock_path, capsys):
     server = SpanServer(sock_path)
-    args = argparse.Namespace(socket=sock_path, protocol=[], pid=[], count=2, format="tree")
+    args = argparse.Namespace(socket=sock_path, protocol=[], pid=[], count=2, format="tree", stats=False)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
         done = trio.Event()
         results = []
 
         async def run_tail():
-            results.append(await trio.to_thread.run_sync(tail_tree, args))
+            results.append(await trio.to_thread.run_sync(tail, args))
             done.set()
 
         nursery.start_soon(run_tail)
@@ -196,6 +197,6 @@ async def test_tail_tree_prints_each_trace_once_it_is_quiet(sock_path, capsys):
 
 
 def test_tail_tree_without_an_agent_says_so(capsys, sock_path):
-    args = argparse.Namespace(socket=sock_path, protocol=[], pid=[], count=0, format="tree")
-    assert tail_tree(args) == 2
+    args = argparse.Namespace(socket=sock_path, protocol=[], pid=[], count=0, format="tree", stats=False)
+    assert tail(args) == 2
     assert "no agent socket" in capsys.readouterr().err

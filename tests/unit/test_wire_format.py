@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import cbor2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import wire
 from wire import format_json, format_pretty
@@ -81,3 +83,56 @@ def test_pretty_never_raises_on_strange_messages():
                 {"type": "stats", "lost_events": ["x"]}, {"type": "new-kind", "b": b"\x01"}):
         assert isinstance(format_pretty(msg), str)
     assert format_pretty({"type": "new-kind", "b": b"\x01"}) == '{"type":"new-kind","b":"01"}'
+
+
+# -- terminal safety -------------------------------------------------------------------------
+
+HOSTILE = "GET /\x1b]0;PWNED\x07\x1b[2J\x9b31m\u202eevil\u2066\x00\x7f\\"
+
+
+def test_terminal_text_escapes_every_control_visibly():
+    shown = wire.terminal_text(HOSTILE)
+    assert shown == "GET /\\x1b]0;PWNED\\x07\\x1b[2J\\u009b31m\\u202eevil\\u2066\\x00\\x7f\\\\"
+    assert wire.is_terminal_safe(shown)
+
+
+def test_terminal_text_shows_bytes_that_are_not_utf8_as_hex_and_keeps_the_rest():
+    assert wire.terminal_text(b"ok \xc3\xa9 \xff\xfe") == "ok é \\xff\\xfe"
+    assert wire.terminal_text("café 中文 日本") == "café 中文 日本"
+    assert wire.terminal_text(42) == "42"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_terminal_text_is_safe_and_maps_back_to_its_input(text):
+    shown = wire.terminal_text(text)
+    assert wire.is_terminal_safe(shown)
+    assert shown.encode("ascii", "backslashreplace").decode("unicode_escape") == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary())
+def test_terminal_text_of_any_bytes_is_safe(data):
+    assert wire.is_terminal_safe(wire.terminal_text(data))
+
+
+def hostile_span():
+    return sample_span(name=HOSTILE, comm="\x1b[31mpy\u202e", protocol="http\x07",
+                       attributes={"http.response.status_code": "\x1b[5m500", "client.address": "\x1bP",
+                                   "url.path": HOSTILE})
+
+
+def test_pretty_lines_are_terminal_safe():
+    for msg in (hostile_span(), wire.make_error(HOSTILE), wire.make_hello(HOSTILE, host_name=HOSTILE),
+                wire.make_stats(time_unix_nano=START, map_fill={HOSTILE: 1}), {"type": HOSTILE}):
+        line = format_pretty(msg)
+        assert wire.is_terminal_safe(line), line
+    assert "GET /\\x1b]0;PWNED" in format_pretty(hostile_span())
+
+
+def test_json_lines_are_terminal_safe_and_decode_to_the_same_text():
+    line = format_json(hostile_span())
+    assert wire.is_terminal_safe(line)
+    assert json.loads(line)["name"] == HOSTILE
+    # Text that needs nothing stays readable.
+    assert "café" in format_json(sample_span(name="café"))
