@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := .make
 export PATH := /usr/sbin:/sbin:$(PATH)
 
-.PHONY: all run test test-unit test-kernel bpf bpf-objects check-bpf layout setup services bench clean
+.PHONY: all run test test-unit test-kernel bpf bpf-objects check-bpf layout setup services bench dist clean
 
 all: test
 
@@ -48,6 +48,11 @@ test-kernel: setup services
 
 run: setup
 	$(VENV)/bin/sidetrace run $(ARGS)
+
+# One-file install: sidetrace and its pure-Python dependencies in a zipapp
+# that needs only python3 >= 3.11 (see dist/build_pyz.py).
+dist: setup
+	$(PY) dist/build_pyz.py dist/sidetrace.pyz
 
 bench: setup
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

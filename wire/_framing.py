@@ -33,6 +33,25 @@ DEFAULT_MAX_ITEM_SIZE = 1 << 20
 _MAX_DEPTH = 64
 
 
+def _strict_options() -> dict[str, bool]:
+    """Decoder options that refuse duplicate map keys and non-text-like keys.
+
+    cbor2's pure-Python decoder (the 5.x series, used where no compiled
+    cbor2 can be installed, e.g. the one-file zipapp) has neither option:
+    there a duplicate key keeps its last value, and the item size limit is
+    what bounds a map of crafted keys.
+    """
+    strict = {"allow_duplicate_keys": False, "strict_hashable_types": True}
+    try:
+        cbor2.CBORDecoder(io.BytesIO(b""), **strict)
+    except TypeError:
+        return {}
+    return strict
+
+
+_STRICT = _strict_options()
+
+
 class WireError(Exception):
     """The peer broke the wire protocol (bad CBOR, oversized or unfinished item, bad message)."""
 
@@ -92,10 +111,9 @@ class CborSequenceDecoder:
         decoder = cbor2.CBORDecoder(
             stream,
             max_depth=_MAX_DEPTH,
-            allow_duplicate_keys=False,
             # Every map key of the protocol is text; refusing other keys also
             # closes the door on maps of crafted colliding integer keys.
-            strict_hashable_types=True,
+            **_STRICT,
         )
         consumed = 0
         end = len(self._buffer)

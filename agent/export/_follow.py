@@ -36,12 +36,14 @@ class AgentFeed:
     last_stats: dict[str, Any] | None = None
     dropped: int = 0
     _dropped_before: int = 0  # the sum over earlier connections
+    _failing: bool = False
 
     async def follow(self) -> None:
         while True:
             try:
                 async with open_subscriber(self.socket) as sub:
                     self.connected = True
+                    self._failing = False
                     self.connections += 1
                     self.host_name = sub.hello.get("host_name") or None
                     self.agent_version = str(sub.hello.get("agent_version", ""))
@@ -52,8 +54,10 @@ class AgentFeed:
                         self.take(msg)
                 log.info("%s closed the connection", self.socket)
             except (OSError, WireError, trio.BrokenResourceError) as exc:
-                if self.connected or self.connections == 0:
-                    log.warning("%s: %s; retrying every %.0fs", self.socket, exc, RECONNECT_SECONDS)
+                # Said once per outage, not every second.
+                level = logging.WARNING if self.connected or not self._failing else logging.DEBUG
+                log.log(level, "%s: %s; retrying every %.0fs", self.socket, exc, RECONNECT_SECONDS)
+                self._failing = True
             finally:
                 if self.connected:
                     self._dropped_before = self.dropped

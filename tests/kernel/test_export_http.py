@@ -55,17 +55,22 @@ def scrape(port: int) -> dict[tuple, float]:
 
 
 def request_counts(port: int) -> dict[tuple[str, str], float]:
-    """(kind, endpoint) -> requests counted, for the http protocol."""
-    return {(dict(labels)["kind"], dict(labels)["endpoint"]): value
-            for (name, labels), value in scrape(port).items()
-            if name == "sidetrace_requests_total" and dict(labels)["protocol"] == "http"}
+    """(kind, endpoint) -> requests counted, for the http protocol of service shop."""
+    counts: dict[tuple[str, str], float] = {}
+    for (name, labels), value in scrape(port).items():
+        labels = dict(labels)
+        if name == "sidetrace_requests_total" and labels["protocol"] == "http":
+            assert labels["service"] == "shop", labels
+            key = (labels["kind"], labels["endpoint"])
+            counts[key] = counts.get(key, 0) + value
+    return counts
 
 
-def wait_until(condition, what: str, timeout: float = 40):
+def wait_until(condition, what: str, timeout: float = 40, show=None):
     deadline = time.monotonic() + timeout
     while not (result := condition()):
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}" + (f": {show()}" if show else ""))
         time.sleep(0.1)
     return result
 
@@ -122,7 +127,7 @@ def check_same_spans(wire_spans: list[dict], received: list[tuple], pids: dict[s
         assert attrs["url.path"].string_value == msg["attributes"]["url.path"]
         assert attrs["http.response.status_code"].int_value == msg["attributes"]["http.response.status_code"]
         assert attrs["thread.id"].int_value == msg["tid"]
-        assert resource["service.name"].string_value == "shop"
+        assert resource["service.name"].string_value == "shop", (msg.get("resource"), msg["kind"], msg["pid"])
         assert resource["process.pid"].int_value == pids[msg["kind"]] == msg["pid"]
         assert resource["host.name"].string_value == socket.gethostname()
         assert resource["process.executable.name"].string_value.startswith("python")
@@ -181,7 +186,8 @@ def test_exporters_on_the_http_acceptance_workload(tmp_path):
                 second = collect_spans(sub, 2 * len(EXPECTED_STATUS), limit=20)
                 assert len(second) == 2 * len(EXPECTED_STATUS)
                 counts = wait_until(lambda: (c := request_counts(prom_port)) and sum(c.values()) == 2 * len(first)
-                                    and c, "prometheus counts after the second run")
+                                    and c, "prometheus counts after the second run",
+                                    show=lambda: request_counts(prom_port))
                 assert len(counts) == len(first) and set(counts.values()) == {2}
                 grpc_back = GrpcReceiver(grpc_rx.port).start()
                 http_back = HttpReceiver(http_rx.port).start()
