@@ -13,8 +13,9 @@ matches the process, else its executable's name.  MATCH is ``comm:GLOB``,
 
 The cache is filled once per process from /proc and shared by all of that
 process's spans (one dict, never modified after it is built).  An entry is
-rebuilt when a span shows another ``comm`` for the pid (an exec) and after
-``MAX_AGE_NS`` (a reused pid), and the table is bounded.
+rebuilt when a span shows another ``comm`` for the pid (an exec), after
+``MAX_AGE_NS`` (a reused pid), and after ``PARTIAL_AGE_NS`` when the
+executable could not be read; the table is bounded.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ __all__ = ["ProcessResources", "ServiceRule", "container_id", "parse_service_rul
 
 # A rebuilt entry costs a handful of /proc reads; once a minute per process is noise.
 MAX_AGE_NS = 60 * 1_000_000_000
+# An entry built without the executable (gone, or not readable then) is tried again sooner.
+PARTIAL_AGE_NS = 1_000_000_000
 MAX_ENTRIES = 8192
 # process.command_args is cut to this many arguments and bytes in all.
 MAX_ARGS = 64
@@ -131,7 +134,7 @@ def _command_args(raw: str | None) -> list[str] | None:
 @dataclass
 class _Entry:
     comm: str
-    built_ns: int
+    expires_ns: int
     resource: dict[str, Any]
 
 
@@ -156,7 +159,7 @@ class ProcessResources:
     def get(self, pid: int, comm: str) -> dict[str, Any]:
         """The resource of process ``pid``, seen now with name ``comm``."""
         entry = self._entries.get(pid)
-        if entry is not None and entry.comm == comm and self.clock() - entry.built_ns < MAX_AGE_NS:
+        if entry is not None and entry.comm == comm and self.clock() < entry.expires_ns:
             return entry.resource
         return self._build(pid, comm)
 
@@ -204,6 +207,6 @@ class ProcessResources:
         if pid not in self._entries and len(self._entries) >= self.max_entries:
             del self._entries[next(iter(self._entries))]  # the oldest built
         self._entries.pop(pid, None)
-        self._entries[pid] = _Entry(comm, self.clock(), resource)
+        self._entries[pid] = _Entry(comm, self.clock() + (MAX_AGE_NS if exe else PARTIAL_AGE_NS), resource)
         self.builds += 1
         return resource

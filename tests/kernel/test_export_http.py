@@ -150,7 +150,7 @@ def test_exporters_on_the_http_acceptance_workload(tmp_path):
         with app("http_client", str(port4), str(port6)) as client1, \
                 app("http_client", str(port4), str(port6)) as client2, \
                 agent(sock, "--pid", str(server.pid), "--pid", str(client1.pid), "--pid", str(client2.pid),
-                      "--service", "shop=exe:*python*") as agent_proc:
+                      "--service", "shop=comm:python*") as agent_proc:
             wait_for_socket(sock, agent_proc)
             common = ("--socket", str(sock), "--batch-delay", "0.1", "--backoff-max", "0.5")
             with sidetrace("export", "otlp", *common, "--protocol", "grpc", "--endpoint", grpc_rx.endpoint,

@@ -81,6 +81,10 @@ def test_one_shared_entry_per_process_rebuilt_on_exec_age_and_bounded(tmp_path):
     now[0] += 61 * 10**9
     res.get(10, "b")
     assert res.builds == 3
+    gone = res.get(99, "x")  # no /proc entry: tried again after a second, not a minute
+    assert res.get(99, "x") is gone
+    now[0] += 2 * 10**9
+    assert res.get(99, "x") is not gone
     for pid in range(20, 30):
         res.get(pid, "x")
     assert len(res) == 3
