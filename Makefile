@@ -70,6 +70,9 @@ $(STAMP)/clang: | $(STAMP)
 	command -v $(CLANG) >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang llvm; }
 	touch $@
 
+# The monitor claims slots with compare-and-swap (BPF ISA v3, Linux 5.12+).
+bpfobj/bpf/monitor.bpf.o: BPF_CFLAGS += -mcpu=v3
+
 %.bpf.o: %.bpf.c $(BPF_HEADERS) | $(STAMP)/clang
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 

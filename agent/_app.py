@@ -17,6 +17,7 @@ If a thread cannot be pinned, the tracer is loaded with batching off.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
@@ -38,6 +39,7 @@ from ._console import error, log_to_stderr
 from ._events import COUNTER_NAMES
 from ._linker import SpanLinker
 from ._merge import CpuMerger
+from ._monitoring import monitoring
 from ._options import OptionError, check_run_options
 from ._pipeline import Pipeline
 from ._privileges import check_privileges
@@ -443,7 +445,7 @@ def batching_constants(flushers: CpuFlushers) -> dict[str, int]:
 
 async def _serve_loaded(args: argparse.Namespace, spec, selection: TargetSelection, flushers: CpuFlushers,
                         task_status) -> None:
-    with bpfobj.Collection(spec) as collection:
+    with bpfobj.Collection(spec) as collection, contextlib.ExitStack() as monitor_stack:
         with bpfobj.PerfEventArray(collection.maps["events"], pages=args.ring_pages) as rings:
             server = SpanServer(args.socket, stats_interval=args.stats_interval)
             agent = Agent(collection, rings, server, selection, args.max_connections,
@@ -452,6 +454,7 @@ async def _serve_loaded(args: argparse.Namespace, spec, selection: TargetSelecti
             server.stats_source = agent.stats
             agent.load_comms()
             agent.targets.rescan()
+            metrics = monitor_stack.enter_context(monitoring(args, agent, server))
             # Attach last: every map and ring is ready before the first event.
             collection.attach_all()
             agent.scan_tls()
@@ -466,6 +469,8 @@ async def _serve_loaded(args: argparse.Namespace, spec, selection: TargetSelecti
                     for ring in rings:
                         nursery.start_soon(_read_ring, agent, ring)
                     nursery.start_soon(_housekeeping, agent)
+                    if metrics is not None:
+                        nursery.start_soon(metrics.run)
                     nursery.start_soon(_until_signal, agent, nursery.cancel_scope)
                     task_status.started(agent)
             finally:

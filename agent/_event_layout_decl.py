@@ -1,8 +1,9 @@
-"""The tracer's record layouts, declared once with construct.
+"""The layouts shared with BPF, declared once with construct.
 
 These declarations are the source of truth on the Python side, mirrored in
-bpfobj/bpf/include/sidetrace_events.h; tests compare every offset with the
-structs the committed object's BTF describes.  The running agent does not
+bpfobj/bpf/include/sidetrace_events.h (the tracer's records) and
+bpfobj/bpf/include/monitor_maps.h (the monitor's map values); tests compare
+every offset with the structs the committed objects' BTF describes.  The running agent does not
 import this module (nor construct): ``python -m agent._fastdecode write``
 derives a ``struct`` format from each declaration into the generated module
 agent/_event_layout.py, and a unit test fails when that module is stale.
@@ -85,3 +86,107 @@ C_STRUCTS: dict[str, str] = {
     "EVENT_HEADER": "st_event",
     "BATCH_HEADER": "st_batch_hdr",
 }
+
+# --- the monitor's maps (bpfobj/bpf/include/monitor_maps.h) -------------------
+
+MON_HIST_BUCKETS = 24
+MON_MARKS = 64
+MON_RETRANS_MARKS = 16
+MON_TCP_STATES = 16
+
+MON_MARK = cs.Struct(
+    "ts_ns" / cs.Int64ul,
+    "oncpu_ns" / cs.Int64ul,
+    "wait_ns" / cs.Int64ul,
+    "iowait_ns" / cs.Int64ul,
+)
+MON_MARK.__doc__ = "struct mon_mark: a thread's cumulative times at one of its socket calls (ts_ns)."
+
+MON_THREAD = cs.Struct(
+    "tid" / cs.Int32ul,
+    "tgid" / cs.Int32ul,
+    "seq" / cs.Int32ul,
+    "head" / cs.Int32ul,
+    "exit_ns" / cs.Int64ul,
+    "marks" / cs.Bytes(MON_MARKS * MON_MARK.sizeof()),
+)
+MON_THREAD.__doc__ = "struct mon_thread: one slot of the mmapped `threads` array; marks[] holds MON_MARKs."
+
+MON_TUPLE = cs.Struct(
+    "family" / cs.Int16ul,
+    "lport" / cs.Int16ul,
+    "rport" / cs.Int16ul,
+    "pad" / cs.Int16ul,
+    "laddr" / cs.Bytes(16),
+    "raddr" / cs.Bytes(16),
+)
+MON_TUPLE.__doc__ = "struct mon_tuple: a TCP connection from the traced process's side."
+
+MON_TCP = cs.Struct(
+    "key" / cs.Bytes(MON_TUPLE.sizeof()),
+    "tgid" / cs.Int32ul,
+    "srtt_us" / cs.Int32ul,
+    "seq" / cs.Int32ul,
+    "head" / cs.Int32ul,
+    "retransmits" / cs.Int64ul,
+    "closed_ns" / cs.Int64ul,
+    "retrans_ns" / cs.Array(MON_RETRANS_MARKS, cs.Int64ul),
+    "retrans_segs" / cs.Array(MON_RETRANS_MARKS, cs.Int32ul),
+)
+MON_TCP.__doc__ = "struct mon_tcp: one slot of the mmapped `tcp` array; key is a MON_TUPLE."
+
+MON_SHARED = cs.Struct(
+    "last_retransmit_ns" / cs.Int64ul,
+    "retransmits" / cs.Int64ul,
+)
+MON_SHARED.__doc__ = "struct mon_shared: the mmapped `shared` array's one entry."
+
+MON_PROC = cs.Struct(
+    "oncpu_ns" / cs.Int64ul,
+    "wait_ns" / cs.Int64ul,
+    "iowait_ns" / cs.Int64ul,
+    "voluntary" / cs.Int64ul,
+    "involuntary" / cs.Int64ul,
+    "minor_faults" / cs.Int64ul,
+    "major_faults" / cs.Int64ul,
+    "disk_read_bytes" / cs.Int64ul,
+    "disk_write_bytes" / cs.Int64ul,
+    "tcp_retransmits" / cs.Int64ul,
+    "oom_kills" / cs.Int64ul,
+    "wait_hist" / cs.Array(MON_HIST_BUCKETS, cs.Int64ul),
+)
+MON_PROC.__doc__ = "struct mon_proc: per traced process, one per CPU in the `procs` map."
+
+MON_DISK_KEY = cs.Struct(
+    "dev" / cs.Int32ul,
+    "op" / cs.Int32ul,
+)
+MON_DISK_KEY.__doc__ = "struct mon_disk_key: dev is the kernel's dev_t (major << 20 | minor)."
+
+MON_DISK = cs.Struct(
+    "ops" / cs.Int64ul,
+    "bytes" / cs.Int64ul,
+    "time_ns" / cs.Int64ul,
+    "hist" / cs.Array(MON_HIST_BUCKETS, cs.Int64ul),
+)
+MON_DISK.__doc__ = "struct mon_disk: per device and direction, one per CPU in the `disks` map."
+
+MON_HOST = cs.Struct(
+    "tcp_retransmits" / cs.Int64ul,
+    "tcp_retransmit_fails" / cs.Int64ul,
+    "oom_kills" / cs.Int64ul,
+    "tcp_transitions" / cs.Array(MON_TCP_STATES * MON_TCP_STATES, cs.Int64ul),
+)
+MON_HOST.__doc__ = "struct mon_host: host-wide, one per CPU in the `host` map."
+
+DECLARATIONS.update({
+    "MON_MARK": MON_MARK,
+    "MON_THREAD": MON_THREAD,
+    "MON_TUPLE": MON_TUPLE,
+    "MON_TCP": MON_TCP,
+    "MON_SHARED": MON_SHARED,
+    "MON_PROC": MON_PROC,
+    "MON_DISK_KEY": MON_DISK_KEY,
+    "MON_DISK": MON_DISK,
+    "MON_HOST": MON_HOST,
+})

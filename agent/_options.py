@@ -35,6 +35,7 @@ from typing import Any, NoReturn
 
 from wire import terminal_text
 
+from ._metric_groups import MetricsOptionError, parse_groups
 from ._targets import COMM_LEN
 
 # sun_path is 108 bytes, the last one the terminating NUL.
@@ -48,6 +49,8 @@ STATS_INTERVAL_MIN = 0.1
 STATS_INTERVAL_MAX = 86400.0
 HOLD_MIN = 0.01
 HOLD_MAX = 3600.0
+SCREEN_MIN = 0.1                  # top --refresh and --window
+SCREEN_MAX = 86400.0
 PID_MAX_DEFAULT = 1 << 22         # PID_MAX_LIMIT on 64-bit kernels
 _PID_MAX_PATH = "/proc/sys/kernel/pid_max"
 # File systems where a socket cannot (or must not) live.
@@ -243,6 +246,14 @@ def check_connect_socket(value: str) -> str:
     return _check_socket_text(value)
 
 
+def check_metric_groups(value: str) -> str:
+    try:
+        parse_groups(value)
+    except MetricsOptionError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
 def check_group(value: str) -> int:
     """A group name (or number) known to this system, as its gid."""
     try:
@@ -271,6 +282,11 @@ MAX_CONNECTIONS = OptionType("count", _integer, int_range(1, MAX_CONNECTIONS_LIM
 STATS_INTERVAL = OptionType("seconds", _seconds, seconds_range(STATS_INTERVAL_MIN, STATS_INTERVAL_MAX),
                             (int, float))
 HOLD = OptionType("seconds", _seconds, seconds_range(HOLD_MIN, HOLD_MAX), (int, float))
+METRIC_GROUPS = OptionType("metrics groups", _text, check_metric_groups, str)
+METRICS_INTERVAL = OptionType("seconds", _seconds, seconds_range(STATS_INTERVAL_MIN, STATS_INTERVAL_MAX),
+                              (int, float))
+REFRESH = OptionType("seconds", _seconds, seconds_range(SCREEN_MIN, SCREEN_MAX), (int, float))
+WINDOW = OptionType("seconds", _seconds, seconds_range(SCREEN_MIN, SCREEN_MAX), (int, float))
 COUNT = OptionType("count", _integer, int_range(0, 1 << 31), int)
 SERVE_SOCKET = OptionType("socket path", _text, check_serve_socket, str)
 CONNECT_SOCKET = OptionType("socket path", _text, check_connect_socket, str)
@@ -283,6 +299,8 @@ _RUN_CHECKS: dict[str, OptionType] = {
     "ring_pages": RING_PAGES,
     "stats_interval": STATS_INTERVAL,
     "max_connections": MAX_CONNECTIONS,
+    "metrics": METRIC_GROUPS,
+    "metrics_interval": METRICS_INTERVAL,
 }
 
 

@@ -40,6 +40,12 @@ def _build_parser(commands: dict[tuple[str, ...], argparse.ArgumentParser] | Non
                           f"{opt.STATS_INTERVAL_MAX:g} (default: %(default)s)")
     run.add_argument("--max-connections", type=opt.MAX_CONNECTIONS, default=65536,
                      help=f"connections tracked at once, 1 to {opt.MAX_CONNECTIONS_LIMIT} (default: %(default)s)")
+    run.add_argument("--metrics", metavar="GROUPS", type=opt.METRIC_GROUPS, default="all",
+                     help="monitor groups to run, comma separated: cpu, memory, disk, net (default: %(default)s)")
+    run.add_argument("--no-metrics", action="store_true", help="run no monitor program and send no metrics")
+    run.add_argument("--metrics-interval", type=opt.METRICS_INTERVAL, default=5.0,
+                     help=f"seconds between metrics messages, {opt.STATS_INTERVAL_MIN:g} to "
+                          f"{opt.STATS_INTERVAL_MAX:g} (default: %(default)s)")
     run.add_argument("-v", "--verbose", action="store_true", help="log each lifecycle step to stderr")
     add_resource_options(run)
 
@@ -56,6 +62,15 @@ def _build_parser(commands: dict[tuple[str, ...], argparse.ArgumentParser] | Non
     tail.add_argument("--count", type=opt.COUNT, default=0,
                       help="exit after this many spans, or traces with --format tree (0: never)")
 
+    top = sub.add_parser("top", help="a live view of a running agent: endpoints, processes, host")
+    top.add_argument("--socket", type=opt.CONNECT_SOCKET, default=DEFAULT_SOCKET_PATH,
+                     help="agent socket (default: %(default)s)")
+    top.add_argument("--refresh", type=opt.REFRESH, default=2.0,
+                     help="seconds between screens (default: %(default)s)")
+    top.add_argument("--window", type=opt.WINDOW, default=30.0,
+                     help="seconds of spans the rates and percentiles cover (default: %(default)s)")
+    top.add_argument("--once", action="store_true", help="print one screen after --refresh seconds and exit")
+
     assemble = sub.add_parser("assemble", help="join the spans of several agents into traces and serve them")
     assemble.add_argument("--connect", type=opt.CONNECT_SOCKET, action="append", required=True, metavar="SOCKET",
                           help="an agent socket to subscribe to (repeatable)")
@@ -69,7 +84,8 @@ def _build_parser(commands: dict[tuple[str, ...], argparse.ArgumentParser] | Non
 
     check = sub.add_parser("check", help="report what this kernel offers and whether the agent can run")
     if commands is not None:
-        commands.update({("run",): run, ("tail",): tail, ("assemble",): assemble, ("check",): check})
+        commands.update({("run",): run, ("tail",): tail, ("top",): top, ("assemble",): assemble,
+                         ("check",): check})
         commands.update(add_export_parsers(sub))
     else:
         add_export_parsers(sub)
@@ -102,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         return tail(args)
     if args.command == "export":
         return run_export(args)
+    if args.command == "top":
+        from agent._top import top
+
+        return top(args)
     if args.command == "assemble":
         from agent._assemble import run_assemble
 

@@ -35,7 +35,14 @@ from ._perf import (
     possible_cpus,
     walk_ring,
 )
-from ._programs import Link, Program, open_cpu_clock
+from ._programs import (
+    PERF_COUNT_SW_PAGE_FAULTS_MAJ,
+    PERF_COUNT_SW_PAGE_FAULTS_MIN,
+    Link,
+    Program,
+    open_cpu_clock,
+    open_software_event,
+)
 from ._spec import (
     CoreRelocation,
     FuncInfo,
@@ -59,6 +66,7 @@ __all__ = [
     # live objects
     "Collection", "LoadedObject", "load", "Map", "Program", "Link", "open_cpu_clock",
     "arch_object",
+    "open_software_event", "PERF_COUNT_SW_PAGE_FAULTS_MIN", "PERF_COUNT_SW_PAGE_FAULTS_MAJ",
     # perf rings
     "PerfEventArray", "PerfRing", "WalkResult", "walk_ring", "online_cpus", "possible_cpus",
     # environment

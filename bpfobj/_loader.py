@@ -24,6 +24,7 @@ import dataclasses
 import os
 import re
 import struct
+from collections.abc import Collection as _Names
 from collections.abc import Mapping
 
 from . import _features, _sys
@@ -81,10 +82,19 @@ class Collection:
     ``pin_root`` is the bpffs directory for maps declared with
     ``pinning = LIBBPF_PIN_BY_NAME``.  ``kernel_btf`` overrides the running
     kernel's BTF for CO-RE (a ``bpfobj._btf.Btf``).
+
+    ``reuse_maps`` names maps to take from elsewhere instead of creating them
+    (e.g. another collection's): the collection works on its own duplicate
+    of each fd, after checking type, sizes and flags match the declaration.
+    ``optional_programs`` names programs whose load may fail (a hook this
+    kernel lacks, a verifier refusal): they are left out of ``programs`` and
+    the error is kept in ``skipped``; any other failure fails the load.
     """
 
     def __init__(self, spec: ObjectSpec, *, pin_root: str = "/sys/fs/bpf",
-                 kernel_btf=None, log_level: int = 0) -> None:
+                 kernel_btf=None, log_level: int = 0,
+                 reuse_maps: Mapping[str, Map] | None = None,
+                 optional_programs: _Names[str] = ()) -> None:
         self.spec = spec
         self.name = spec.name
         self.pin_root = pin_root
@@ -94,16 +104,29 @@ class Collection:
         self.btf: FdOwner | None = None   # the object's BTF, loaded into the kernel
         self.pinned_now: list[str] = []   # pins this collection created
         self.reused_pins: list[str] = []  # pins that were already there and compatible
+        self.skipped: dict[str, BpfError] = {}  # optional programs that did not load
         self._kernel_btf = kernel_btf
         self._log_level = log_level
         self._core_code: dict[str, bytes] = {}
         try:
             self._load_btf()
+            reuse = dict(reuse_maps or {})
+            unknown = sorted(set(reuse) - set(spec.maps))
+            if unknown:
+                raise BpfError(f"object {self.name!r} declares no map {unknown[0]!r} to reuse")
             for name, mspec in spec.maps.items():
-                self.maps[name] = self._create_map(mspec)
-            self._core_code = self._apply_core_all()
+                self.maps[name] = (self._reused_map(mspec, reuse[name]) if name in reuse
+                                   else self._create_map(mspec))
+            self._core_code = self._apply_core_all(frozenset(optional_programs))
             for name, pspec in spec.programs.items():
-                self.programs[name] = self._load_program(pspec)
+                if name in self.skipped:
+                    continue
+                try:
+                    self.programs[name] = self._load_program(pspec)
+                except BpfError as exc:
+                    if name not in optional_programs:
+                        raise
+                    self.skipped[name] = exc
         except BaseException:
             self.unpin()  # a failed load leaves no new pins behind
             self.close()
@@ -194,6 +217,15 @@ class Collection:
         if spec.freeze_after_load:
             m.freeze()
 
+    def _reused_map(self, spec: MapSpec, other: Map) -> Map:
+        m = Map.from_fd(os.dup(other.fd))
+        problem = self._incompatible(m, spec)
+        if problem:
+            m.close()
+            raise BpfError(f"object {self.name!r}: map {spec.name!r} to reuse is incompatible ({problem})")
+        m.name = spec.name
+        return m
+
     def _pinned_map(self, spec: MapSpec, kname: str) -> Map:
         if self.pin_root == BPFFS or self.pin_root.startswith(BPFFS + "/"):
             ensure_bpffs(BPFFS)
@@ -229,14 +261,15 @@ class Collection:
 
     # -- programs --------------------------------------------------------------
 
-    def _apply_core_all(self) -> dict[str, bytes]:
+    def _apply_core_all(self, optional: frozenset[str] = frozenset()) -> dict[str, bytes]:
         """CO-RE for every program in one pass.
 
         Programs of one object relocate the same few kernel types over and
         over; resolving them as one concatenated program lets the resolver's
         candidate cache serve all of them (about 10x faster than one call per
         program on the sidetrace object).  If the combined pass fails, each
-        program is redone alone so the error names the program at fault.
+        program is redone alone so the error names the program at fault (an
+        optional program at fault is skipped).
         """
         progs = [p for p in self.spec.programs.values() if p.core_relocations]
         if not progs:
@@ -261,7 +294,15 @@ class Collection:
         try:
             out = apply_core_relocations(combined, self.spec.btf_types, target)
         except BpfError:
-            return {p.name: apply_core_relocations(p, self.spec.btf_types, target) for p in progs}
+            alone = {}
+            for p in progs:
+                try:
+                    alone[p.name] = apply_core_relocations(p, self.spec.btf_types, target)
+                except BpfError as exc:
+                    if p.name not in optional:
+                        raise
+                    self.skipped[p.name] = exc
+            return alone
         return {p.name: out[b * 8:(b + p.instruction_count) * 8] for p, b in zip(progs, bases)}
 
     def _instructions(self, spec: ProgramSpec) -> bytearray:
@@ -358,7 +399,12 @@ class Collection:
 
     def attach_cpu_clock(self, name: str, perf_fds: Mapping[int, int]) -> list[Link]:
         """Run perf_event program ``name`` on per-CPU clock events (cpu -> fd,
-        from :func:`bpfobj._programs.open_cpu_clock`); all or nothing.
+        from :func:`bpfobj._programs.open_cpu_clock`); all or nothing."""
+        return self.attach_perf_events(name, perf_fds, "cpu-clock")
+
+    def attach_perf_events(self, name: str, perf_fds: Mapping[int, int], what: str = "perf event") -> list[Link]:
+        """Run perf_event program ``name`` on per-CPU perf events (cpu -> fd, e.g.
+        from :func:`bpfobj._programs.open_software_event`); all or nothing.
 
         Every fd moves into a link, closed with the collection (or at once if
         attaching fails).
@@ -369,7 +415,7 @@ class Collection:
             prog = self.program(name)
             for cpu in sorted(pending):
                 fd = pending.pop(cpu)
-                made.append(prog.attach_perf_event(fd, f"cpu-clock on cpu {cpu}"))
+                made.append(prog.attach_perf_event(fd, f"{what} on cpu {cpu}"))
         except BaseException:
             for fd in pending.values():
                 _sys.close_fd(fd)

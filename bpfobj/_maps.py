@@ -4,17 +4,20 @@ Keys and values are bytes of exactly ``key_size`` / ``value_size``; ints are
 accepted as input and encoded little-endian at that size.  Per-CPU maps
 (PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH) return a list with one value per
 possible CPU; the kernel lays them out 8-byte aligned, which is undone here.
+Arrays created with BPF_F_MMAPABLE can also be read in place through
+:meth:`Map.mmap`, with no syscall per read.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno as _errno
+import mmap as _mmap
 import os
 from collections.abc import Iterator, Sequence
 
 from . import _features, _sys
-from ._consts import PERCPU_MAP_TYPES, MapType, UpdateFlags
+from ._consts import PERCPU_MAP_TYPES, MapFlags, MapType, UpdateFlags
 from ._errors import BpfError, SyscallError
 from ._fd import FdOwner
 from ._perf import possible_cpus
@@ -38,6 +41,8 @@ class Map(FdOwner):
     ``name``, ``type``, ``key_size``, ``value_size``, ``max_entries``, ``flags``
     describe it; ``pinned_path`` is set once it is pinned or opened from a pin.
     """
+
+    _mmap: _mmap.mmap | None = None
 
     def __init__(self, fd: int, *, name: str, type: int, key_size: int, value_size: int,
                  max_entries: int, flags: int = 0, pinned_path: str | None = None) -> None:
@@ -92,6 +97,13 @@ class Map(FdOwner):
 
     def _label(self) -> str:
         return f"map {self.name!r}"
+
+    def close(self) -> None:
+        """Drop the fd, and the mapping from :meth:`mmap` (views of it must be released first)."""
+        if self._mmap is not None:
+            self._mmap.close()
+            self._mmap = None
+        super().close()
 
     def __repr__(self) -> str:
         t = self.type.name if isinstance(self.type, MapType) else self.type
@@ -242,6 +254,30 @@ class Map(FdOwner):
             in_batch = out_batch
 
     # -- whole-map operations -----------------------------------------------
+
+    def mmap(self) -> _mmap.mmap:
+        """The values of an ARRAY created with BPF_F_MMAPABLE, mapped read-only.
+
+        Entry ``i`` starts at ``i * value_stride``; the kernel's programs write
+        it in place, so a reader sees their stores without a syscall (and must
+        cope with entries changing while it reads them).  Mapped once; closed
+        with the map.
+        """
+        if self._mmap is None:
+            if self.type != MapType.ARRAY or not self.flags & MapFlags.MMAPABLE:
+                raise BpfError(f"map {self.name!r} is not an array created with BPF_F_MMAPABLE")
+            size = self.max_entries * self.value_stride
+            size = (size + _mmap.PAGESIZE - 1) // _mmap.PAGESIZE * _mmap.PAGESIZE
+            try:
+                self._mmap = _mmap.mmap(self.fd, size, _mmap.MAP_SHARED, _mmap.PROT_READ)
+            except OSError as exc:
+                raise SyscallError("mmap(map)", exc.errno or 0, f"map {self.name!r}") from None
+        return self._mmap
+
+    @property
+    def value_stride(self) -> int:
+        """Bytes from one array entry to the next in :meth:`mmap` (values are 8-byte aligned)."""
+        return _round8(self.value_size)
 
     def freeze(self) -> None:
         """BPF_MAP_FREEZE: user space can no longer write this map."""

@@ -38,10 +38,29 @@ from ._fd import FdOwner
 from ._fs import ensure_tracefs
 from ._kernel_btf import kernel_btf_id
 
-__all__ = ["Program", "Link", "tracepoint_id", "attach_btf_id_for", "open_cpu_clock"]
+__all__ = ["Program", "Link", "tracepoint_id", "attach_btf_id_for", "open_cpu_clock",
+           "open_software_event", "PERF_COUNT_SW_PAGE_FAULTS_MIN", "PERF_COUNT_SW_PAGE_FAULTS_MAJ"]
 
-# enum perf_sw_ids: the CPU clock software event (an hrtimer per CPU).
+# enum perf_sw_ids: the CPU clock software event (an hrtimer per CPU), and the
+# page faults the kernel counts as minor or major (mm_account_fault).
 PERF_COUNT_SW_CPU_CLOCK = 0
+PERF_COUNT_SW_PAGE_FAULTS_MIN = 5
+PERF_COUNT_SW_PAGE_FAULTS_MAJ = 6
+
+
+def open_software_event(cpu: int, config: int, period: int = 1, *, what: str = "") -> int:
+    """Open software perf event ``config`` (enum perf_sw_ids) on ``cpu`` for every
+    task (pid -1), overflowing every ``period`` occurrences; returns its fd,
+    disabled until a program is attached with :meth:`Program.attach_perf_event`.
+
+    With ``period`` 1 an attached program runs at every occurrence, in the
+    context of the task it happened to (page faults: the faulting task).
+    """
+    if period <= 0:
+        raise BpfError(f"software event period must be positive, not {period}")
+    attr = _sys.PerfEventAttr(type=PERF_TYPE_SOFTWARE, config=config, sample_period=period)
+    attr.flags = _sys.PerfEventAttr.FLAG_DISABLED
+    return _sys.perf_event_open(attr, -1, cpu, what=what or f"software event {config} on cpu {cpu}")
 
 
 def open_cpu_clock(cpu: int, period_ns: int) -> int:
@@ -54,10 +73,7 @@ def open_cpu_clock(cpu: int, period_ns: int) -> int:
     """
     if period_ns <= 0:
         raise BpfError(f"cpu-clock period must be positive, not {period_ns} ns")
-    attr = _sys.PerfEventAttr(type=PERF_TYPE_SOFTWARE, config=PERF_COUNT_SW_CPU_CLOCK,
-                              sample_period=period_ns)
-    attr.flags = _sys.PerfEventAttr.FLAG_DISABLED
-    return _sys.perf_event_open(attr, -1, cpu, what=f"cpu-clock event on cpu {cpu}")
+    return open_software_event(cpu, PERF_COUNT_SW_CPU_CLOCK, period_ns, what=f"cpu-clock event on cpu {cpu}")
 
 
 def tracepoint_id(category: str, name: str) -> int:

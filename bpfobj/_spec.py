@@ -9,7 +9,7 @@ steps (CO-RE against the running kernel's BTF, map fds) happen at load time.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -170,6 +170,15 @@ class ObjectSpec:
     variables: Mapping[str, VariableSpec]
     btf: bytes | None = None
     btf_types: Any = None
+
+    def with_programs(self, names: Iterable[str]) -> "ObjectSpec":
+        """Return a copy holding only the programs named (unknown names are an error)."""
+        wanted = set(names)
+        unknown = sorted(wanted - set(self.programs))
+        if unknown:
+            raise BpfError(f"{self.name}: no program named {unknown[0]!r}")
+        return dataclasses.replace(self, programs=frozen_map(
+            {name: prog for name, prog in self.programs.items() if name in wanted}))
 
     def with_constants(self, **values: int | bytes) -> "ObjectSpec":
         """Return a copy whose ``.rodata`` (or ``.data``) variables hold ``values``.

@@ -8,9 +8,10 @@ from ._client import BlockingSubscriber, Subscription, SubscriptionRefused, open
 from ._format import format_json, format_pretty, is_terminal_safe, terminal_text
 from ._framing import (DEFAULT_MAX_ITEM_SIZE, CborSequenceDecoder, ItemTooLarge, MalformedItem,
                        TruncatedItem, WireError, decode_sequence, encode_item)
-from ._schema import (DEFAULT_SOCKET_PATH, MESSAGE_TYPES, SCHEMA_VERSION, SchemaViolation,
-                      SpanFilter, local_boot_id, local_host_name, make_error, make_filter,
-                      make_hello, make_span, make_stats, schema_text, validate)
+from ._schema import (DEFAULT_SOCKET_PATH, MESSAGE_TYPES, SCHEMA_MINOR, SCHEMA_VERSION,
+                      SchemaViolation, SpanFilter, local_boot_id, local_host_name, make_error,
+                      make_filter, make_hello, make_metrics, make_span, make_stats, schema_text,
+                      validate)
 from ._server import ServerAlreadyRunning, SpanServer, SubscriberInfo, check_socket_path, claim_socket_path
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "ItemTooLarge",
     "MESSAGE_TYPES",
     "MalformedItem",
+    "SCHEMA_MINOR",
     "SCHEMA_VERSION",
     "SchemaViolation",
     "ServerAlreadyRunning",
@@ -43,6 +45,7 @@ __all__ = [
     "make_error",
     "make_filter",
     "make_hello",
+    "make_metrics",
     "make_span",
     "make_stats",
     "open_subscriber",

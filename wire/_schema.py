@@ -20,6 +20,7 @@ from ._framing import WireError
 __all__ = [
     "DEFAULT_SOCKET_PATH",
     "MESSAGE_TYPES",
+    "SCHEMA_MINOR",
     "SCHEMA_VERSION",
     "SchemaViolation",
     "SpanFilter",
@@ -28,6 +29,7 @@ __all__ = [
     "make_error",
     "make_filter",
     "make_hello",
+    "make_metrics",
     "make_span",
     "make_stats",
     "schema_text",
@@ -35,6 +37,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+# Compatible additions within SCHEMA_VERSION; 1: the `metrics` message.
+SCHEMA_MINOR = 1
 DEFAULT_SOCKET_PATH = "/run/sidetrace/sidetrace.sock"
 
 # Message type => the schema.cddl rule that defines it.
@@ -42,6 +46,7 @@ MESSAGE_TYPES = {
     "hello": "hello",
     "span": "span",
     "stats": "stats",
+    "metrics": "metrics",
     "error": "error",
     "filter": "filter",
 }
@@ -75,6 +80,7 @@ def make_hello(agent_version: str, *, host_name: str | None = None,
     return {
         "type": "hello",
         "schema_version": SCHEMA_VERSION,
+        "schema_minor": SCHEMA_MINOR,
         "agent_version": agent_version,
         "host_name": local_host_name() if host_name is None else host_name,
         "boot_id": local_boot_id() if boot_id is None else boot_id,
@@ -125,6 +131,19 @@ def make_stats(*, time_unix_nano: int, events: int = 0, lost_events: Iterable[in
         "subscribers": subscribers,
         "map_fill": {} if map_fill is None else dict(map_fill),
         "kernel_errors": {} if kernel_errors is None else dict(kernel_errors),
+        **extra,
+    }
+
+
+def make_metrics(*, time_unix_nano: int, start_time_unix_nano: int, groups: Iterable[str] = (),
+                 metrics: Iterable[Mapping[str, Any]] = (), **extra: Any) -> dict[str, Any]:
+    """A metrics message; ``metrics`` holds records shaped as schema.cddl's ``metric``."""
+    return {
+        "type": "metrics",
+        "time_unix_nano": time_unix_nano,
+        "start_time_unix_nano": start_time_unix_nano,
+        "groups": list(groups),
+        "metrics": list(metrics),
         **extra,
     }
 
