@@ -179,7 +179,9 @@ MON_HOST = cs.Struct(
 )
 MON_HOST.__doc__ = "struct mon_host: host-wide, one per CPU in the `host` map."
 
-DECLARATIONS.update({
+# The monitor object's map values (checked against monitor.bpf.o's BTF,
+# where each struct is named like its prefix in lower case).
+MONITOR_DECLARATIONS: dict[str, cs.Struct] = {
     "MON_MARK": MON_MARK,
     "MON_THREAD": MON_THREAD,
     "MON_TUPLE": MON_TUPLE,
@@ -189,4 +191,8 @@ DECLARATIONS.update({
     "MON_DISK_KEY": MON_DISK_KEY,
     "MON_DISK": MON_DISK,
     "MON_HOST": MON_HOST,
-})
+}
+MONITOR_C_STRUCTS: dict[str, str] = {prefix: prefix.lower() for prefix in MONITOR_DECLARATIONS}
+
+# Everything the generated module carries.
+GENERATED: dict[str, cs.Struct] = {**DECLARATIONS, **MONITOR_DECLARATIONS}

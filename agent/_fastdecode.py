@@ -133,7 +133,7 @@ def _names_source(names: tuple[str, ...], indent: str = "    ", width: int = 96)
 def render_layout_module(declarations: Mapping[str, Any] | None = None) -> str:
     """The text of agent/_event_layout.py for ``declarations`` (default: the agent's)."""
     if declarations is None:
-        from ._event_layout_decl import DECLARATIONS as declarations
+        from ._event_layout_decl import GENERATED as declarations
     parts = [
         '"""Record formats derived from agent/_event_layout_decl.py: generated, do not edit.\n'
         "\n"

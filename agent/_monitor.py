@@ -6,7 +6,7 @@ attached on its own, so a hook this kernel lacks (or refuses) disables that
 program only, and ``problems`` says which and why.  The programs aggregate
 in maps; ``read()`` sums them into a :class:`Snapshot` (a few syscalls, done
 every metrics interval), and the two mmapped arrays (thread marks, TCP
-slots) are read per span by ``_resources``.
+slots) are read per span by ``_span_resources``.
 
 The object shares the tracer's ``pids`` map (the loader is handed the
 tracer's map), so it follows exactly the processes the tracer traces.
@@ -124,13 +124,13 @@ class Monitor:
 
     ``groups`` are the enabled groups; ``running`` lists the groups with at
     least one attached program, ``problems`` maps a program (or fault event)
-    that is not running to why.  ``obj`` is the object file or its parsed
-    spec (tests hand in altered specs).
+    that is not running to why.  ``obj`` is the object file (default
+    ``MONITOR_OBJECT``) or its parsed spec (tests hand in altered specs).
     """
 
     def __init__(self, groups: Iterable[str], *, tracer_pids: bpfobj.Map | None = None,
                  trace_all: bool = False, agent_tgid: int | None = None,
-                 obj: str | os.PathLike[str] | bpfobj.ObjectSpec = MONITOR_OBJECT) -> None:
+                 obj: str | os.PathLike[str] | bpfobj.ObjectSpec | None = None) -> None:
         self.groups = frozenset(groups)
         unknown = self.groups - set(GROUPS)
         if unknown:
@@ -141,6 +141,8 @@ class Monitor:
         self._wanted = self._wanted_programs()
         if not self._wanted:
             return
+        if obj is None:
+            obj = MONITOR_OBJECT  # looked up now: a zipapp points it at a copy on disk
         spec = obj if isinstance(obj, bpfobj.ObjectSpec) else bpfobj.load_object_spec(obj)
         spec = spec.with_constants(
             trace_all=1 if trace_all else 0,

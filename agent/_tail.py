@@ -59,7 +59,7 @@ def _show_lines(sub: BlockingSubscriber, args: argparse.Namespace) -> int:
         if kind == "error":
             error(f"the agent ended the subscription: {msg.get('message', '?')}")
             return 1
-        if kind == "stats" and not args.stats:
+        if (kind == "stats" and not args.stats) or (kind == "metrics" and not args.metrics):
             continue
         print(render(msg), flush=True)
         if kind == "span":

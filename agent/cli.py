@@ -59,6 +59,7 @@ def _build_parser(commands: dict[tuple[str, ...], argparse.ArgumentParser] | Non
     tail.add_argument("--pid", type=opt.PID, action="append", default=[],
                       help="only spans of this process (repeatable)")
     tail.add_argument("--stats", action="store_true", help="print stats messages too")
+    tail.add_argument("--metrics", action="store_true", help="print metrics messages too")
     tail.add_argument("--count", type=opt.COUNT, default=0,
                       help="exit after this many spans, or traces with --format tree (0: never)")
 

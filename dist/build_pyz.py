@@ -47,6 +47,7 @@ def tracer_objects_on_disk():
     copy them out of the zip for the life of this process."""
     import bpfobj
     import agent._app
+    import agent._monitor
 
     target = Path(tempfile.mkdtemp(prefix="sidetrace-bpf-"))
     atexit.register(shutil.rmtree, target, True)
@@ -54,6 +55,7 @@ def tracer_objects_on_disk():
         if entry.name.endswith(".bpf.o"):
             (target / entry.name).write_bytes(entry.read_bytes())
     agent._app.TRACER_OBJECT = target / agent._app.TRACER_OBJECT.name
+    agent._monitor.MONITOR_OBJECT = target / agent._monitor.MONITOR_OBJECT.name
 
 
 if "run" in sys.argv[1:]:

@@ -174,6 +174,15 @@ def _format_stats(stats: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _format_metrics(msg: Mapping[str, Any]) -> str:
+    metrics = [m for m in msg.get("metrics") or () if isinstance(m, Mapping)]
+    points = sum(len(m["points"]) for m in metrics if isinstance(m.get("points"), list))
+    groups = msg.get("groups")
+    groups = ",".join(str(g) for g in groups) if isinstance(groups, list) else "?"
+    return (f"{_clock(msg.get('time_unix_nano'))}  metrics: groups={groups} "
+            f"metrics={len(metrics)} points={points}")
+
+
 def format_pretty(msg: Mapping[str, Any]) -> str:
     """One terminal-safe line for a person reading a terminal; never raises on odd messages."""
     kind = msg.get("type")
@@ -182,6 +191,8 @@ def format_pretty(msg: Mapping[str, Any]) -> str:
             return terminal_text(_format_span(msg))
         if kind == "stats":
             return terminal_text(_format_stats(msg))
+        if kind == "metrics":
+            return terminal_text(_format_metrics(msg))
         if kind == "hello":
             return terminal_text(f"connected to sidetrace {msg.get('agent_version', '?')} on "
                                  f"{msg.get('host_name', '?')} (boot {msg.get('boot_id', '?')}, "

@@ -7,13 +7,13 @@ import re
 import pytest
 
 import bpfobj
-from agent import _span_resources as _resources
-from agent._event_layout_decl import DECLARATIONS
+from agent import _span_resources as spans
+from agent._app import TRACER_OBJECT
+from agent._event_layout_decl import MONITOR_C_STRUCTS, MONITOR_DECLARATIONS
 from agent._fastdecode import field_layout
 from agent._monitor import COMMON_PROGRAMS, COUNTER_NAMES, FAULT_EVENTS, GROUPS, MONITOR_OBJECT, PROGRAM_ROLES
 
 HEADER = MONITOR_OBJECT.parent / "include" / "monitor_maps.h"
-MONITOR_DECLARATIONS = sorted(name for name in DECLARATIONS if name.startswith("MON_"))
 
 
 @pytest.fixture(scope="module")
@@ -30,24 +30,24 @@ def header_define(name: str) -> int:
     return int(m.group(1))
 
 
-@pytest.mark.parametrize("prefix", MONITOR_DECLARATIONS)
+@pytest.mark.parametrize("prefix", sorted(MONITOR_DECLARATIONS))
 def test_declaration_matches_object_btf(spec, prefix):
     btf = spec.btf_types
-    c_struct = btf.type_by_name(prefix.lower())
-    assert c_struct is not None, f"struct {prefix.lower()} is not in the monitor object's BTF"
-    declaration = DECLARATIONS[prefix]
+    c_struct = btf.type_by_name(MONITOR_C_STRUCTS[prefix])
+    assert c_struct is not None, f"struct {MONITOR_C_STRUCTS[prefix]} is not in the monitor object's BTF"
+    declaration = MONITOR_DECLARATIONS[prefix]
     assert c_struct.size == declaration.sizeof()
     c_fields = [(m.name, m.bit_offset // 8, btf.size_of(m.type)) for m in c_struct.members]
     assert [(f.name, f.offset, f.size) for f in field_layout(declaration)] == c_fields
 
 
 @pytest.mark.parametrize("python, c", [
-    (_resources.MARKS, "MON_MARKS"),
-    (_resources.THREAD_BITS, "MON_THREAD_BITS"),
-    (_resources.THREAD_PROBES, "MON_THREAD_PROBES"),
-    (_resources.TCP_BITS, "MON_TCP_BITS"),
-    (_resources.TCP_PROBES, "MON_TCP_PROBES"),
-    (_resources.RETRANS_MARKS, "MON_RETRANS_MARKS"),
+    (spans.MARKS, "MON_MARKS"),
+    (spans.THREAD_BITS, "MON_THREAD_BITS"),
+    (spans.THREAD_PROBES, "MON_THREAD_PROBES"),
+    (spans.TCP_BITS, "MON_TCP_BITS"),
+    (spans.TCP_PROBES, "MON_TCP_PROBES"),
+    (spans.RETRANS_MARKS, "MON_RETRANS_MARKS"),
 ])
 def test_reader_constants_match_the_header(python, c):
     assert python == header_define(c)
@@ -72,7 +72,7 @@ def test_every_program_belongs_to_a_group_and_every_group_names_real_programs(sp
 
 
 def test_the_monitor_declares_the_tracers_pids_map_identically(spec):
-    tracer = bpfobj.load_object_spec(MONITOR_OBJECT.parent / "sidetrace.bpf.o").maps["pids"]
+    tracer = bpfobj.load_object_spec(bpfobj.arch_object(TRACER_OBJECT)).maps["pids"]
     mine = spec.maps["pids"]
     assert (mine.type, mine.key_size, mine.value_size, mine.max_entries, mine.flags) == \
         (tracer.type, tracer.key_size, tracer.value_size, tracer.max_entries, tracer.flags)

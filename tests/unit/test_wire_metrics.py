@@ -80,3 +80,10 @@ def test_a_subscriber_passes_metrics_on_and_its_filter_only_limits_spans():
     reader.feed(cbor2.dumps(metrics_message()))
     msg = reader.next_ready()
     assert msg is not None and msg["type"] == "metrics"
+
+
+def test_a_metrics_message_is_one_short_terminal_safe_line():
+    line = wire.format_pretty(metrics_message(groups=["cpu", "\x1b[2J"]))
+    assert "metrics: groups=cpu,\\x1b[2J metrics=3 points=3" in line
+    assert "\x1b" not in line
+    assert wire.format_pretty({"type": "metrics", "metrics": "x", "groups": 5}).endswith("metrics=0 points=0")
