@@ -2,8 +2,9 @@
 
 Pure and synchronous: readers hand it events in timestamp order (see
 ``_merge``), it keeps one bounded table of connections and publishes a span
-for every completed exchange.  It never raises because of traffic: a parser
-error marks that connection unparseable and is counted.
+for every completed exchange.  It never raises because of traffic: protocol
+code runs behind the handlers' one guard (``protocols._base``), which counts
+a parser bug in the shared ``Context`` and gives that connection up.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ._events import (IPPROTO_TCP, TLS_VERSIONS, AppProto, Direction, Event, Fla
                       comm_text)
 from ._lru import BoundedTable
 from ._spans import build_span
-from .protocols import EGRESS, INGRESS, REGISTRY, ConnectionHints, ProtocolHandler, SpanFacts
+from .protocols import EGRESS, INGRESS, REGISTRY, ConnectionHints, Context, Handler, SpanFacts
 
 # Data events inspected before giving up on recognising a connection's protocol.
 DETECT_ATTEMPTS = 4
@@ -75,7 +76,7 @@ class Connection:
         self.remote_port = ev.dport
         self._remote_raw = ev.daddr
         self.protocol: str | None = None
-        self.parser: ProtocolHandler | None = None
+        self.parser: Handler | None = None
         self.detect_left = DETECT_ATTEMPTS
         # timestamp -> tid of the data events where the thread changed, oldest
         # first (insertion order); ``tid`` is the latest event's thread.
@@ -133,7 +134,7 @@ class Pipeline:
 
     def __init__(self, publish: Callable[[dict[str, Any]], None], *,
                  clock: WallClock | None = None, max_connections: int = 65536,
-                 protocols: tuple[type[ProtocolHandler], ...] = REGISTRY) -> None:
+                 protocols: tuple[type[Handler], ...] = REGISTRY) -> None:
         self.publish = publish
         self.protocols = protocols
         # app_proto value -> the handler to try first (only those in `protocols`)
@@ -145,9 +146,10 @@ class Pipeline:
         # (local address, local port) -> conn_id of every TCP connection in the
         # table: whether the other end of a connection is traced here too.
         self._tcp_endpoints: dict[tuple[str, int], int] = {}
+        # Shared by every handler: counters they add to.
+        self.context = Context()
         self.events = 0
         self.spans = 0
-        self.parse_errors = 0
         self.unrecognised = 0
         # kernel protocol hints: confirmed by the hinted handler / not confirmed
         self.hints_confirmed = 0
@@ -161,6 +163,11 @@ class Pipeline:
 
     # -- events --------------------------------------------------------------
 
+    @property
+    def parse_errors(self) -> int:
+        """Parser bugs caught (each gave its connection up)."""
+        return self.context.internal_errors
+
     def handle(self, ev: Event) -> None:
         self.events += 1
         kind = ev.kind
@@ -170,34 +177,36 @@ class Pipeline:
                 # The kernel gave up on this connection: no payload, nothing to parse.
                 self.opaque_events += 1
                 return
-            # The usual event, bytes of a connection already being parsed, the
-            # short way; anything else as _data does it.
             conn = self._peek(ev.conn_id)
-            if (conn is None or conn.parser is None or flags & _F_PEER_FROM_ARG
-                    or ev.app_proto == _OPAQUE or ev.ret <= 0 or ev.tls and conn.tls is None):
-                self._data(ev, conn)
-                return
             ts = ev.ts_ns
-            if ts - conn.touched > TOUCH_NS:
-                self.connections.get(ev.conn_id, ts)
-                conn.touched = ts
-            conn.events += 1
+            last = False
+            if (conn is not None and conn.parser is not None and not flags & _F_PEER_FROM_ARG
+                    and ev.app_proto != _OPAQUE and ev.ret > 0
+                    and (not ev.tls or conn.tls is not None)):
+                # The usual event: bytes of a connection already being parsed.
+                if ts - conn.touched > TOUCH_NS:
+                    self.connections.get(ev.conn_id, ts)
+                    conn.touched = ts
+                conn.events += 1
+            else:
+                conn = self._prepare(ev, conn)
+                if conn is None:
+                    return
+                # This payload made the kernel give up: parse it, then flush.
+                last = ev.app_proto == _OPAQUE
             tid = ev.tid
             if tid != conn.tid:
                 conn.note_tid(ts, tid)
             direction = _DIRECTION_NAME.get(ev.direction)
             if direction is None:
                 return
-            try:
-                exchanges = conn.parser.feed(direction, ev.payload, ev.ret, ts,
-                                             ev.tcp_seq if flags & _F_SEQ_VALID else None)
-            except Exception:  # a parser bug must not take the agent down
-                self.parse_errors += 1
-                conn.parser = None
-                conn.protocol = "unparseable"
-                return
-            for facts in exchanges:
+            for facts in conn.parser.feed(direction, ev.payload, ev.ret, ts,
+                                          ev.tcp_seq if flags & _F_SEQ_VALID else None):
                 self._emit(conn, facts, tid)
+            if last:
+                self._flush(conn, ts)
+                conn.parser = None
+                conn.protocol = "opaque"
         elif kind == _CONN_OPEN:
             self._connection(ev)
         elif kind == _CONN_CLOSE:
@@ -235,8 +244,8 @@ class Pipeline:
         """
         return (address, port) in self._tcp_endpoints
 
-    def _data(self, ev: Event, conn: Connection | None) -> None:
-        """A DATA event off the short way; ``conn`` is its connection if known."""
+    def _prepare(self, ev: Event, conn: Connection | None) -> Connection | None:
+        """A DATA event off the usual way: its connection, ready to parse it, or None."""
         if conn is None:
             conn = self._connection(ev)
         conn.events += 1
@@ -244,39 +253,21 @@ class Pipeline:
             self._tls_started(conn, ev)
         if ev.flags & _F_PEER_FROM_ARG:
             conn.set_peer(ev)
-        give_up = False
         if ev.app_proto == _OPAQUE and conn.protocol != "opaque":
             # This payload made the kernel give up: no later one will come.
             if conn.parser is None:
                 if conn.protocol is None:
                     self.unrecognised += 1
                 conn.protocol = "opaque"
-                return
-            # The agent recognised what the kernel did not: parse this last
-            # payload, then flush what can be completed.
+                return None
+            # The agent recognised what the kernel did not: this last payload is parsed.
             self.opaque_conflicts += 1
-            give_up = True
-        if conn.parser is None:
-            if conn.protocol is not None or not self._detect(conn, ev):
-                return
-        conn.note_tid(ev.ts_ns, ev.tid)
-        direction = _DIRECTION_NAME.get(ev.direction)
-        if direction is None or ev.ret <= 0:
-            return
-        try:
-            exchanges = conn.parser.feed(direction, ev.payload, ev.ret, ev.ts_ns,
-                                         ev.tcp_seq if ev.flags & _F_SEQ_VALID else None)
-        except Exception:  # a parser bug must not take the agent down
-            self.parse_errors += 1
-            conn.parser = None
-            conn.protocol = "unparseable"
-            return
-        for facts in exchanges:
-            self._emit(conn, facts, ev.tid)
-        if give_up:
-            self._flush(conn, ev.ts_ns)
-            conn.parser = None
-            conn.protocol = "opaque"
+        if conn.parser is None and (conn.protocol is not None or not self._detect(conn, ev)):
+            return None
+        if ev.ret <= 0:
+            conn.note_tid(ev.ts_ns, ev.tid)
+            return None
+        return conn
 
     def _tls_started(self, conn: Connection, ev: Event) -> None:
         """The connection's first plaintext seen through its TLS library.
@@ -320,38 +311,24 @@ class Pipeline:
             self.unrecognised += 1
         return False
 
-    def _try(self, handler: type[ProtocolHandler], conn: Connection, payload: bytes, direction: str,
+    def _try(self, handler: type[Handler], conn: Connection, payload: bytes, direction: str,
              hints: ConnectionHints) -> bool:
-        try:
-            matched = handler.detect(payload, direction, hints)
-        except Exception:  # a detector bug must not take the agent down
-            self.parse_errors += 1
-            return False
+        matched = handler.recognises(payload, direction, hints, self.context)
         if matched:
             conn.protocol = handler.name
-            conn.parser = handler(hints.role)
+            conn.parser = handler(hints.role, self.context)
         return matched
 
     def _emit(self, conn: Connection, facts: SpanFacts, fallback_tid: int) -> None:
-        try:
-            start = facts.start_ns
-            tid = conn.tid if start >= conn.tid_since >= 0 else conn.tid_at(start, fallback_tid)
-            span = build_span(facts, conn, conn.protocol or "unknown", tid, self.clock)
-        except Exception:
-            self.parse_errors += 1
-            return
+        start = facts.start_ns
+        tid = conn.tid if start >= conn.tid_since >= 0 else conn.tid_at(start, fallback_tid)
         self.spans += 1
-        self.publish(span)
+        self.publish(build_span(facts, conn, conn.protocol or "unknown", tid, self.clock))
 
     def _flush(self, conn: Connection, ts_ns: int | None) -> None:
         if conn.parser is None:
             return
-        try:
-            exchanges = conn.parser.close(ts_ns)
-        except Exception:
-            self.parse_errors += 1
-            return
-        for facts in exchanges:
+        for facts in conn.parser.close(ts_ns):
             self._emit(conn, facts, conn.last_tid())
 
     # -- housekeeping -----------------------------------------------------------

@@ -17,8 +17,7 @@ from .protocols import SpanFacts
 
 # Ids need uniqueness, not secrecy: a PRNG seeded from the OS is enough and
 # avoids a getrandom() syscall per id.
-_rand = random.Random(int.from_bytes(os.urandom(32), "little"))
-_getrandbits = _rand.getrandbits
+_getrandbits = random.Random(int.from_bytes(os.urandom(32), "little")).getrandbits
 
 
 def network_attributes(conn: Any, server_side: bool) -> dict[str, Any]:

@@ -1,25 +1,28 @@
 """CPU cost of the HTTP/1 parser per exchange (the agent's budget is ~10 us per span).
 
-Run: .venv/bin/python bench/bench_http1.py [--quick] [--baseline OLD_HTTP1_PY]
+Run: .venv/bin/python bench/bench_http1.py [--quick] [--tree DIR]
 Each scenario feeds a keep-alive connection syscall by syscall, as the agent
 does, and reports the best of several runs (least disturbed by the machine).
-``--baseline`` loads another version of agent/protocols/http1.py from a file
-(e.g. one saved from an earlier commit) and times it in the same run, runs of
-the two interleaved, so both see the same machine.
+``--tree DIR`` times the agent package of another checkout (e.g. a ``git
+worktree`` of an earlier commit with the same module layout) instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 import sys
 import time
+from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+_args = argparse.ArgumentParser(description=__doc__)
+_args.add_argument("--quick", action="store_true", help="fewer rounds (for CI smoke runs)")
+_args.add_argument("--tree", default=str(Path(__file__).resolve().parents[1]),
+                   help="checkout whose agent package to time (default: this one)")
+ARGS = _args.parse_args()
+sys.path.insert(0, str(Path(ARGS.tree).resolve()))
 
 from agent.protocols import http1  # noqa: E402
-from agent.protocols.http import describe  # noqa: E402
+from agent.protocols.http1 import describe  # noqa: E402
 
 IN, OUT = "ingress", "egress"
 
@@ -93,47 +96,22 @@ def measure(module, steps, per_round, rounds, read):
     return elapsed / count
 
 
-def load_module(path):
-    spec = importlib.util.spec_from_file_location("http1_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer rounds (for CI smoke runs)")
-    parser.add_argument("--baseline", metavar="HTTP1_PY",
-                        help="another http1.py to time against in the same run")
-    args = parser.parse_args()
     # Many short runs, keeping the best: on a shared machine the minimum is
     # the closest to the parser's own cost.
-    rounds = 500 if args.quick else 2_000
-    repeats = 5 if args.quick else 25
-    modules = [http1]
-    if args.baseline:
-        modules.insert(0, load_module(args.baseline))
+    rounds = 500 if ARGS.quick else 2_000
+    repeats = 5 if ARGS.quick else 25
+    print(f"agent code: {Path(ARGS.tree).resolve()}")
     print(f"HTTP/1 parser, CPU time per exchange (best of {repeats} x {rounds} rounds), "
           f"Python {sys.version.split()[0]}")
-    if args.baseline:
-        print(f"{'scenario':34} {'baseline us':>12} {'us':>8} {'speed-up':>9}")
-        print("-" * 66)
-    else:
-        print(f"{'scenario':34} {'us/exchange':>12}")
-        print("-" * 47)
+    print(f"{'scenario':34} {'us/exchange':>12}")
+    print("-" * 47)
     for name, (steps, per_round) in scenario_steps().items():
         read = ("lookup" if "request_header()" in name else "dict" if "dict" in name
                 else "describe" if "describe" in name else None)
-        best = [float("inf")] * len(modules)
-        for _ in range(repeats):
-            for i, module in enumerate(modules):  # interleaved: both see the same machine
-                best[i] = min(best[i], measure(module, steps, per_round, rounds // per_round or 1,
-                                               read))
-        if args.baseline:
-            print(f"{name:34} {best[0] / 1000:12.2f} {best[1] / 1000:8.2f} "
-                  f"{best[0] / best[1]:8.2f}x")
-        else:
-            print(f"{name:34} {best[0] / 1000:12.2f}")
+        best = min(measure(http1, steps, per_round, rounds // per_round or 1, read)
+                   for _ in range(repeats))
+        print(f"{name:34} {best / 1000:12.2f}")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from agent.protocols.memcached import MemcachedConnection  # noqa: E402
-from agent.protocols.redis import RedisConnection  # noqa: E402
+from agent.protocols.memcached import MemcachedHandler  # noqa: E402
+from agent.protocols.redis import RedisHandler  # noqa: E402
 
 CAPTURE = 4096   # bytes the agent captures per syscall
 
@@ -184,14 +184,14 @@ def main() -> None:
         print("skipped: redis-server and memcached are needed (tests/apt-packages.txt)")
         return
     port = free_port()
-    tables.append(("redis", RedisConnection, _record(
+    tables.append(("redis", RedisHandler, _record(
         [redis_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         port, redis_scenarios())))
     port = free_port()
     mc_args = [memcached_bin, "-l", "127.0.0.1", "-p", str(port), "-U", "0"]
     if os.geteuid() == 0:
         mc_args += ["-u", "root"]
-    tables.append(("memcached", MemcachedConnection, _record(mc_args, port, memcached_scenarios())))
+    tables.append(("memcached", MemcachedHandler, _record(mc_args, port, memcached_scenarios())))
 
     print(f"Redis and memcached handlers, wall time per span (best of {repeats}), "
           f"{CAPTURE} bytes captured per syscall, Python {sys.version.split()[0]}")

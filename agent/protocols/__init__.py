@@ -1,19 +1,20 @@
 """Application protocols: detection, parsing and span description.
 
-``REGISTRY`` lists the handler classes in detection order: the most
+Every protocol is a :class:`Handler` (see ``_base`` for the shape they all
+share).  ``REGISTRY`` lists the handler classes in detection order: the most
 distinctive, cheapest checks first.
 """
 
-from ._base import EGRESS, INGRESS, ConnectionHints, ProtocolHandler, SpanFacts
+from ._base import EGRESS, INGRESS, ConnectionHints, Context, Handler, SpanFacts
 from .dns import DnsHandler
-from .http import Http1Handler
+from .http1 import Http1Handler
 from .http2 import Http2Handler
 from .memcached import MemcachedHandler
 from .mysql import MysqlHandler
 from .postgres import PostgresHandler
 from .redis import RedisHandler
 
-REGISTRY: tuple[type[ProtocolHandler], ...] = (
+REGISTRY: tuple[type[Handler], ...] = (
     Http1Handler,
     Http2Handler,
     PostgresHandler,
@@ -23,6 +24,6 @@ REGISTRY: tuple[type[ProtocolHandler], ...] = (
     DnsHandler,  # last: UDP datagrams and bare TCP messages are the weakest signatures
 )
 
-__all__ = ["EGRESS", "INGRESS", "REGISTRY", "ConnectionHints", "DnsHandler", "Http1Handler",
-           "Http2Handler", "MemcachedHandler", "MysqlHandler",
-           "PostgresHandler", "ProtocolHandler", "RedisHandler", "SpanFacts"]
+__all__ = ["EGRESS", "INGRESS", "REGISTRY", "ConnectionHints", "Context", "DnsHandler", "Handler",
+           "Http1Handler", "Http2Handler", "MemcachedHandler", "MysqlHandler", "PostgresHandler",
+           "RedisHandler", "SpanFacts"]

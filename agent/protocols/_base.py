@@ -1,23 +1,63 @@
-"""The interface every application protocol implements.
+"""The one shape of a protocol handler, and what every protocol shares.
 
-A protocol module provides a handler class.  The pipeline calls the class's
-``detect`` on the first payloads of a connection (cheapest checks first, in
-registry order); the first that says yes gets a handler instance for the
-connection, fed every later syscall's bytes in order.  ``feed`` and ``close``
-return one :class:`SpanFacts` per completed exchange; the pipeline adds ids,
-endpoints, process and wall-clock times.
+A protocol module provides a subclass of :class:`Handler`.  The pipeline asks
+each handler class, cheapest first, whether a connection's first payload
+looks like its protocol (``detect``); the first that says yes gets an
+instance for the connection and is fed every later syscall's bytes in order.
+``feed`` and ``close`` return one :class:`SpanFacts` per completed exchange;
+the pipeline adds ids, endpoints, process and wall-clock times.
 
-Handlers are pure: bytes in, facts out, no I/O, no clock.  They must never
-raise on malformed input and must bound what they buffer.
+A handler is read the same way whatever its protocol:
+
+* **direction**: ``role`` is the traced process's side, "server" (ingress
+  carries requests), "client" (egress does) or "unknown" until the first
+  bytes that look like a request (``looks_like_request``) or a reply
+  (``looks_like_reply``) decide it.  Protocols that can only tell later (a
+  header block of HTTP/2, a DNS message) say so with ``ROLE_FROM_FIRST_BYTES
+  = False`` and call ``_decide`` when they know.
+* **readers**: one object per direction turns that direction's bytes into
+  messages (counting what went uncaptured) and hands each to the handler;
+  ``_readers`` maps a direction to its reader once the handler has begun
+  (``_begin`` makes them with ``_new_reader``).
+* **pairing** (``PAIRING``): first in, first out (``_push``/``_take``:
+  replies come back in request order), by id (``_open_request``/``_answer``:
+  the reply names its request), or one at a time (the client waits for each
+  answer; the handler keeps the one).  A request nobody answers is described
+  by ``_unanswered`` when it is pushed out of a full table or the connection
+  ends; a request and its reply by ``_respond``.
+* **loss**: a reader that can no longer tell where messages start (a header
+  went uncaptured, bytes that are not this protocol) calls ``_lost``, then
+  asks ``_may_resync`` at each later syscall until one starts like a
+  message.  Requests that went by unseen leave a *gap* in the FIFO that
+  swallows the replies which began before the next request seen; a reply we
+  lost track of is *held* with its request and ends where the next reply
+  starts (``_hold``/``_release_held``).  ``_stop`` ends parsing for good
+  (encrypted or compressed from here on).
+* **the guard**: a parser bug must not take the agent down.  ``feed`` and
+  ``close`` catch any exception here, count it (``internal_errors`` and the
+  shared ``Context``) and give the connection up: nothing else in the agent
+  catches exceptions from protocol code.
+* **spans**: ``_emit`` is the one way a span leaves a handler.
+
+Handlers are pure: bytes in, facts out, no I/O, no clock.  They bound what
+they buffer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Protocol
+from collections import deque
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 INGRESS = "ingress"   # bytes the traced process received
 EGRESS = "egress"     # bytes the traced process sent
+
+_OTHER = {INGRESS: EGRESS, EGRESS: INGRESS}
+
+
+def opposite(direction: str) -> str:
+    return _OTHER[direction]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -50,52 +90,357 @@ class SpanFacts:
     response_seq: int | None = None
 
 
-class ProtocolHandler(Protocol):
-    """One connection's parser for one protocol."""
+class Context:
+    """What every handler of one pipeline shares: counters it adds to."""
 
-    name: ClassVar[str]              # the span's ``protocol`` field, e.g. "redis"
+    __slots__ = ("internal_errors",)
+
+    def __init__(self) -> None:
+        # Exceptions caught from protocol code: always a bug, the connection given up.
+        self.internal_errors = 0
+
+
+class Request:
+    """A request waiting for its reply, as FIFO pairing sees it.
+
+    ``no_reply``: the protocol says none will come (its span ends with the
+    request).  ``quiet``: a reply comes only sometimes (a quiet success says
+    nothing).  Protocols that have such requests make them instance slots.
+    """
+
+    __slots__ = ("start_ns", "end_ns", "seq")
+
+    gap = False
+    no_reply = False
+    quiet = False
+
+    def __init__(self, start_ns: int, end_ns: int | None, seq: int | None) -> None:
+        self.start_ns = start_ns
+        self.end_ns = end_ns
+        self.seq = seq
+
+
+class Gap(Request):
+    """A place in the FIFO for requests that went by uncaptured."""
+
+    __slots__ = ()
+
+    gap = True
+
+
+_ROLE_DIRECTION = {"server": INGRESS, "client": EGRESS}
+
+# How requests find their replies.
+FIFO = "fifo"                    # replies come back in request order
+BY_ID = "by id"                  # a reply names its request (a stream id, a message id)
+ONE_AT_A_TIME = "one at a time"  # the client waits for each answer: the handler keeps the one
+_NONE: Any = ()                  # the table a handler does not pair with: always empty
+
+
+class Handler:
+    """One connection of one request/reply protocol (see the module doc)."""
+
+    name: ClassVar[str]                         # the span's ``protocol`` field, e.g. "redis"
+    ROLE_FROM_FIRST_BYTES: ClassVar[bool] = True
+    PAIRING: ClassVar[str] = FIFO               # FIFO, BY_ID, or ONE_AT_A_TIME (no pipelining)
+    MAX_PENDING: ClassVar[int] = 1024           # requests waiting for replies (FIFO or by id)
+
+    __slots__ = ("role", "request_direction", "context", "internal_errors", "orphan_replies",
+                 "absorbed_replies", "_readers", "_out", "_closed", "_stopped", "_pending",
+                 "_open", "_held", "_skip_replies", "_replies_lost_at")
+
+    def __init__(self, role: str = "unknown", context: Context | None = None) -> None:
+        if role not in ("server", "client", "unknown"):
+            raise ValueError(f"role must be 'server', 'client' or 'unknown', not {role!r}")
+        self.role = role
+        self.request_direction: str | None = _ROLE_DIRECTION.get(role)
+        self.context = context if context is not None else Context()
+        self.internal_errors = 0       # exceptions caught in feed/close: parser bugs
+        self.orphan_replies = 0        # replies with no request (joined mid-stream)
+        self.absorbed_replies = 0      # replies to requests that went uncaptured
+        self._readers: dict[str, Any] = {}
+        self._out: list[SpanFacts] = []
+        self._closed = False
+        self._stopped = False          # nothing more to parse (encrypted, opaque, given up)
+        # Only the table the protocol pairs with is made: a connection costs memory.
+        self._pending: deque[Request] = deque() if self.PAIRING == FIFO else _NONE
+        self._open: dict[Any, Any] = {} if self.PAIRING == BY_ID else _NONE  # oldest first
+        self._held: tuple[Any, Any] | None = None       # a reply we lost track of, paired
+        self._skip_replies = 0         # replies owed to requests pushed out of a full FIFO
+        self._replies_lost_at = 0
+
+    # --- what a protocol provides ---------------------------------------------------
 
     @staticmethod
     def detect(data: bytes, direction: str, hints: ConnectionHints) -> bool:
         """Cheap: does this first payload look like this protocol?"""
-        ...
+        raise NotImplementedError
 
-    def __init__(self, role: str) -> None: ...
+    def looks_like_request(self, data: bytes) -> bool:
+        """Do these bytes (a syscall's) start with a request?  For role and resync."""
+        raise NotImplementedError
 
-    def feed(self, direction: str, data: bytes, total_len: int, ts_ns: int,
-             tcp_seq: int | None) -> list[SpanFacts]:
-        """One syscall's bytes (``data`` may be shorter than ``total_len``)."""
-        ...
+    def looks_like_reply(self, data: bytes) -> bool:
+        """Do these bytes start with a reply?  For role and resync."""
+        raise NotImplementedError
 
-    def close(self, ts_ns: int | None) -> list[SpanFacts]:
+    def _new_reader(self, carries_requests: bool) -> Any:
+        """The reader of one direction: ``feed(data, total, ts_ns, tcp_seq)``."""
+        raise NotImplementedError
+
+    def _end(self, ts_ns: int | None) -> None:
+        """The connection ended: finish what the readers hold (before the tables are flushed)."""
+
+    def _unanswered(self, request: Any, ts_ns: int | None) -> None:
+        """A request no reply will come for: describe it (``ts_ns``: when the connection closed)."""
+        raise NotImplementedError
+
+    def _respond(self, request: Any, reply: Any, flag: str | None = None) -> None:
+        """A request and its reply (or None) paired: describe them."""
+        raise NotImplementedError
+
+    # --- the interface the pipeline uses ------------------------------------------------
+
+    @classmethod
+    def recognises(cls, data: bytes, direction: str, hints: ConnectionHints,
+                   context: Context) -> bool:
+        """``detect`` behind the guard: a detector bug is counted and answers no."""
+        try:
+            return cls.detect(data, direction, hints)
+        except Exception:  # noqa: BLE001 - the guard (see the module doc)
+            context.internal_errors += 1
+            return False
+
+    def feed(self, direction: str, data: bytes, total_len: int | None = None, ts_ns: int = 0,
+             tcp_seq: int | None = None) -> list[SpanFacts]:
+        """One syscall's bytes; ``total_len`` is how many it moved (``data`` may be fewer)."""
+        if self._stopped:
+            return []
+        if type(data) is not bytes:
+            data = bytes(data)  # memoryview has no find(); a bytearray could change under us
+        total = len(data) if total_len is None or total_len < len(data) else total_len
+        try:
+            try:
+                reader = self._readers[direction]
+            except KeyError:  # the first bytes of this direction
+                reader = self._begin(direction, data)
+                if reader is None:
+                    return []
+            reader.feed(data, total, ts_ns, tcp_seq)
+        except Exception:  # noqa: BLE001 - the guard (see the module doc)
+            self._bug()
+        out = self._out
+        if not out:
+            return []
+        self._out = []
+        return out
+
+    def close(self, ts_ns: int | None = None) -> list[SpanFacts]:
         """The connection closed (or is forgotten): flush what can be completed."""
-        ...
+        if self._closed:
+            return []
+        self._closed = True
+        try:
+            if not self._stopped:
+                self._end(ts_ns)
+            self._release_held()
+            pending = self._pending
+            while pending:
+                request = pending.popleft()
+                if not request.gap:
+                    self._unanswered(request, ts_ns)
+            opened = self._open
+            while opened:
+                self._unanswered(opened.pop(next(iter(opened))), ts_ns)
+        except Exception:  # noqa: BLE001 - the guard (see the module doc)
+            self._bug()
+        self._stopped = True
+        out = self._out
+        self._out = []
+        return out
 
+    def _bug(self) -> None:
+        self.internal_errors += 1
+        self.context.internal_errors += 1
+        # The parser's state can no longer be trusted: nothing more from this connection.
+        self._stopped = self._closed = True
+        self._pending = self._open = _NONE
+        self._held = None
 
-class ConnectionHandler:
-    """A handler whose per-connection parser already returns SpanFacts.
+    def _stop(self) -> None:
+        """Nothing more to parse on this connection (encrypted, compressed, not this protocol)."""
+        self._stopped = True
+        self._readers = {}
 
-    Subclasses set ``name``, ``connection_class`` and ``detect``; the rest
-    is delegation every such handler would otherwise repeat.
-    """
+    # --- direction ------------------------------------------------------------------------
 
-    name: ClassVar[str]
-    connection_class: ClassVar[type]
+    def _begin(self, direction: str, data: bytes) -> Any:
+        """The first bytes of a direction with no reader yet: make the readers, or wait (None)."""
+        if direction not in _OTHER:
+            return None
+        if self.request_direction is None:
+            if not self.ROLE_FROM_FIRST_BYTES or not self._decide_role(direction, data):
+                return None
+        request_direction = self.request_direction
+        self._readers = {request_direction: self._new_reader(True),
+                         _OTHER[request_direction]: self._new_reader(False)}
+        return self._readers[direction]
 
-    def __init__(self, role: str) -> None:
-        self._conn = self.connection_class(role)
+    def _decide_role(self, direction: str, data: bytes) -> bool:
+        if self.looks_like_request(data):
+            self._decide(direction)
+        elif self.looks_like_reply(data):
+            self._decide(_OTHER[direction])
+        else:
+            return False
+        return True
+
+    def _decide(self, request_direction: str) -> None:
+        """``request_direction`` carries requests: the traced process's role follows."""
+        self.request_direction = request_direction
+        self.role = "server" if request_direction == INGRESS else "client"
 
     @property
-    def role(self) -> str:
-        return self._conn.role
+    def server_side(self) -> bool:
+        return self.role == "server"
+
+    # --- for tests and stats ----------------------------------------------------------------
 
     @property
-    def connection(self) -> Any:
-        return self._conn
+    def resyncs(self) -> int:
+        """How often a reader lost its place and looked for the next message."""
+        return sum(getattr(reader, "resyncs", 0) for reader in self._readers.values())
 
-    def feed(self, direction: str, data: bytes, total_len: int, ts_ns: int,
-             tcp_seq: int | None) -> list[SpanFacts]:
-        return self._conn.feed(direction, data, total_len, ts_ns, tcp_seq)
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes held for messages or lines cut between syscalls."""
+        return sum(len(getattr(reader, "buf", b"")) for reader in self._readers.values())
 
-    def close(self, ts_ns: int | None) -> list[SpanFacts]:
-        return self._conn.close(ts_ns)
+    # --- FIFO pairing -----------------------------------------------------------------------
+
+    def _push(self, request: Request) -> None:
+        """A request (or a gap) joins the FIFO; the oldest is given up past MAX_PENDING."""
+        if self._held is not None:
+            self._release_held()
+        pending = self._pending
+        pending.append(request)
+        if len(pending) > self.MAX_PENDING:
+            oldest = pending.popleft()
+            if not oldest.gap:
+                self._unanswered(oldest, None)
+                if not oldest.no_reply and not oldest.quiet:
+                    self._skip_replies += 1  # its reply is still to come: it must not shift the FIFO
+        if pending[0].no_reply:
+            self._drain_no_reply()
+
+    def _drain_no_reply(self) -> None:
+        """Requests at the head that get no reply end now."""
+        pending = self._pending
+        while pending and pending[0].no_reply:
+            self._respond(pending.popleft(), None)
+
+    def _next_request(self) -> Request | None:
+        """The oldest request waiting, without taking it (None: none, or a gap)."""
+        pending = self._pending
+        if not pending or pending[0].gap:
+            return None
+        return pending[0]
+
+    def _take(self, reply_start: int, may_answer: Callable[[Any], bool] | None = None,
+              names: Callable[[Any], bool] | None = None) -> Any:
+        """The request the reply starting at ``reply_start`` answers, or None.
+
+        Past replies owed to requests pushed out, gaps (a gap swallows the
+        replies that began before the next request seen, or, when ``names``
+        says which request a reply answers, up to that one) and quiet requests
+        that ``may_answer`` says cannot get this reply (they succeeded without a
+        word).
+        """
+        if self._skip_replies:
+            self._skip_replies -= 1
+            return None
+        pending = self._pending
+        if pending:
+            head = pending[0]
+            if not (head.gap or head.no_reply or head.quiet):
+                return pending.popleft()  # the usual case: the oldest request, plainly
+        while pending:
+            head = pending[0]
+            if head.gap:
+                after = pending[1] if len(pending) > 1 else None
+                if after is not None and (reply_start >= after.start_ns if names is None
+                                          else not after.gap and names(after)):
+                    pending.popleft()
+                    continue
+                self.absorbed_replies += 1
+                return None
+            if head.no_reply or (head.quiet and (may_answer is None or not may_answer(head))):
+                self._respond(pending.popleft(), None)
+                continue
+            return pending.popleft()
+        self.orphan_replies += 1
+        return None
+
+    # --- pairing by id ----------------------------------------------------------------------
+
+    def _open_request(self, key: Any, request: Any) -> None:
+        """A request its reply will name by ``key``; the oldest is given up past MAX_PENDING."""
+        opened = self._open
+        opened[key] = request
+        if len(opened) > self.MAX_PENDING:
+            self._unanswered(opened.pop(next(iter(opened))), None)
+
+    def _answer(self, key: Any) -> Any:
+        """The request a reply naming ``key`` answers, or None."""
+        return self._open.pop(key, None)
+
+    # --- loss -------------------------------------------------------------------------------
+
+    def _lost(self, carries_requests: bool, ts: int) -> None:
+        """A reader lost its place at ``ts`` (FIFO protocols; others override)."""
+        if carries_requests:
+            self._push(Gap(ts, ts, None))
+        else:
+            self._replies_lost_at = ts
+            self._skip_replies = 0
+
+    def _hold(self, request: Any, reply: Any) -> None:
+        """A reply we lost track of: it ends where the next reply starts (or at close)."""
+        self._release_held()
+        self._held = (request, reply)
+
+    def _release_held(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._respond(held[0], held[1])
+
+    def _may_resync(self, carries_requests: bool, data: bytes, ts: int) -> bool:
+        """A lost reader's next syscall: start over at these bytes?"""
+        if carries_requests:
+            return self.looks_like_request(data)
+        # Requests already waiting when the replies were lost: their replies
+        # were (likely) in the bytes we could not follow.
+        pending = self._pending
+        lost_at = self._replies_lost_at
+        while pending and pending[0].start_ns < lost_at:
+            request = pending.popleft()
+            if not request.gap:
+                self._unanswered(request, None)
+        if pending and self.looks_like_reply(data):
+            self._release_held()
+            return True
+        # Still lost: these bytes belong to the reply we lost track of.
+        self._replies_lost_at = ts
+        if self._held is not None:
+            self._held[1].end_ns = ts
+        return False
+
+    # --- spans ------------------------------------------------------------------------------
+
+    def _emit(self, facts: SpanFacts) -> None:
+        """A span leaves the handler (the pipeline builds on these types without checking)."""
+        if (type(facts.start_ns) is not int or type(facts.end_ns) is not int
+                or type(facts.attributes) is not dict):
+            raise TypeError(f"malformed span facts from {self.name}: {facts!r}")
+        self._out.append(facts)

@@ -41,10 +41,10 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections import OrderedDict
 from typing import Any, NamedTuple
 
-from ._base import EGRESS, INGRESS, ConnectionHints, SpanFacts
+from ._base import (BY_ID, EGRESS, INGRESS, ConnectionHints, Context, Handler, SpanFacts,
+                    opposite)
 
 __all__ = ["DnsHandler", "DnsMessage", "parse_message", "looks_like_dns"]
 
@@ -260,12 +260,15 @@ class _Seen(NamedTuple):
     seq: int | None
 
 
-class _TcpFramer:
-    """DNS messages from one direction of a TCP connection (RFC 1035, 4.2.2)."""
+class _Stream:
+    """DNS messages from one direction: a datagram each (UDP), or length-prefixed (TCP, RFC 1035, 4.2.2)."""
 
-    __slots__ = ("prefix", "remaining", "buf", "start_ns", "seq", "started", "lost")
+    __slots__ = ("handler", "direction", "prefix", "remaining", "buf", "start_ns", "seq", "started",
+                 "lost")
 
-    def __init__(self) -> None:
+    def __init__(self, handler: DnsHandler, direction: str) -> None:
+        self.handler = handler
+        self.direction = direction
         self.prefix = bytearray()   # the 2-byte length, possibly split
         self.remaining = 0          # message bytes still to come
         self.buf = bytearray()
@@ -274,8 +277,17 @@ class _TcpFramer:
         self.started = False        # any bytes seen in this direction yet
         self.lost = False           # a length prefix went uncaptured: wait for a clean start
 
-    def feed(self, data: bytes, total: int, ts: int, seq: int | None,
-             out: list[tuple[bytes, int, int, int | None]]) -> None:
+    def feed(self, data: bytes, total: int, ts: int, seq: int | None) -> None:
+        handler = self.handler
+        if handler.tcp is None:
+            # TCP events carry sequence numbers; otherwise a length prefix that
+            # matches what the syscall moved gives TCP away.
+            handler.tcp = seq is not None or (
+                len(data) >= 14 and int.from_bytes(data[:2], "big") == total - 2
+                and parse_message(data[2:]) is not None)
+        if not handler.tcp:
+            handler._message(self.direction, data, ts, ts, None)
+            return
         captured = len(data)
         first = not self.started
         self.started = True
@@ -284,7 +296,7 @@ class _TcpFramer:
             if head != total - 2 and total == captured and _sane(parse_message(data), strict=True):
                 # A whole bare message: its length prefix came in a syscall before this one.
                 self.lost = False
-                out.append((data, ts, ts, seq))
+                handler._message(self.direction, data, ts, ts, seq)
                 return
             if self.lost and head != total - 2:
                 return
@@ -313,7 +325,7 @@ class _TcpFramer:
             self.remaining -= take
             pos += take
             if not self.remaining:
-                out.append((bytes(self.buf), self.start_ns, ts, self.seq))
+                handler._message(self.direction, bytes(self.buf), self.start_ns, ts, self.seq)
                 self.buf.clear()
 
     def _lose(self) -> None:
@@ -323,69 +335,33 @@ class _TcpFramer:
         self.remaining = 0
 
 
-class DnsHandler:
-    """The DNS messages of one socket (UDP) or connection (TCP)."""
+class DnsHandler(Handler):
+    """The DNS messages of one socket (UDP) or connection (TCP), paired by id and question.
+
+    Whoever receives a query is the server of that exchange: an unconnected
+    UDP socket has no role of its own, so the direction of each query decides.
+    """
 
     name = "dns"
+    ROLE_FROM_FIRST_BYTES = False
+    PAIRING = BY_ID
+    MAX_PENDING = MAX_PENDING
+
+    __slots__ = ("tcp", "unparsed")
 
     @staticmethod
     def detect(data: bytes, direction: str, hints: ConnectionHints) -> bool:
         return looks_like_dns(data, hints)
 
-    def __init__(self, role: str = "unknown") -> None:
-        self.role = role
-        self._tcp: bool | None = None   # decided by the first syscall's bytes
-        self._framers = {INGRESS: _TcpFramer(), EGRESS: _TcpFramer()}
-        self._pending: OrderedDict[tuple[str, tuple[Any, ...]], _Seen] = OrderedDict()
-        self._out: list[SpanFacts] = []
-        self._closed = False
-        self.internal_errors = 0
+    def __init__(self, role: str = "unknown", context: Context | None = None) -> None:
+        super().__init__(role, context)
+        self.tcp: bool | None = None    # decided by the first syscall's bytes
         self.unparsed = 0               # messages that were not DNS after all
+        self._readers = {INGRESS: _Stream(self, INGRESS), EGRESS: _Stream(self, EGRESS)}
 
     @property
     def pending_queries(self) -> int:
-        return len(self._pending)
-
-    def feed(self, direction: str, data: bytes, total_len: int, ts_ns: int,
-             tcp_seq: int | None) -> list[SpanFacts]:
-        if self._closed or direction not in self._framers:
-            return []
-        total = total_len if total_len > len(data) else len(data)
-        try:
-            if self._tcp is None:
-                # TCP events carry sequence numbers; otherwise a length prefix that
-                # matches what the syscall moved gives TCP away.
-                self._tcp = tcp_seq is not None or (
-                    len(data) >= 14 and int.from_bytes(data[:2], "big") == total - 2
-                    and parse_message(data[2:]) is not None)
-            if self._tcp:
-                messages: list[tuple[bytes, int, int, int | None]] = []
-                self._framers[direction].feed(data, total, ts_ns, tcp_seq, messages)
-                for raw, start, end, seq in messages:
-                    self._message(direction, raw, start, end, seq)
-            else:
-                self._message(direction, data, ts_ns, ts_ns, None)
-        except Exception:  # noqa: BLE001 - a parser bug must not take the agent down
-            self.internal_errors += 1
-        out = self._out
-        if not out:
-            return []
-        self._out = []
-        return out
-
-    def close(self, ts_ns: int | None) -> list[SpanFacts]:
-        if self._closed:
-            return []
-        self._closed = True
-        try:
-            while self._pending:
-                _, query = self._pending.popitem(last=False)
-                self._out.append(describe(query, None, ts_ns))
-        except Exception:  # noqa: BLE001 - see feed
-            self.internal_errors += 1
-        out = self._out
-        self._out = []
-        return out
+        return len(self._open)
 
     def _message(self, direction: str, raw: bytes, start: int, end: int, seq: int | None) -> None:
         msg = parse_message(raw)
@@ -394,24 +370,27 @@ class DnsHandler:
             return
         seen = _Seen(msg, direction, start, end, seq)
         if not msg.response:
-            if self.role == "unknown":
-                self.role = "server" if direction == INGRESS else "client"
+            if self.request_direction is None:
+                self._decide(direction)
             key = (direction, msg.key)
-            if key not in self._pending:  # a retransmission keeps the first send's time
-                self._pending[key] = seen
-                if len(self._pending) > MAX_PENDING:
-                    _, oldest = self._pending.popitem(last=False)
-                    self._out.append(describe(oldest, None, None))
+            if key not in self._open:  # a retransmission keeps the first send's time
+                self._open_request(key, seen)
             return
-        query_direction = EGRESS if direction == INGRESS else INGRESS
-        query = self._pending.pop((query_direction, msg.key), None)
+        query_direction = opposite(direction)
+        query = self._answer((query_direction, msg.key))
         if query is None and msg.qdcount == 0:
             # Some errors (FORMERR) come back without the question: the id alone pairs them.
-            for key, candidate in self._pending.items():
+            for key, candidate in self._open.items():
                 if key[0] == query_direction and candidate.msg.id == msg.id:
-                    query = self._pending.pop(key)
+                    query = self._answer(key)
                     break
-        self._out.append(describe(query, seen, None))
+        self._respond(query, seen)
+
+    def _unanswered(self, query: _Seen, ts_ns: int | None) -> None:
+        self._emit(describe(query, None, ts_ns))
+
+    def _respond(self, query: _Seen | None, response: _Seen | None, flag: str | None = None) -> None:
+        self._emit(describe(query, response, None))
 
 
 def describe(query: _Seen | None, response: _Seen | None, close_ns: int | None) -> SpanFacts:

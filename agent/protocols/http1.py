@@ -25,13 +25,16 @@ from __future__ import annotations
 import enum
 import re
 import types
-from collections import deque
-from typing import Final
+from typing import Any, Final
+
+from ._base import EGRESS, INGRESS, ConnectionHints, Context, Handler, Request, SpanFacts
 
 __all__ = [
     "Exchange",
     "ExchangeFlags",
     "Http1Connection",
+    "Http1Handler",
+    "describe",
     "looks_like_http1_request",
     "looks_like_http1_response",
     "EGRESS",
@@ -39,9 +42,6 @@ __all__ = [
     "find_header",
     "parse_header_block",
 ]
-
-INGRESS: Final = "ingress"
-EGRESS: Final = "egress"
 
 MAX_HEAD_BYTES = 16 * 1024   # start line + header fields; past this, give up on the message
 MAX_LINE_BYTES = 1024        # chunk-size and trailer lines
@@ -71,8 +71,6 @@ class ExchangeFlags(enum.IntFlag):
 # Plain ints for the parser's own bookkeeping: IntFlag arithmetic runs Python
 # code in the enum module, a microsecond a time.
 _F = types.SimpleNamespace(**{flag.name: int(flag) for flag in ExchangeFlags})
-_REQUEST_MISSING: Final = int(ExchangeFlags.REQUEST_MISSING)
-_INTERIM: Final = int(ExchangeFlags.INTERIM)
 
 # A method is a token; in practice upper case.  This stays loose enough for
 # WebDAV and SSDP methods while rejecting most binary noise.
@@ -172,11 +170,11 @@ def _needle(name: str) -> bytes:
     return needle
 
 
-class _Message:
+class _Message(Request):
     """One request or response as it goes by."""
 
-    __slots__ = ("start_ns", "seq", "start_off", "end_ns", "size", "method", "target", "version",
-                 "status", "reason", "head", "lowered", "body_size", "flags", "done", "text")
+    __slots__ = ("start_off", "size", "method", "target", "version", "status", "reason", "head",
+                 "lowered", "body_size", "flags", "done", "text")
 
     def __init__(self, start_ns: int, seq: int | None, start_off: int) -> None:
         self.start_ns = start_ns
@@ -197,9 +195,33 @@ class _Message:
         # The request line as text (see _line_text), when the fast path had it cached.
         self.text: tuple[str, str | None, str | None, str | None, str] | None = None
 
+    def line_text(self) -> tuple[str | None, str | None, str | None, str | None, str | None]:
+        """(method, target, path, query, version) of a request, as text, made once."""
+        text = self.text
+        if text is None:
+            text = self.text = _line_text(self.method, self.target, self.version)
+        return text
+
+    def header(self, needle: bytes) -> str | None:
+        """The first value of a header field, by its search string ("\n" + lower-case name + ":")."""
+        lowered = self.lowered
+        if lowered is None:  # the fast path does not lower heads it does not need to
+            lowered = self.lowered = self.head.lower()
+        return _find_value(self.head, lowered, needle)
+
 
 _FLAG_CACHE: dict[int, ExchangeFlags] = {}
-_FLAG_NAMES: dict[int, list[str]] = {}
+_FLAG_NAMES: dict[int, tuple[str, ...]] = {}
+
+
+def _flag_names(flags: int) -> tuple[str, ...]:
+    """Exchange flags as lower-case names, e.g. ("response_truncated",); the few seen are cached."""
+    names = _FLAG_NAMES.get(flags)
+    if names is None:
+        names = _FLAG_NAMES[flags] = tuple(f.name.lower() for f in ExchangeFlags
+                                           if f and f & flags == f)
+    return names
+
 # Status lines seen ("HTTP/1.1 200 OK\r\n") -> (version, status, reason), bounded.
 _STATUS_LINES: dict[bytes, tuple[bytes, int, bytes]] = {}
 # A request line up to this size is remembered per connection: a keep-alive
@@ -274,46 +296,25 @@ class Exchange:
     @property
     def flag_names(self) -> list[str]:
         """The flags as lower-case names, e.g. ["response_truncated"]."""
-        names = _FLAG_NAMES.get(self._flags)
-        if names is None:
-            flags = self.flags
-            names = _FLAG_NAMES[self._flags] = [f.name.lower() for f in ExchangeFlags
-                                                if f and f in flags]
-        return names.copy()
+        return list(_flag_names(self._flags))
 
     def request_header(self, name: str) -> str | None:
         """One request header field's value (name in any case), cheaper than request_headers."""
         if self._request_headers is not None:
             return self._request_headers.get(name.lower())
         req = self._req
-        if req is None:
-            return None
-        lowered = req.lowered
-        if lowered is None:  # the fast path does not lower heads it does not need to
-            lowered = req.lowered = req.head.lower()
-        return _find_value(req.head, lowered, _needle(name))
+        return req.header(_needle(name)) if req is not None else None
 
     def response_header(self, name: str) -> str | None:
         if self._response_headers is not None:
             return self._response_headers.get(name.lower())
         resp = self._resp
-        if resp is None:
-            return None
-        lowered = resp.lowered
-        if lowered is None:
-            lowered = resp.lowered = resp.head.lower()
-        return _find_value(resp.head, lowered, _needle(name))
+        return resp.header(_needle(name)) if resp is not None else None
 
     # Request side.
     def _request_line(self) -> tuple[str | None, str | None, str | None, str | None, str | None]:
         req = self._req
-        if req is None:
-            line = self._line = (None, None, None, None, None)
-        else:
-            line = req.text
-            if line is None:
-                line = _line_text(req.method, req.target, req.version)
-            self._line = line
+        line = self._line = req.line_text() if req is not None else (None, None, None, None, None)
         return line
 
     @property
@@ -446,6 +447,90 @@ class Exchange:
                 f"start_ns={self.start_ns}, end_ns={self.end_ns}, flags={self.flags!r})")
 
 
+def describe(ex: Exchange, server_side: bool, head_fields: list[Any] | None = None) -> SpanFacts:
+    """An exchange as span facts (see ``_describe``)."""
+    return _describe(ex._req, ex._resp, ex._flags, server_side, head_fields)
+
+
+_HOST = b"\nhost:"
+_USER_AGENT = b"\nuser-agent:"
+
+
+def _describe(req: _Message | None, resp: _Message | None, flags: int, server_side: bool,
+              head_fields: list[Any] | None) -> SpanFacts:
+    """A request and its response (either may be missing) as span facts.
+
+    ``flags`` are the exchange's (the messages' own are added).  ``head_fields``
+    is a connection's memory of the last request head described, as [head,
+    Host, User-Agent]: a head that repeats byte for byte (a keep-alive client
+    sends the same fields every time) skips both look-ups.
+    """
+    method = path = None
+    if req is not None:
+        flags |= req.flags
+        method, _, path, query, version = req.text or req.line_text()
+        if method and path is not None:  # a request line was seen: always so but after a loss
+            attrs: dict[str, Any] = {"network.protocol.name": "http",
+                                     "network.protocol.version": version,
+                                     "http.request.method": method, "url.path": path}
+        else:
+            attrs = {"network.protocol.name": "http"}
+            if version:
+                attrs["network.protocol.version"] = version
+            if method:
+                attrs["http.request.method"] = method
+            if path is not None:
+                attrs["url.path"] = path
+        if query:
+            attrs["url.query"] = query
+    else:
+        attrs = {"network.protocol.name": "http"}
+    status = 0
+    if resp is not None:
+        flags |= resp.flags
+        status = resp.status
+        if status:
+            attrs["http.response.status_code"] = status
+    if req is not None:
+        # Single look-ups: building the whole header dict costs more than both.
+        if head_fields is not None and req.head == head_fields[0]:
+            host = head_fields[1]
+            agent = head_fields[2]
+        else:
+            host = req.header(_HOST)
+            agent = req.header(_USER_AGENT)
+            if head_fields is not None:
+                head_fields[0] = req.head
+                head_fields[1] = host
+                head_fields[2] = agent
+        if host:
+            attrs["http.request.header.host"] = host
+        if agent:
+            attrs["user_agent.original"] = agent
+        attrs["http.request.body.size"] = req.body_size
+    if resp is not None:
+        attrs["http.response.body.size"] = resp.body_size
+    if flags:
+        attrs["sidetrace.http.flags"] = ",".join(_flag_names(flags))
+    # Server spans fail on 5xx, client spans on 4xx too; otherwise the status
+    # stays unset (OpenTelemetry HTTP semantic conventions).
+    span_status = "unset"
+    if status >= 500 or (not server_side and status >= 400):
+        span_status = "error"
+        attrs["error.type"] = str(status)
+    if req is not None:
+        start = req.start_ns
+        end = resp.end_ns if resp is not None and resp.end_ns is not None else req.end_ns
+    else:
+        start = resp.start_ns
+        end = resp.end_ns
+    if end is None:
+        end = start
+    name = f"{method or 'HTTP'} {path}" if path is not None else (method or "HTTP")
+    return SpanFacts(name, start or 0, end or 0, server_side, attrs, span_status, None,
+                     req.seq if req is not None else None, resp.seq if resp is not None else None)
+
+
 def _framing(lowered: bytes, is_request: bool) -> tuple[int | None, bool, bool]:
     """(Content-Length or None, chunked, malformed) from a lower-cased head.
 
@@ -491,11 +576,11 @@ def _framing(lowered: bytes, is_request: bool) -> tuple[int | None, bool, bool]:
 class _Parser:
     """The messages of one direction: requests or responses."""
 
-    __slots__ = ("conn", "is_request", "state", "buf", "scan_from", "remaining", "msg",
+    __slots__ = ("handler", "is_request", "state", "buf", "scan_from", "remaining", "msg",
                  "offset", "resyncs", "last_line", "last_head")
 
-    def __init__(self, conn: Http1Connection, is_request: bool) -> None:
-        self.conn = conn
+    def __init__(self, handler: Http1Handler, is_request: bool) -> None:
+        self.handler = handler
         self.is_request = is_request
         self.state = _HEAD
         self.buf = bytearray()   # an unfinished head or line
@@ -589,65 +674,38 @@ class _Parser:
             head = data[nl:head_end]
             if head_end - nl <= _CACHED_HEAD_BYTES and data[nl - 1] == 13:
                 self.last_head = (head, length, chunked, lowered)
-        conn = self.conn
-        pending = conn._pending
+        msg = _Message(ts, None if seq is None else seq & _SEQ_MASK, self.offset)
+        msg.head = head
+        msg.lowered = lowered
         if is_request:
-            if conn._responses.state == _LOST or len(pending) >= MAX_PENDING_REQUESTS:
-                self._feed(data, 0, total, ts, seq)
-                return
-            msg = _Message(ts, None if seq is None else seq & _SEQ_MASK, self.offset)
             msg.method, msg.target, msg.version, msg.text = line
-            msg.head = head
-            msg.lowered = lowered
-            pending.append(msg)
             if length is None:
                 length = 0  # a request without framing has no body
-            if not chunked and head_end + length == total == len(data):
-                # The whole request and nothing else.
-                msg.body_size = length
-                msg.end_ns = ts
-                msg.size = total
-                msg.done = True
-                self.offset += total
-                return
+            self.handler._request_head(msg)
         else:
             version, status, reason = line
             if status < 200:
                 self._feed(data, 0, total, ts, seq)
                 return
-            request = pending[0] if pending else None
-            method = request.method if request is not None else None
+            method = self.handler._answered_method()
             if method == b"HEAD" or status == 204 or status == 304:
                 length = 0
                 chunked = False
             elif length is None and not chunked or method == b"CONNECT" and status < 300:
                 self._feed(data, 0, total, ts, seq)  # runs until close, or a tunnel
                 return
-            if request is not None:
-                pending.popleft()
-            msg = _Message(ts, None if seq is None else seq & _SEQ_MASK, self.offset)
             msg.version = version
             msg.status = status
             msg.reason = reason
-            msg.head = head
-            msg.lowered = lowered
-            if not chunked and head_end + length == total == len(data):
-                # The whole response and nothing else: the exchange is complete.
-                msg.body_size = length
-                msg.end_ns = ts
-                msg.size = total
-                msg.done = True
-                self.offset += total
-                conn._paired = None
-                flags = 0 if request is not None else _REQUEST_MISSING
-                if conn._interim_seen:
-                    flags |= _INTERIM
-                    conn._interim_seen = False
-                conn._out.append(Exchange(request, msg, flags))
-                return
-            conn._paired = request
-        # A body that goes on, more messages, uncaptured bytes: the general loop.
+            self.handler._response_head(msg)
         self.msg = msg
+        if not chunked and head_end + length == total == len(data):
+            # The whole message and nothing else.
+            msg.body_size = length
+            self._finish(total, ts)
+            self.offset += total
+            return
+        # A body that goes on, more messages, uncaptured bytes: the general loop.
         if chunked:
             self.state = _CHUNK_SIZE_LINE
         elif length:
@@ -816,30 +874,32 @@ class _Parser:
                 length = int(text)
             else:
                 length, chunked, bad = _framing(lowered, self.is_request)
-        conn = self.conn
+        handler = self.handler
         if self.is_request:
-            conn._request_head(msg)
+            handler._request_head(msg)
             if bad:
                 return self._lost_after_head(msg, pos, ts, _F.REQUEST_UNPARSED)
             if length is None:
                 length = 0  # a request without framing has no body
         else:
             status = msg.status
-            method = conn._response_head(msg)
+            method = handler._response_head(msg)
             if status < 200:
                 if status == 101:
+                    msg.flags |= _F.UPGRADED
                     self._finish(pos, ts)
-                    conn._upgrade()
+                    handler._upgrade()
                     return pos
                 # Interim (100 Continue...): the final response follows.
                 self.msg = None
-                conn._interim()
+                handler._interim()
                 return pos
             if method == b"HEAD" or status == 204 or status == 304:
                 length, chunked, bad = 0, False, False
             elif method == b"CONNECT" and status < 300:
+                msg.flags |= _F.UPGRADED
                 self._finish(pos, ts)
-                conn._upgrade()
+                handler._upgrade()
                 return pos
             if bad:
                 return self._lost_after_head(msg, pos, ts, _F.RESPONSE_UNPARSED)
@@ -872,12 +932,12 @@ class _Parser:
         msg.head = head[nl:]
         msg.flags |= _F.REQUEST_UNPARSED if self.is_request else _F.RESPONSE_UNPARSED
         if self.is_request:
-            self.conn._request_head(msg)
+            self.handler._request_head(msg)
         elif msg.status < 200:
-            self.conn._interim()
+            self.handler._interim()
             return
         else:
-            self.conn._response_head(msg)
+            self.handler._response_head(msg)
         self.msg = msg
 
     # --- chunked bodies -----------------------------------------------------
@@ -1038,7 +1098,7 @@ class _Parser:
         if lost is not None and not lost.done:
             lost.size = self.offset + pos - lost.start_off
             lost.done = True
-            self.conn._message_done(self.is_request, lost)
+            self.handler._message_done(self.is_request, lost)
 
     def abandon(self) -> None:
         """Give up on a lost message now instead of at the next start line."""
@@ -1047,7 +1107,7 @@ class _Parser:
             lost.size = self.offset - lost.start_off
             lost.done = True
             self.msg = None
-            self.conn._message_done(self.is_request, lost)
+            self.handler._message_done(self.is_request, lost)
 
     # --- ends of messages ---------------------------------------------------
 
@@ -1059,7 +1119,7 @@ class _Parser:
         self.msg = None
         self.state = _HEAD
         if not self.is_request:  # an exchange is complete when its response is
-            self.conn._response_done(msg)
+            self.handler._response_done(msg)
 
     def opaque(self) -> None:
         self.state = _OPAQUE
@@ -1083,107 +1143,49 @@ class _Parser:
             msg.end_ns = ts if ts is not None else msg.start_ns
         msg.size = self.offset - msg.start_off
         msg.done = True
-        self.conn._message_done(self.is_request, msg)
+        self.handler._message_done(self.is_request, msg)
 
 
-class Http1Connection:
-    """Incremental HTTP/1.x parser for one TCP connection, both directions.
-
-    ``role`` is the traced process's side: "server" (ingress carries
-    requests), "client" (egress carries requests) or "unknown" (decided by
-    whichever direction first starts with a request or status line).
+class Http1Handler(Handler):
+    """HTTP/1.x for one TCP connection, both directions: requests and responses paired FIFO.
 
     ``feed`` takes each syscall's captured bytes in order and returns the
-    exchanges completed by them, oldest first; ``close`` flushes what is
-    left when the connection ends.  Nothing raises on bad input.
+    exchanges completed by them as span facts, oldest first; ``close``
+    flushes what is left when the connection ends.
     """
 
-    __slots__ = ("role", "internal_errors", "_request_direction", "_requests", "_responses",
-                 "_pending", "_paired", "_interim_seen", "_out", "_closed")
+    name = "http"
+    MAX_PENDING = MAX_PENDING_REQUESTS
 
-    def __init__(self, role: str = "unknown") -> None:
-        if role not in ("server", "client", "unknown"):
-            raise ValueError(f"role must be 'server', 'client' or 'unknown', not {role!r}")
-        self.role = role
-        # Exceptions caught inside feed/close: always a parser bug, counted so tests see them.
-        self.internal_errors = 0
-        self._request_direction: str | None = {
-            "server": INGRESS, "client": EGRESS}.get(role)
+    __slots__ = ("_requests", "_responses", "_paired", "_interim_seen", "_head_fields")
+
+    @staticmethod
+    def detect(data: bytes, direction: str, hints: ConnectionHints) -> bool:
+        return looks_like_http1_request(data) or looks_like_http1_response(data)
+
+    looks_like_request = staticmethod(looks_like_http1_request)
+    looks_like_reply = staticmethod(looks_like_http1_response)
+
+    def __init__(self, role: str = "unknown", context: Context | None = None) -> None:
+        super().__init__(role, context)
         self._requests = _Parser(self, True)
         self._responses = _Parser(self, False)
-        self._pending: deque[_Message] = deque()  # requests waiting for a response, FIFO
         self._paired: _Message | None = None      # the request of the response in progress
         self._interim_seen = False
-        self._out: list[Exchange] = []
-        self._closed = False
+        # The last request head described and its (Host, User-Agent): a
+        # keep-alive client usually sends the same header fields every time.
+        self._head_fields: list[Any] = [None, None, None]
 
-    @property
-    def buffered_bytes(self) -> int:
-        """Bytes held for unfinished heads and lines (bounded by MAX_HEAD_BYTES per direction)."""
-        return len(self._requests.buf) + len(self._responses.buf)
+    def _new_reader(self, carries_requests: bool) -> _Parser:
+        return self._requests if carries_requests else self._responses
 
     @property
     def pending_requests(self) -> int:
         return len(self._pending)
 
-    @property
-    def resyncs(self) -> int:
-        """How often the parser lost its place and looked for the next message."""
-        return self._requests.resyncs + self._responses.resyncs
-
-    def feed(self, direction: str, data: bytes, total_len: int | None = None, ts_ns: int = 0,
-             tcp_seq: int | None = None) -> list[Exchange]:
-        """One syscall's bytes.  ``total_len`` is how many it moved (at least len(data))."""
-        if self._closed:
-            return []
-        if type(data) is not bytes:
-            data = bytes(data)  # memoryview has no find(); bytearray heads would be mutable
-        total = len(data) if total_len is None or total_len < len(data) else total_len
-        request_direction = self._request_direction
-        if request_direction is None:
-            if not self._decide_role(direction, data):
-                return []
-            request_direction = self._request_direction
-        parser = self._requests if direction == request_direction else self._responses
-        try:
-            parser.feed(data, total, ts_ns, tcp_seq)
-        except Exception:  # noqa: BLE001 - a parser bug must not take the agent down
-            self.internal_errors += 1
-            parser.state = _LOST
-            parser.buf = bytearray()
-            parser.msg = None
-            parser.offset += total
-        out = self._out
-        if not out:
-            return []  # never hand out self._out itself: later feeds append to it
-        self._out = []
-        return out
-
-    def close(self, ts_ns: int | None = None) -> list[Exchange]:
-        """The connection ended: finish what can be finished and flush the rest."""
-        if self._closed:
-            return []
-        self._closed = True
-        try:
-            self._requests.close(ts_ns)
-            self._responses.close(ts_ns)
-        except Exception:  # noqa: BLE001 - see feed
-            self.internal_errors += 1
-        while self._pending:
-            self._emit(self._pending.popleft(), None, _F.RESPONSE_MISSING)
-        out = self._out
-        self._out = []
-        return out
-
-    def _decide_role(self, direction: str, data: bytes) -> bool:
-        if looks_like_http1_request(data):
-            self._request_direction = direction
-        elif looks_like_http1_response(data):
-            self._request_direction = EGRESS if direction == INGRESS else INGRESS
-        else:
-            return False
-        self.role = "server" if self._request_direction == INGRESS else "client"
-        return True
+    def _end(self, ts_ns: int | None) -> None:
+        self._requests.close(ts_ns)
+        self._responses.close(ts_ns)
 
     # --- called by the parsers ----------------------------------------------
 
@@ -1192,16 +1194,23 @@ class Http1Connection:
         # the best end we will get for a response we lost track of.
         if self._responses.state == _LOST and not self._pending:
             self._responses.abandon()
-        self._pending.append(msg)
-        if len(self._pending) > MAX_PENDING_REQUESTS:
-            self._emit(self._pending.popleft(), None, _F.RESPONSE_MISSING)
+        self._push(msg)
+
+    def _answered_method(self) -> bytes | None:
+        """The method of the request the next response answers (it decides the framing)."""
+        pending = self._pending
+        if self._skip_replies or not pending:
+            return None
+        return pending[0].method  # never a gap: HTTP/1 requests are all seen or resynced past
 
     def _response_head(self, msg: _Message) -> bytes | None:
-        """Pair a response with its request (FIFO); the request's method decides its framing."""
+        """Pair a response with its request; the request's method decides its framing."""
         if msg.status < 200 and msg.status != 101:
-            return self._pending[0].method if self._pending else None
-        self._paired = self._pending.popleft() if self._pending else None
-        return self._paired.method if self._paired else None
+            return self._answered_method()
+        owed = self._skip_replies
+        request = self._take(msg.start_ns)
+        self._paired = _OWED if owed else request
+        return request.method if request is not None else None
 
     def _interim(self) -> None:
         self._interim_seen = True
@@ -1213,16 +1222,41 @@ class Http1Connection:
     def _response_done(self, msg: _Message) -> None:
         request = self._paired
         self._paired = None
-        flags = 0 if request is not None else _F.REQUEST_MISSING
+        flags = 0
         if self._interim_seen:
-            flags |= _F.INTERIM
+            flags = _F.INTERIM
             self._interim_seen = False
-        self._out.append(Exchange(request, msg, flags))
+        if request is _OWED:
+            return  # the answer to a request given up when too many were waiting
+        if request is None:
+            flags |= _F.REQUEST_MISSING
+        self._respond(request, msg, flags)
 
     def _upgrade(self) -> None:
         self._requests.opaque()
         self._responses.opaque()
-        self._out[-1]._flags |= _F.UPGRADED
 
-    def _emit(self, request: _Message | None, response: _Message | None, flags: int) -> None:
+    # --- spans ---------------------------------------------------------------
+
+    def _unanswered(self, request: _Message, ts_ns: int | None) -> None:
+        self._respond(request, None, _F.RESPONSE_MISSING)
+
+    def _respond(self, request: _Message | None, response: _Message | None, flags: int = 0) -> None:
+        self._emit(_describe(request, response, flags, self.role == "server", self._head_fields))
+
+
+class Http1Connection(Http1Handler):
+    """The handler's exchanges as parsed, before they are described.
+
+    ``feed`` and ``close`` return :class:`Exchange` objects instead of span
+    facts: for tests and tools that look at HTTP/1 parsing itself.
+    """
+
+    __slots__ = ()
+
+    def _respond(self, request: _Message | None, response: _Message | None, flags: int = 0) -> None:
         self._out.append(Exchange(request, response, flags))
+
+
+# A response owed to a request given up because too many were waiting: no span.
+_OWED: Final = _Message(0, None, 0)

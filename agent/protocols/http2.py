@@ -55,12 +55,11 @@ import struct
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from ._base import EGRESS, INGRESS, ConnectionHints, SpanFacts
+# Huffman decoding (RFC 7541, appendix B) from the hpack library.
+from hpack.exceptions import HPACKDecodingError
+from hpack.huffman_table import decode_huffman as _decode_huffman
 
-try:  # Huffman decoding (RFC 7541, appendix B) from the hpack library.
-    from hpack.huffman_table import decode_huffman as _decode_huffman
-except ImportError:  # pragma: no cover - without it Huffman strings stay unknown
-    _decode_huffman = None
+from ._base import BY_ID, EGRESS, INGRESS, ConnectionHints, Context, Handler, SpanFacts, opposite
 
 __all__ = ["Http2Handler", "HeaderDecoder", "PREFACE", "looks_like_http2"]
 
@@ -240,11 +239,9 @@ def _string(block: bytes, pos: int) -> tuple[bytes | None, int, int]:
     raw = block[pos:end]
     if not huffman:
         return raw, length, end
-    if _decode_huffman is None:
-        return None, length, end
     try:
         return _decode_huffman(raw), length, end
-    except Exception:  # noqa: BLE001 - an invalid Huffman string: unknown text, table still in step
+    except HPACKDecodingError:  # an invalid Huffman string: unknown text, table still in step
         return None, length, end
 
 
@@ -389,12 +386,12 @@ class _Block:
 class _Reader:
     """Frames from one direction's bytes, handed to the connection as they complete."""
 
-    __slots__ = ("conn", "direction", "state", "next_seq", "head", "preface_at", "kind", "flags",
+    __slots__ = ("handler", "direction", "state", "next_seq", "head", "preface_at", "kind", "flags",
                  "stream", "length", "remaining", "keep", "payload", "short", "frame_ns", "frame_seq",
                  "decoder", "block", "first_frame", "resyncs")
 
-    def __init__(self, conn: Http2Handler, direction: str) -> None:
-        self.conn = conn
+    def __init__(self, handler: Http2Handler, direction: str) -> None:
+        self.handler = handler
         self.direction = direction
         self.state = _START
         self.next_seq: int | None = None  # TCP sequence number the next syscall should start at
@@ -480,7 +477,7 @@ class _Reader:
             elif state == _START or state == _PREFACE:
                 pos = self._preface(data, pos, total)
             else:  # _LOST: only a syscall boundary can bring the framing back
-                if pos or not captured or not _frame_chain(data, total, self.conn.max_frame):
+                if pos or not captured or not _frame_chain(data, total, self.handler.max_frame):
                     return
                 self.state = _HEADER
                 self.resyncs += 1
@@ -493,7 +490,7 @@ class _Reader:
             self.preface_at = at
             if at == len(PREFACE):
                 self.state = _HEADER
-                self.conn._preface(self.direction)
+                self.handler._preface(self.direction)
             else:
                 self.state = _PREFACE
                 if pos + len(got) < total:  # the rest of the preface went uncaptured
@@ -553,7 +550,7 @@ class _Reader:
         flags = self.flags
         stream = self.stream
         payload = self.payload
-        conn = self.conn
+        conn = self.handler
         if self.block is not None and kind != CONTINUATION:
             self.block.cut = True  # a header block cut short by another frame
             self._finish_block(ts)
@@ -648,7 +645,7 @@ class _Reader:
         else:
             fields, certain = self.decoder.decode(bytes(block.data))
         if block.kind == HEADERS:
-            self.conn._headers(self.direction, block.stream, fields, certain, block.end_stream,
+            self.handler._headers(self.direction, block.stream, fields, certain, block.end_stream,
                                block.start_ns, block.seq, ts)
 
 
@@ -691,82 +688,37 @@ class _Stream:
         self.refused = False
 
 
-def _opposite(direction: str) -> str:
-    return EGRESS if direction == INGRESS else INGRESS
-
-
-class Http2Handler:
+class Http2Handler(Handler):
     """One HTTP/2 connection (gRPC included): frames in, one span per finished stream out.
 
-    ``role`` is the traced process's side: "server" (ingress carries
-    requests), "client" or "unknown" (decided by the client preface, or by
-    the first header block that shows ``:method`` or ``:status``).
+    Streams are paired by id.  ``role`` is decided by the client preface, or
+    by the first header block that shows ``:method`` or ``:status``.
     """
 
     name = "http2"
+    ROLE_FROM_FIRST_BYTES = False
+    PAIRING = BY_ID
+    MAX_PENDING = MAX_OPEN_STREAMS
+
+    __slots__ = ("max_frame", "_max_stream")
 
     @staticmethod
     def detect(data: bytes, direction: str, hints: ConnectionHints) -> bool:
         return hints.l4 == "tcp" and looks_like_http2(data)
 
-    def __init__(self, role: str = "unknown") -> None:
-        self._request_direction: str | None = {"server": INGRESS, "client": EGRESS}.get(role)
+    def __init__(self, role: str = "unknown", context: Context | None = None) -> None:
+        super().__init__(role, context)
         self._readers = {INGRESS: _Reader(self, INGRESS), EGRESS: _Reader(self, EGRESS)}
-        self._streams: dict[int, _Stream] = {}  # open streams, oldest first
         self._max_stream = 0
-        self._out: list[SpanFacts] = []
-        self._closed = False
         self.max_frame = DEFAULT_MAX_FRAME        # largest SETTINGS_MAX_FRAME_SIZE announced
-        self.internal_errors = 0                  # exceptions caught in feed/close: always a bug
-
-    @property
-    def role(self) -> str:
-        direction = self._request_direction
-        return "unknown" if direction is None else ("server" if direction == INGRESS else "client")
 
     @property
     def open_streams(self) -> int:
-        return len(self._streams)
-
-    @property
-    def resyncs(self) -> int:
-        return self._readers[INGRESS].resyncs + self._readers[EGRESS].resyncs
+        return len(self._open)
 
     def headers_complete(self, direction: str) -> bool:
         """Is every HPACK table entry of ``direction`` known (nothing lost so far)?"""
         return self._readers[direction].decoder.complete
-
-    def feed(self, direction: str, data: bytes, total_len: int, ts_ns: int,
-             tcp_seq: int | None) -> list[SpanFacts]:
-        if self._closed or direction not in self._readers:
-            return []
-        total = total_len if total_len > len(data) else len(data)
-        reader = self._readers[direction]
-        try:
-            reader.feed(data, total, ts_ns, tcp_seq)
-        except Exception:  # noqa: BLE001 - a parser bug must not take the agent down
-            self.internal_errors += 1
-            reader.block = None
-            reader._lose()
-        out = self._out
-        if not out:
-            return []
-        self._out = []
-        return out
-
-    def close(self, ts_ns: int | None) -> list[SpanFacts]:
-        if self._closed:
-            return []
-        self._closed = True
-        try:
-            for stream in list(self._streams.values()):
-                self._finish(stream, ts_ns)
-        except Exception:  # noqa: BLE001 - see feed
-            self.internal_errors += 1
-        self._streams.clear()
-        out = self._out
-        self._out = []
-        return out
 
     # --- called by the readers -------------------------------------------------
 
@@ -775,14 +727,14 @@ class Http2Handler:
 
     def _decide(self, request_direction: str) -> None:
         """The request direction is known now: streams that waited for it may be finished."""
-        if self._request_direction == request_direction:
+        if self.request_direction == request_direction:
             return
-        self._request_direction = request_direction
-        for stream in list(self._streams.values()):
+        super()._decide(request_direction)
+        for stream in list(self._open.values()):
             self._check(stream)
 
     def _stream(self, stream_id: int) -> _Stream | None:
-        stream = self._streams.get(stream_id)
+        stream = self._open.get(stream_id)
         if stream is not None:
             return stream
         # Client streams only (odd ids), each new one above every id seen so far:
@@ -790,9 +742,8 @@ class Http2Handler:
         if not stream_id & 1 or stream_id <= self._max_stream:
             return None
         self._max_stream = stream_id
-        stream = self._streams[stream_id] = _Stream(stream_id)
-        if len(self._streams) > MAX_OPEN_STREAMS:
-            self._finish(next(iter(self._streams.values())), None)
+        stream = _Stream(stream_id)
+        self._open_request(stream_id, stream)
         return stream
 
     def _half(self, stream: _Stream, direction: str, start_ns: int, seq: int | None) -> _Half:
@@ -827,11 +778,11 @@ class Http2Handler:
                 code = int(status)
                 if code >= 200 or half.status is None:
                     half.status = code
-            if self._request_direction is None:
+            if self.request_direction is None:
                 if b":method" in kept:
                     self._decide(direction)
                 elif status is not None:
-                    self._decide(_opposite(direction))
+                    self._decide(opposite(direction))
         if end_stream:
             half.ended = True
         self._check(stream)
@@ -851,7 +802,7 @@ class Http2Handler:
             self._check(stream)
 
     def _reset(self, direction: str, stream_id: int, code: int, ts: int) -> None:
-        stream = self._streams.get(stream_id)
+        stream = self._open.get(stream_id)
         if stream is None:
             return
         stream.reset_code = code
@@ -861,24 +812,24 @@ class Http2Handler:
 
     def _goaway(self, direction: str, last_stream: int, code: int, ts: int) -> None:
         # Streams above the server's last processed id were never handled: refused.
-        if self._request_direction is None or direction == self._request_direction:
+        if self.request_direction is None or direction == self.request_direction:
             return
-        for stream in [s for s in self._streams.values() if s.id > last_stream]:
+        for stream in [s for s in self._open.values() if s.id > last_stream]:
             stream.refused = True
             self._finish(stream, ts)
 
     # --- finishing streams ---------------------------------------------------------
 
     def _check(self, stream: _Stream) -> None:
-        if stream.id not in self._streams:
+        if stream.id not in self._open:
             return  # finished already
-        request_direction = self._request_direction
+        request_direction = self.request_direction
         if request_direction is None:
             # Deciding re-checks every stream, this one included.
-            if self._guess(stream) is None or stream.id not in self._streams:
+            if self._guess(stream) is None or stream.id not in self._open:
                 return
-            request_direction = self._request_direction
-        response = stream.halves.get(_opposite(request_direction))
+            request_direction = self.request_direction
+        response = stream.halves.get(opposite(request_direction))
         if response is not None and response.ended:
             self._finish(stream, response.end_ns)
 
@@ -892,11 +843,14 @@ class Http2Handler:
         return request
 
     def _finish(self, stream: _Stream, ts: int | None) -> None:
-        self._streams.pop(stream.id, None)
-        request_direction = self._request_direction or self._guess_any(stream)
+        self._open.pop(stream.id, None)
+        request_direction = self.request_direction or self._guess_any(stream)
         if request_direction is None:
             return  # cannot tell request from response: nothing worth reporting
-        self._out.append(describe(stream, request_direction, ts))
+        self._emit(describe(stream, request_direction, ts))
+
+    def _unanswered(self, stream: _Stream, ts_ns: int | None) -> None:
+        self._finish(stream, ts_ns)
 
     def _guess_any(self, stream: _Stream) -> str | None:
         halves = stream.halves
@@ -913,7 +867,7 @@ def _text(value: bytes | None) -> str | None:
 def describe(stream: _Stream, request_direction: str, ts: int | None) -> SpanFacts:
     """A finished (or abandoned) stream as span facts."""
     request = stream.halves.get(request_direction)
-    response = stream.halves.get(_opposite(request_direction))
+    response = stream.halves.get(opposite(request_direction))
     server_side = request_direction == INGRESS
     req_fields = request.fields if request is not None else {}
     resp_fields = response.fields if response is not None else {}

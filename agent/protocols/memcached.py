@@ -37,13 +37,11 @@ from __future__ import annotations
 
 import re
 import struct
-from collections import deque
-from collections.abc import Callable
 from typing import Any, Final
 
-from ._base import EGRESS, INGRESS, ConnectionHandler, ConnectionHints, SpanFacts
+from ._base import ConnectionHints, Context, Handler, Request, SpanFacts
 
-__all__ = ["MemcachedConnection", "MemcachedHandler", "looks_like_binary",
+__all__ = ["MemcachedHandler", "looks_like_binary",
            "looks_like_text_command", "looks_like_text_reply", "query_text"]
 
 MAX_LINE: Final = 64 * 1024      # a command line (multi-gets can be long) or a reply line
@@ -219,20 +217,17 @@ def _op_name(cmd: bytes) -> str:
 _OPS: dict[bytes, str] = {}
 
 
-class _Request:
-    """A command waiting for its reply; a *gap* stands for commands that went uncaptured."""
+class _Request(Request):
+    """A command waiting for its reply."""
 
-    __slots__ = ("op", "text", "start_ns", "end_ns", "seq", "flags", "gap", "no_reply", "quiet",
-                 "cmd", "multi", "opaque", "keys", "opcode", "replies", "echo_key")
+    __slots__ = ("op", "text", "flags", "no_reply", "quiet", "cmd", "multi", "opaque", "keys",
+                 "opcode", "replies", "echo_key")
 
     def __init__(self, op: str, text: str, start_ns: int, seq: int | None) -> None:
+        super().__init__(start_ns, start_ns, seq)
         self.op = op
         self.text = text
-        self.start_ns = start_ns
-        self.end_ns = start_ns
-        self.seq = seq
         self.flags: list[str] = []
-        self.gap = False
         self.no_reply = False     # noreply, quit: no reply at all
         self.quiet = False        # meta "q" or a binary quiet opcode: a reply only sometimes
         self.cmd = b""            # the text command word
@@ -260,20 +255,14 @@ class _Reply:
         self.status = -1          # binary status
 
 
-def _gap(ts: int) -> _Request:
-    gap = _Request("", "", ts, None)
-    gap.gap = True
-    return gap
-
-
 class _TextStream:
     """One direction of the text protocol: lines, and data blocks counted by length."""
 
-    __slots__ = ("conn", "is_request", "buf", "data_left", "line_start", "line_seq", "lost",
+    __slots__ = ("handler", "is_request", "buf", "data_left", "line_start", "line_seq", "lost",
                  "resyncs", "truncated")
 
-    def __init__(self, conn: MemcachedConnection, is_request: bool) -> None:
-        self.conn = conn
+    def __init__(self, handler: MemcachedHandler, is_request: bool) -> None:
+        self.handler = handler
         self.is_request = is_request
         self.buf = bytearray()
         self.data_left = 0           # data block bytes + CRLF still to come
@@ -286,7 +275,7 @@ class _TextStream:
     def feed(self, data: bytes, total: int, ts: int, seq: int | None) -> None:
         end = len(data)
         if self.lost:
-            if not end or not self.conn._may_resync(self.is_request, data, ts):
+            if not end or not self.handler._may_resync(self.is_request, data, ts):
                 return
             self.lost = False
         pos = 0
@@ -300,7 +289,7 @@ class _TextStream:
                     if take >= 2 and data[pos - 2:pos] != b"\r\n":
                         self._lose(ts)
                         return
-                    self.conn._data_done(self.is_request, ts, self.truncated)
+                    self.handler._data_done(self.is_request, ts, self.truncated)
                 continue
             nl = data.find(b"\n", pos, end)
             if not self.buf:
@@ -325,7 +314,7 @@ class _TextStream:
             if line[-1:] == b"\r":
                 line = line[:-1]
             self.truncated = False
-            length = self.conn._line(self.is_request, line, self.line_start, self.line_seq, ts)
+            length = self.handler._line(self.is_request, line, self.line_start, self.line_seq, ts)
             if length is None:
                 self._lose(ts)
                 return
@@ -342,15 +331,14 @@ class _TextStream:
             self.data_left = left - take
             count -= take
             if take == left:
-                self.conn._data_done(self.is_request, ts, True)
+                self.handler._data_done(self.is_request, ts, True)
         if count:
             self._lose(ts)
 
     def _lose(self, ts: int) -> None:
-        partial = bool(self.buf) or self.data_left > 0
         self.reset_lost()
         self.resyncs += 1
-        self.conn._stream_lost(self.is_request, partial, ts)
+        self.handler._lost(self.is_request, ts)
 
     def reset_lost(self) -> None:
         self.buf.clear()
@@ -361,11 +349,11 @@ class _TextStream:
 class _BinaryStream:
     """One direction of the binary protocol: 24-byte headers, bodies counted by length."""
 
-    __slots__ = ("conn", "is_request", "magic", "buf", "body_left", "keep", "keep_left", "head",
+    __slots__ = ("handler", "is_request", "magic", "buf", "body_left", "keep", "keep_left", "head",
                  "start_ns", "seq", "lost", "resyncs", "truncated")
 
-    def __init__(self, conn: MemcachedConnection, is_request: bool) -> None:
-        self.conn = conn
+    def __init__(self, handler: MemcachedHandler, is_request: bool) -> None:
+        self.handler = handler
         self.is_request = is_request
         self.magic = 0x80 if is_request else 0x81
         self.buf = bytearray()          # a header cut by a syscall boundary
@@ -382,7 +370,7 @@ class _BinaryStream:
     def feed(self, data: bytes, total: int, ts: int, seq: int | None) -> None:
         end = len(data)
         if self.lost:
-            if not end or not self.conn._may_resync(self.is_request, data, ts):
+            if not end or not self.handler._may_resync(self.is_request, data, ts):
                 return
             self.lost = False
         pos = 0
@@ -433,14 +421,13 @@ class _BinaryStream:
     def _done(self, ts: int) -> None:
         head = self.head
         self.head = None
-        self.conn._packet(self.is_request, head, bytes(self.keep), self.start_ns, self.seq, ts,
+        self.handler._packet(self.is_request, head, bytes(self.keep), self.start_ns, self.seq, ts,
                           self.truncated)
 
     def _lose(self, ts: int) -> None:
-        partial = self.head is not None or bool(self.buf)
         self.reset_lost()
         self.resyncs += 1
-        self.conn._stream_lost(self.is_request, partial, ts)
+        self.handler._lost(self.is_request, ts)
 
     def reset_lost(self) -> None:
         self.buf.clear()
@@ -450,112 +437,74 @@ class _BinaryStream:
         self.lost = True
 
 
-class MemcachedConnection:
-    """Commands and replies of one connection, paired into spans.
+class MemcachedHandler(Handler):
+    """Commands and replies of one connection, paired into spans (FIFO, see the module doc).
 
-    ``role`` as for :class:`~agent.protocols.redis.RedisConnection`; the
-    protocol (text or binary) is decided by the first bytes.
+    The protocol (text or binary) is decided by the first bytes.
     """
 
-    def __init__(self, role: str = "unknown") -> None:
-        self.role = role if role in ("server", "client") else "unknown"
-        self._request_direction: str | None = {"server": INGRESS, "client": EGRESS}.get(role)
+    name = "memcached"
+    MAX_PENDING = MAX_PENDING
+
+    __slots__ = ("binary", "_storing", "_reply", "_reply_owner", "_reply_multi")
+
+    @staticmethod
+    def detect(data: bytes, direction: str, hints: ConnectionHints) -> bool:
+        if hints.l4 != "tcp" or not data:
+            return False
+        first = data[0]
+        if first == 0x80 or first == 0x81:
+            return looks_like_binary(data)
+        if looks_like_text_command(data):
+            return True
+        # A reply first (joined mid-stream) is too weak a signal without the port.
+        return ((hints.local_port in MEMCACHED_PORTS or hints.remote_port in MEMCACHED_PORTS)
+                and looks_like_text_reply(data))
+
+    def __init__(self, role: str = "unknown", context: Context | None = None) -> None:
+        super().__init__(role, context)
         self.binary: bool | None = None
-        self._requests: _TextStream | _BinaryStream | None = None
-        self._replies: _TextStream | _BinaryStream | None = None
-        self._pending: deque[_Request] = deque()
-        self._out: list[SpanFacts] = []
         self._storing: _Request | None = None    # a command whose data block is being read
         self._reply: _Reply | None = None        # a reply in progress (multi-line, VA, stat)
         self._reply_owner: _Request | None = None
         self._reply_multi = False
-        self._skip_replies = 0
-        self._held: tuple[_Request, _Reply] | None = None
-        self._reply_lost_ts = 0
-        self._closed = False
-        self.internal_errors = 0
-        self.orphan_replies = 0
-        self.absorbed_replies = 0
 
-    @property
-    def resyncs(self) -> int:
-        return sum(s.resyncs for s in (self._requests, self._replies) if s is not None)
+    def looks_like_request(self, data: bytes) -> bool:
+        if self.binary is not False and data[:1] == b"\x80" and looks_like_binary(data):
+            return True
+        return not self.binary and looks_like_text_command(data)
 
-    @property
-    def buffered_bytes(self) -> int:
-        return sum(len(s.buf) for s in (self._requests, self._replies) if s is not None)
+    def looks_like_reply(self, data: bytes) -> bool:
+        if self.binary is not False and data[:1] == b"\x81" and looks_like_binary(data):
+            return True
+        return not self.binary and looks_like_text_reply(data)
+
+    def _begin(self, direction: str, data: bytes) -> _TextStream | _BinaryStream | None:
+        if not data:
+            return None
+        self.binary = data[0] in (0x80, 0x81)
+        return super()._begin(direction, data)
+
+    def _new_reader(self, carries_requests: bool) -> _TextStream | _BinaryStream:
+        return (_BinaryStream if self.binary else _TextStream)(self, carries_requests)
 
     @property
     def pending_commands(self) -> int:
         return len(self._pending)
 
-    def feed(self, direction: str, data: bytes, total_len: int | None = None, ts_ns: int = 0,
-             tcp_seq: int | None = None) -> list[SpanFacts]:
-        if self._closed:
-            return []
-        total = len(data) if total_len is None or total_len < len(data) else total_len
-        try:
-            if self._requests is None and not self._start(direction, data):
-                return []
-            stream = self._requests if direction == self._request_direction else self._replies
-            stream.feed(data, total, ts_ns, tcp_seq)
-        except Exception:  # noqa: BLE001 - a parser bug must not take the agent down
-            self.internal_errors += 1
-            self._requests.reset_lost()
-            self._replies.reset_lost()
+    def _end(self, ts_ns: int | None) -> None:
+        if self._storing is not None:
+            self._storing.flags.append("request_truncated")
+            self._push(self._storing)
             self._storing = None
+        if self._reply is not None and self._held is None:
+            reply = self._reply
+            reply.truncated = True
+            if ts_ns is not None:
+                reply.end_ns = ts_ns
             self._reply = None
-        out = self._out
-        if not out:
-            return []
-        self._out = []
-        return out
-
-    def close(self, ts_ns: int | None = None) -> list[SpanFacts]:
-        if self._closed:
-            return []
-        self._closed = True
-        try:
-            if self._storing is not None:
-                self._storing.flags.append("request_truncated")
-                self._queue(self._storing)
-                self._storing = None
-            if self._reply is not None and self._held is None:
-                reply = self._reply
-                reply.truncated = True
-                if ts_ns is not None:
-                    reply.end_ns = ts_ns
-                self._reply = None
-                if self._reply_owner is not None:
-                    self._emit(self._reply_owner, reply)
-            self._release_held()
-            while self._pending:
-                req = self._pending.popleft()
-                if not req.gap:
-                    self._emit(req, None, None if req.quiet or req.no_reply else "response_missing")
-        except Exception:  # noqa: BLE001 - see feed
-            self.internal_errors += 1
-        out = self._out
-        self._out = []
-        return out
-
-    def _start(self, direction: str, data: bytes) -> bool:
-        """Decide the protocol and, if unknown, the role from the first bytes."""
-        if self._request_direction is None:
-            if looks_like_text_command(data) or (data[:1] == b"\x80" and looks_like_binary(data)):
-                self._request_direction = direction
-            elif looks_like_text_reply(data) or (data[:1] == b"\x81" and looks_like_binary(data)):
-                self._request_direction = EGRESS if direction == INGRESS else INGRESS
-            else:
-                return False
-            self.role = "server" if self._request_direction == INGRESS else "client"
-        if not data:
-            return False
-        self.binary = data[0] in (0x80, 0x81)
-        stream = _BinaryStream if self.binary else _TextStream
-        self._requests = stream(self, True)
-        self._replies = stream(self, False)
-        return True
+            if self._reply_owner is not None:
+                self._respond(self._reply_owner, reply)
 
     # --- text protocol ------------------------------------------------------------
 
@@ -612,7 +561,7 @@ class MemcachedConnection:
         if length >= 0:
             self._storing = req  # queued once its data block went by
         else:
-            self._queue(req)
+            self._push(req)
         return length
 
     def _reply_line(self, line: bytes, start_ns: int, seq: int | None, ts: int) -> int | None:
@@ -626,7 +575,7 @@ class MemcachedConnection:
             length = int(size)
         reply = self._reply
         if reply is None:
-            head = self._pending[0] if self._pending else None
+            head = self._next_request()
             if word not in _REPLY_WORDS and not word.isdigit() and not (head is not None and head.multi):
                 return None  # not a reply: we are out of step
             reply = self._reply = _Reply(start_ns, seq)
@@ -652,7 +601,7 @@ class MemcachedConnection:
                 req.end_ns = ts
                 if truncated:
                     req.flags.append("request_truncated")
-                self._queue(req)
+                self._push(req)
             return
         reply = self._reply
         if reply is not None:
@@ -671,7 +620,7 @@ class MemcachedConnection:
         self._reply = None
         self._reply_owner = None
         if owner is not None:
-            self._emit(owner, reply)
+            self._respond(owner, reply)
             self._drain_no_reply()
 
     def _owner_text(self, word: bytes, rest: bytes) -> _Request | None:
@@ -711,7 +660,7 @@ class MemcachedConnection:
             req.multi = opcode == _BINARY_STAT
             if truncated:
                 req.flags.append("request_truncated")
-            self._queue(req)
+            self._push(req)
             return
         reply = self._reply
         if reply is None:
@@ -731,7 +680,7 @@ class MemcachedConnection:
         self._reply = None
         self._reply_owner = None
         if owner is not None:
-            self._emit(owner, reply)
+            self._respond(owner, reply)
             self._drain_no_reply()
 
     def _owner_binary(self, opcode: int, opaque: int, start_ns: int) -> _Request | None:
@@ -742,66 +691,18 @@ class MemcachedConnection:
             return head.opcode == opcode and head.opaque == opaque
         return self._take(start_ns, answers, answers)
 
-    # --- pairing ---------------------------------------------------------------------
+    # --- losing track (called by the streams) ----------------------------------------
 
-    def _queue(self, req: _Request) -> None:
-        self._release_held()
-        pending = self._pending
-        pending.append(req)
-        if len(pending) > MAX_PENDING:
-            oldest = pending.popleft()
-            if not oldest.gap:
-                self._emit(oldest, None, "response_missing")
-                if not oldest.no_reply and not oldest.quiet:
-                    self._skip_replies += 1
-        self._drain_no_reply()
-
-    def _drain_no_reply(self) -> None:
-        pending = self._pending
-        while pending and pending[0].no_reply:
-            self._emit(pending.popleft(), None)
-
-    def _take(self, reply_start: int, may_answer: Callable[[_Request], bool],
-              names: Callable[[_Request], bool] | None = None) -> _Request | None:
-        """The command the reply starting at ``reply_start`` answers (FIFO).
-
-        ``may_answer`` tells whether a quiet command could get this reply;
-        ``names``, when the reply identifies its command, whether it is this one.
-        """
-        if self._skip_replies:
-            self._skip_replies -= 1
-            return None
-        pending = self._pending
-        while pending:
-            head = pending[0]
-            if head.gap:
-                if len(pending) > 1 and (names(pending[1]) if names is not None
-                                         else reply_start >= pending[1].start_ns):
-                    pending.popleft()
-                    continue
-                self.absorbed_replies += 1
-                return None
-            if head.no_reply or (head.quiet and not may_answer(head)):
-                self._emit(pending.popleft(), None)  # succeeded without a word
-                continue
-            return pending.popleft()
-        self.orphan_replies += 1
-        return None
-
-    # --- losing track -------------------------------------------------------------------
-
-    def _stream_lost(self, is_request: bool, partial: bool, ts: int) -> None:
-        if is_request:
-            if self._storing is not None:
-                # Its line was seen; its data block was not followed to the end.
-                self._storing.flags.append("request_truncated")
-                self._storing.end_ns = ts
-                self._queue(self._storing)
-                self._storing = None
-            self._queue(_gap(ts))
+    def _lost(self, carries_requests: bool, ts: int) -> None:
+        if carries_requests and self._storing is not None:
+            # Its line was seen; its data block was not followed to the end.
+            self._storing.flags.append("request_truncated")
+            self._storing.end_ns = ts
+            self._push(self._storing)
+            self._storing = None
+        super()._lost(carries_requests, ts)
+        if carries_requests:
             return
-        self._reply_lost_ts = ts
-        self._skip_replies = 0
         reply = self._reply
         owner = self._reply_owner
         self._reply = None
@@ -809,42 +710,14 @@ class MemcachedConnection:
         if reply is not None and owner is not None:
             reply.truncated = True
             reply.end_ns = ts
-            self._release_held()
-            self._held = (owner, reply)
-
-    def _may_resync(self, is_request: bool, data: bytes, ts: int) -> bool:
-        if is_request:
-            if self.binary:
-                return data[0] == 0x80 and looks_like_binary(data)
-            return looks_like_text_command(data)
-        pending = self._pending
-        lost_ts = self._reply_lost_ts
-        while pending and pending[0].start_ns < lost_ts:
-            req = pending.popleft()
-            if not req.gap:
-                self._emit(req, None, None if req.quiet or req.no_reply else "response_missing")
-        if pending:
-            if self.binary:
-                if data[0] == 0x81 and looks_like_binary(data):
-                    self._release_held()
-                    return True
-            elif looks_like_text_reply(data):
-                self._release_held()
-                return True
-        self._reply_lost_ts = ts
-        if self._held is not None:
-            self._held[1].end_ns = ts
-        return False
-
-    def _release_held(self) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            self._emit(held[0], held[1])
+            self._hold(owner, reply)
 
     # --- spans -------------------------------------------------------------------------
 
-    def _emit(self, req: _Request, reply: _Reply | None, flag: str | None = None) -> None:
+    def _unanswered(self, req: _Request, ts_ns: int | None) -> None:
+        self._respond(req, None, None if req.quiet or req.no_reply else "response_missing")
+
+    def _respond(self, req: _Request, reply: _Reply | None, flag: str | None = None) -> None:
         attrs: dict[str, Any] = {
             "db.system.name": "memcached",
             "db.system": "memcached",
@@ -890,28 +763,8 @@ class MemcachedConnection:
             flags.append("no_reply")
         if flags:
             attrs["sidetrace.memcached.flags"] = ",".join(flags)
-        self._out.append(SpanFacts(
+        self._emit(SpanFacts(
             name=req.op, start_ns=req.start_ns, end_ns=max(end, req.start_ns),
             server_side=self.role == "server", attributes=attrs, status=status,
             status_message=message, request_seq=req.seq, response_seq=response_seq,
         ))
-
-
-class MemcachedHandler(ConnectionHandler):
-    """The protocol handler the pipeline uses."""
-
-    connection_class = MemcachedConnection
-    name = "memcached"
-
-    @staticmethod
-    def detect(data: bytes, direction: str, hints: ConnectionHints) -> bool:
-        if hints.l4 != "tcp" or not data:
-            return False
-        first = data[0]
-        if first == 0x80 or first == 0x81:
-            return looks_like_binary(data)
-        if looks_like_text_command(data):
-            return True
-        # A reply first (joined mid-stream) is too weak a signal without the port.
-        return ((hints.local_port in MEMCACHED_PORTS or hints.remote_port in MEMCACHED_PORTS)
-                and looks_like_text_reply(data))

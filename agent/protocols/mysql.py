@@ -40,7 +40,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from ._base import EGRESS, INGRESS, ConnectionHints, SpanFacts
+from ._base import ONE_AT_A_TIME, ConnectionHints, Context, Handler, SpanFacts
 from ._sqlredact import MYSQL, describe_query, starts_like_sql
 
 __all__ = ["MysqlHandler", "looks_like_command", "looks_like_greeting", "looks_like_handshake_response"]
@@ -185,7 +185,7 @@ class _Stream:
         end = len(data)
         self.last_ns = ts
         if self.lost:
-            if not self.request or not looks_like_command(data, strict=False):
+            if not self.handler._may_resync(self.request, data, ts):
                 return
             self.reset()
         handler = self.handler
@@ -200,15 +200,9 @@ class _Stream:
                 length = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
                 stop = pos + 4 + length
                 if stop <= end:
-                    command = handler._command
-                    if (not request and command is not None and command.state == _ROWS and length
-                            and data[pos + 4] < 0xFE and data[pos + 3] == handler._next_seq
-                            and length < MAX_PACKET):
-                        # The hottest path: one more row of a result set (see _answer).
-                        command.rows += 1
-                        command.end_ns = ts
-                        handler._next_seq = (data[pos + 3] + 1) & 0xFF
-                        pos = stop
+                    if (not request and length < MAX_PACKET
+                            and handler._row(data[pos + 3], data[pos + 4] if length else -1, ts)):
+                        pos = stop  # the hottest path: one more row of a result set
                         continue
                     self.continued = length == MAX_PACKET
                     kept = pos + 4 + keep
@@ -312,7 +306,7 @@ class _Stream:
         self.remaining = 0
         self.body = bytearray()
         self.continued = False
-        self.handler._stream_lost(self.request)
+        self.handler._lost(self.request, self.last_ns)
 
     def reset(self) -> None:
         self.lost = False
@@ -372,15 +366,19 @@ def _error(buf: bytes, start: int, stop: int) -> tuple[int, str, str]:
     return code, state, bytes(buf[at:stop]).decode("utf-8", "replace")
 
 
-class MysqlHandler:
-    """One MySQL or MariaDB connection, both directions (see the module doc)."""
+class MysqlHandler(Handler):
+    """One MySQL or MariaDB connection, both directions (see the module doc).
+
+    The protocol has no pipelining: a client sends one command and reads its
+    whole answer, so the command being answered is all the pairing there is.
+    """
 
     name = "mysql"
+    PAIRING = ONE_AT_A_TIME
 
-    __slots__ = ("role", "internal_errors", "system", "database", "user", "_request_direction",
-                 "_requests", "_responses", "_phase", "_caps", "_server_caps", "_mariadb_caps",
-                 "_deprecate_eof", "_command", "_next_seq", "_statements", "_last_statement",
-                 "_pending_database", "_swallow_eof", "_out", "_closed")
+    __slots__ = ("system", "database", "user", "_requests", "_responses", "_phase", "_caps",
+                 "_server_caps", "_mariadb_caps", "_deprecate_eof", "_command", "_next_seq",
+                 "_statements", "_last_statement", "_pending_database", "_swallow_eof")
 
     @staticmethod
     def detect(data: bytes, direction: str, hints: ConnectionHints) -> bool:
@@ -389,13 +387,17 @@ class MysqlHandler:
         return (looks_like_greeting(data) or looks_like_handshake_response(data)
                 or looks_like_command(data))
 
-    def __init__(self, role: str = "unknown") -> None:
-        self.role = role if role in ("server", "client") else "unknown"
-        self.internal_errors = 0   # exceptions caught inside feed/close: parser bugs
+    @staticmethod
+    def looks_like_request(data: bytes) -> bool:
+        return looks_like_handshake_response(data) or looks_like_command(data)
+
+    looks_like_reply = staticmethod(looks_like_greeting)
+
+    def __init__(self, role: str = "unknown", context: Context | None = None) -> None:
+        super().__init__(role, context)
         self.system = "mysql"
         self.database: str | None = None
         self.user: str | None = None
-        self._request_direction = {"server": INGRESS, "client": EGRESS}.get(self.role)
         self._requests = _Stream(self, True)
         self._responses = _Stream(self, False)
         self._phase: int | None = None   # decided by the first whole packet
@@ -403,65 +405,26 @@ class MysqlHandler:
         self._server_caps = 0
         self._mariadb_caps = 0
         self._deprecate_eof: bool | None = None    # unknown until the handshake or an answer says
-        self._command: _Command | None = None
+        self._command: _Command | None = None      # the command being answered
         self._next_seq = 0
         self._statements: dict[int, bytes | None] = {}
         self._last_statement: int | None = None
         self._pending_database: bytes | None = None
         self._swallow_eof = False
-        self._out: list[SpanFacts] = []
-        self._closed = False
 
-    # --- the ProtocolHandler interface ----------------------------------------------------
+    def _new_reader(self, carries_requests: bool) -> _Stream:
+        return self._requests if carries_requests else self._responses
 
-    def feed(self, direction: str, data: bytes, total_len: int, ts_ns: int,
-             tcp_seq: int | None) -> list[SpanFacts]:
-        if self._closed or self._phase == _OPAQUE:
-            return []
-        total = max(total_len, len(data))
-        if self._request_direction is None and not self._decide_role(direction, data):
-            return []
-        stream = self._requests if direction == self._request_direction else self._responses
-        try:
-            stream.feed(data, total, ts_ns, tcp_seq)
-            if stream.lost and not stream.request and self._command is not None:
-                # Bytes we cannot follow are still the answer to the command.
-                self._command.end_ns = ts_ns
-        except Exception:  # noqa: BLE001 - a parser bug must not take the agent down
-            self.internal_errors += 1
-            stream.lose()
-        return self._take()
+    def _end(self, ts_ns: int | None) -> None:
+        command = self._command
+        if command is not None:
+            command.truncated = True
+            self._finish(command)
 
-    def close(self, ts_ns: int | None) -> list[SpanFacts]:
-        if self._closed:
-            return []
-        self._closed = True
-        try:
-            command = self._command
-            if command is not None:
-                command.truncated = True
-                self._finish(command)
-        except Exception:  # noqa: BLE001 - see feed
-            self.internal_errors += 1
-        return self._take()
-
-    def _take(self) -> list[SpanFacts]:
-        out = self._out
-        if not out:
-            return []
-        self._out = []
-        return out
-
-    def _decide_role(self, direction: str, data: bytes) -> bool:
-        other = EGRESS if direction == INGRESS else INGRESS
-        if looks_like_greeting(data):
-            self._request_direction = other
-        elif looks_like_handshake_response(data) or looks_like_command(data):
-            self._request_direction = direction
-        else:
-            return False
-        self.role = "server" if self._request_direction == INGRESS else "client"
-        return True
+    def _opaque(self) -> None:
+        """TLS or compression from here on: nothing more to parse."""
+        self._phase = _OPAQUE
+        self._stop()
 
     def _first_packet(self, request: bool, seq_id: int, length: int, buf: bytes, start: int,
                       stop: int) -> None:
@@ -538,10 +501,10 @@ class MysqlHandler:
         if self._server_caps:
             caps &= self._server_caps  # what both sides support is what is used
         if caps & CLIENT_SSL and length == 32:
-            self._phase = _OPAQUE  # TLS from here on
+            self._opaque()  # TLS from here on
             return
         if caps & (CLIENT_COMPRESS | CLIENT_ZSTD_COMPRESSION):
-            self._phase = _OPAQUE  # compressed framing after authentication
+            self._opaque()  # compressed framing after authentication
             return
         self._caps = caps
         self._deprecate_eof = bool(caps & CLIENT_DEPRECATE_EOF)
@@ -628,16 +591,15 @@ class MysqlHandler:
                 self._deprecate_eof = False
             self._swallow_eof = False
             return  # an answer to a command we did not see
+        first = buf[start] if stop > start else -1
+        if self._row(seq_id, first, end_ns):
+            return
         if seq_id != self._next_seq:
             self._responses.lose()  # out of step: a packet went by unseen
             return
         self._next_seq = (seq_id + 1) & 0xFF
         command.end_ns = end_ns
         state = command.state
-        first = buf[start] if stop > start else -1
-        if state == _ROWS and first < 0xFE:
-            command.rows += 1  # the commonest packet: a row
-            return
         if command.response_seq is None:
             command.response_seq = msg_seq
         if first < 0:
@@ -676,6 +638,19 @@ class MysqlHandler:
         elif state == _PREPARED:
             self._prepared_step(command, first, length)
         # _INFILE: the client is sending; _LOST: ignored until the next command.
+
+    def _row(self, seq_id: int, first: int, end_ns: int) -> bool:
+        """A row of the result set being read (the commonest packet), counted; False if not one.
+
+        ``first`` is the packet's first byte (-1: an empty packet).
+        """
+        command = self._command
+        if command is None or command.state != _ROWS or first >= 0xFE or seq_id != self._next_seq:
+            return False
+        self._next_seq = (seq_id + 1) & 0xFF
+        command.end_ns = end_ns
+        command.rows += 1
+        return True
 
     def _answer_again(self, command: _Command, seq_id: int, length: int, buf: bytes, start: int,
                       stop: int, msg_seq: int | None, end_ns: int) -> None:
@@ -768,12 +743,23 @@ class MysqlHandler:
         if not steps:
             self._finish(command)
 
-    def _stream_lost(self, request: bool) -> None:
+    # --- losing track (called by the streams) ---------------------------------------------
+
+    def _lost(self, request: bool, ts: int) -> None:
         command = self._command
         if command is not None:
             command.truncated = True
             if not request:
                 command.state = _LOST
+                command.end_ns = ts  # bytes we cannot follow are still the answer
+
+    def _may_resync(self, request: bool, data: bytes, ts: int) -> bool:
+        """A lost stream's next syscall: only the client's next command brings the place back."""
+        if request:
+            return looks_like_command(data, strict=False)
+        if self._command is not None:
+            self._command.end_ns = ts
+        return False
 
     # --- spans ---------------------------------------------------------------------------
 
@@ -811,7 +797,7 @@ class MysqlHandler:
                 attrs["sidetrace.db.sqlstate"] = state
             message = message or None
         end = command.end_ns if command.end_ns is not None else command.start_ns
-        self._out.append(SpanFacts(
+        self._emit(SpanFacts(
             name=name or self.system, start_ns=command.start_ns, end_ns=max(end, command.start_ns),
             server_side=self.role == "server", attributes=attrs, status=status,
             status_message=message, request_seq=command.start_seq,

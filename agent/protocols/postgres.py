@@ -41,10 +41,9 @@ starts with well-formed messages, or when the client sends its next request
 from __future__ import annotations
 
 import struct
-from collections import deque
 from typing import Any
 
-from ._base import EGRESS, INGRESS, ConnectionHints, SpanFacts
+from ._base import EGRESS, INGRESS, ConnectionHints, Context, Handler, Request, SpanFacts
 from ._sqlredact import POSTGRESQL, describe_query, starts_like_sql
 
 __all__ = ["PostgresHandler", "looks_like_backend", "looks_like_frontend", "looks_like_startup"]
@@ -374,22 +373,12 @@ class _Stream:
                     pos = self._header(data, pos, end, ts, seq)
                     continue
                 msg_seq = None if seq is None else (seq + pos) & _SEQ_MASK
+                keep = pos + 5 + keep_table.get(t, 0)
                 if frontend:
                     self.untyped_ok = False
-                    keep = pos + 5 + keep_table.get(t, 0)
                     handler._frontend_message(t, data, pos + 5, keep if keep < stop else stop, ts,
                                               msg_seq, ts)
-                elif t == 0x44:
-                    # The hottest path: one more row for the oldest request (see _data_row).
-                    pending = handler._pending
-                    if pending:
-                        head = pending[0]
-                        head.rows += 1
-                        head.end_ns = ts
-                        if head.group is not None and head.group.response_seq is None:
-                            head.group.response_seq = msg_seq
                 else:
-                    keep = pos + 5 + keep_table.get(t, 0)
                     handler._backend_message(t, data, pos + 5, keep if keep < stop else stop,
                                              ts, msg_seq, ts)
                 pos = stop
@@ -397,6 +386,8 @@ class _Stream:
                 pos = self._header(data, pos, end, ts, seq)
         if total > end:
             self._skip(total - end, ts)
+        if self.lost and not frontend:
+            handler._answer_lost(ts)
 
     def _header(self, data: bytes, pos: int, end: int, ts: int, seq: int | None) -> int:
         if self.answer_byte:
@@ -504,7 +495,7 @@ class _Stream:
         self.head = b""
         self.remaining = 0
         self.body = bytearray()
-        self.handler._stream_lost(self.frontend)
+        self.handler._lost(self.frontend, self.last_ns)
 
     def reset(self) -> None:
         """Assume the next syscall starts with a message (the other side moved on)."""
@@ -548,19 +539,19 @@ class _Group:
         self.response_seq: int | None = None
 
 
-class _Item:
-    """A frontend message waiting for the backend's answer."""
+class _Item(Request):
+    """A frontend message waiting for the backend's answer (``start_ns``: its group's start)."""
 
-    __slots__ = ("kind", "group", "text", "rows", "tag_rows", "error", "end_ns", "truncated")
+    __slots__ = ("kind", "group", "text", "rows", "tag_rows", "error", "truncated")
 
     def __init__(self, kind: int, group: _Group | None, text: bytes | None) -> None:
+        super().__init__(group.start_ns if group is not None else 0, None, None)
         self.kind = kind
         self.group = group
         self.text = text
         self.rows = 0
         self.tag_rows: int | None = None
         self.error: tuple[str, str] | None = None  # (SQLSTATE, message)
-        self.end_ns: int | None = None
         self.truncated = False
 
 
@@ -591,14 +582,19 @@ def _tag_rows(tag: bytes) -> int | None:
     return None
 
 
-class PostgresHandler:
-    """One PostgreSQL connection, both directions (see the module doc)."""
+class PostgresHandler(Handler):
+    """One PostgreSQL connection, both directions (see the module doc).
+
+    Frontend messages wait in the FIFO for the backend's answers; the
+    answers say which message they end (ParseComplete a Parse, ReadyForQuery
+    a Sync or a Query, ...).
+    """
 
     name = "postgresql"
+    MAX_PENDING = MAX_PENDING
 
-    __slots__ = ("role", "internal_errors", "database", "user", "_frontend_direction",
-                 "_front", "_back", "_pending", "_held", "_group", "_statements", "_portals",
-                 "_discarding", "_encrypted_flag", "_out", "_closed")
+    __slots__ = ("database", "user", "_requests", "_responses", "_awaiting_sync", "_group",
+                 "_statements", "_portals", "_discarding")
 
     @staticmethod
     def detect(data: bytes, direction: str, hints: ConnectionHints) -> bool:
@@ -612,77 +608,26 @@ class PostgresHandler:
             return _chain(data, direction == EGRESS) > 0
         return _chain(data, True) > 0 or _chain(data, False) > 0
 
-    def __init__(self, role: str = "unknown") -> None:
-        self.role = role if role in ("server", "client") else "unknown"
-        self.internal_errors = 0   # exceptions caught inside feed/close: parser bugs
+    looks_like_request = staticmethod(looks_like_frontend)
+    looks_like_reply = staticmethod(looks_like_backend)
+
+    def __init__(self, role: str = "unknown", context: Context | None = None) -> None:
+        super().__init__(role, context)
         self.database: str | None = None
         self.user: str | None = None
-        self._frontend_direction = {"server": INGRESS, "client": EGRESS}.get(self.role)
-        self._front = _Stream(self, True)
-        self._back = _Stream(self, False)
-        self._pending: deque[_Item] = deque()
-        self._held: list[_Item] = []       # finished Executes waiting for ReadyForQuery
+        self._requests = _Stream(self, True)
+        self._responses = _Stream(self, False)
+        self._awaiting_sync: list[_Item] = []   # finished Executes waiting for ReadyForQuery
         self._group: _Group | None = None
         self._statements: dict[bytes, bytes] = {}
         self._portals: dict[bytes, bytes | None] = {}
         self._discarding = False           # after an extended-protocol error, until Sync
-        self._encrypted_flag = False
-        self._out: list[SpanFacts] = []
-        self._closed = False
 
-    # --- the ProtocolHandler interface ---------------------------------------------------
+    def _new_reader(self, carries_requests: bool) -> _Stream:
+        return self._requests if carries_requests else self._responses
 
-    def feed(self, direction: str, data: bytes, total_len: int, ts_ns: int,
-             tcp_seq: int | None) -> list[SpanFacts]:
-        if self._closed or self._encrypted_flag:
-            return []
-        total = max(total_len, len(data))
-        if self._frontend_direction is None and not self._decide_role(direction, data):
-            return []
-        stream = self._front if direction == self._frontend_direction else self._back
-        try:
-            stream.feed(data, total, ts_ns, tcp_seq)
-            if stream.lost and not stream.frontend and self._pending:
-                # Bytes we cannot follow are still the answer to the oldest request.
-                self._pending[0].end_ns = ts_ns
-        except Exception:  # noqa: BLE001 - a parser bug must not take the agent down
-            self.internal_errors += 1
-            stream._lose()
-        return self._take()
-
-    def close(self, ts_ns: int | None) -> list[SpanFacts]:
-        if self._closed:
-            return []
-        self._closed = True
-        try:
-            self._release_held()
-            # Requests still waiting: their answers (if any) were cut off by the close.
-            while self._pending:
-                item = self._pending.popleft()
-                if item.kind in (_QUERY, _EXECUTE):
-                    item.truncated = True
-                    self._finish(item, None)
-        except Exception:  # noqa: BLE001 - see feed
-            self.internal_errors += 1
-        return self._take()
-
-    def _take(self) -> list[SpanFacts]:
-        out = self._out
-        if not out:
-            return []
-        self._out = []
-        return out
-
-    def _decide_role(self, direction: str, data: bytes) -> bool:
-        other = EGRESS if direction == INGRESS else INGRESS
-        if looks_like_frontend(data):
-            self._frontend_direction = direction
-        elif looks_like_backend(data):
-            self._frontend_direction = other
-        else:
-            return False
-        self.role = "server" if self._frontend_direction == INGRESS else "client"
-        return True
+    def _end(self, ts_ns: int | None) -> None:
+        self._release_synced()
 
     # --- frontend messages ----------------------------------------------------------------
 
@@ -693,7 +638,7 @@ class PostgresHandler:
             return
         if t in b"dcfpHX":
             return  # COPY data, password, Flush, Terminate: nothing to answer or record
-        if self._back.lost and self._pending and (t == 0x51 or self._group is None):
+        if self._responses.lost and self._pending and (t == 0x51 or self._group is None):
             # A new request while the answer to the last one went uncaptured: it ended.
             self._flush_lost()
         if self._discarding:
@@ -772,8 +717,8 @@ class PostgresHandler:
             return
         code = _U32.unpack_from(buf, start)[0]
         if code == SSL_REQUEST or code == GSSENC_REQUEST:
-            self._back.answer_byte = True
-            self._front.untyped_ok = True
+            self._responses.answer_byte = True
+            self._requests.untyped_ok = True
             return
         if code >> 16 != 3:
             return
@@ -785,29 +730,31 @@ class PostgresHandler:
             self.user = user.decode("utf-8", "replace")
         if database:
             self.database = database.decode("utf-8", "replace")
-        self._front.untyped_ok = False
+        self._requests.untyped_ok = False
 
-    def _push(self, item: _Item) -> None:
-        self._pending.append(item)
-        if len(self._pending) > MAX_PENDING:
-            # Nobody answers (we joined mid-stream, or lost the backend): forget the oldest.
-            old = self._pending.popleft()
-            if old.kind in (_QUERY, _EXECUTE):
-                old.truncated = True
-                self._finish(old, old.end_ns or old.group.start_ns)
+    def _unanswered(self, item: _Item, ts_ns: int | None) -> None:
+        # Nobody answers: the connection closed, or (a full FIFO) we joined mid-stream
+        # or lost the backend.  Its answer, if any, was cut off.
+        if item.kind in (_QUERY, _EXECUTE):
+            item.truncated = True
+            self._finish(item, None)
 
     # --- backend messages ------------------------------------------------------------------
 
     def _backend_message(self, t: int, buf: bytes, start: int, stop: int, msg_ns: int,
                          msg_seq: int | None, end_ns: int) -> None:
         pending = self._pending
-        head = pending[0] if pending else None
-        if head is not None and t != 0x41:  # a NotificationResponse can come at any time
-            group = head.group
-            if group is not None and group.response_seq is None:
-                group.response_seq = msg_seq
-            head.end_ns = end_ns
-        if t == 0x44:  # DataRow: the common case first
+        if not pending:
+            head = None
+        else:
+            head = pending[0]
+            if t != 0x41:  # a NotificationResponse can come at any time
+                # Part of the answer to the oldest request: its end, its first response byte.
+                head.end_ns = end_ns
+                group = head.group
+                if group is not None and group.response_seq is None:
+                    group.response_seq = msg_seq
+        if t == 0x44:  # DataRow: the commonest message
             if head is not None:
                 head.rows += 1
         elif t == 0x31:
@@ -830,7 +777,7 @@ class PostgresHandler:
                     head.tag_rows = rows if head.tag_rows is None else head.tag_rows + rows
             if head.kind == _EXECUTE:
                 pending.popleft()
-                self._hold(head, end_ns)
+                self._await_sync(head, end_ns)
         elif t == 0x45:  # ErrorResponse
             self._error(_error_fields(buf, start, stop), end_ns)
         elif t == 0x5A:  # ReadyForQuery
@@ -850,28 +797,29 @@ class PostgresHandler:
                 return
             if item.kind in (_QUERY, _EXECUTE):
                 item.truncated = True
-                self._hold(item, item.end_ns or item.group.start_ns)
+                self._await_sync(item, item.end_ns or item.group.start_ns)
 
-    def _hold(self, item: _Item, end_ns: int) -> None:
+    def _await_sync(self, item: _Item, end_ns: int) -> None:
+        """A finished Execute: its span waits for its batch's ReadyForQuery (an error at Sync marks it)."""
         item.end_ns = end_ns
-        self._held.append(item)
-        if len(self._held) > MAX_HELD:
-            self._finish(self._held.pop(0), None)
+        self._awaiting_sync.append(item)
+        if len(self._awaiting_sync) > MAX_HELD:
+            self._finish(self._awaiting_sync.pop(0), None)
 
     def _error(self, error: tuple[str, str], end_ns: int) -> None:
         pending = self._pending
         if not pending:
             # A startup failure, or the error belongs to a Sync batch whose Executes
             # are done (raised at the implicit commit): mark the last of them.
-            if self._held:
-                self._held[-1].error = error
-                self._held[-1].end_ns = end_ns
+            if self._awaiting_sync:
+                self._awaiting_sync[-1].error = error
+                self._awaiting_sync[-1].end_ns = end_ns
             return
         head = pending[0]
         if head.kind in _ENDS_AT_Z:
-            if head.kind == _SYNC and self._held:
-                self._held[-1].error = error
-                self._held[-1].end_ns = end_ns
+            if head.kind == _SYNC and self._awaiting_sync:
+                self._awaiting_sync[-1].error = error
+                self._awaiting_sync[-1].end_ns = end_ns
             else:
                 head.error = error
             return
@@ -886,7 +834,7 @@ class PostgresHandler:
             # Nothing ran: the span is the failed preparation, named after its statement.
             failed = _Item(_EXECUTE, first.group, first.text)
         failed.error = error
-        self._hold(failed, end_ns)
+        self._await_sync(failed, end_ns)
         if not pending:
             self._discarding = True
 
@@ -898,29 +846,29 @@ class PostgresHandler:
                 item = pending.popleft()
                 if item.kind in _ENDS_AT_Z:
                     if item.kind == _QUERY:
-                        self._release_held()
+                        self._release_synced()
                         self._finish(item, end_ns)
                     break
                 if item.kind == _EXECUTE:
                     item.truncated = True
-                    self._hold(item, item.end_ns or end_ns)
+                    self._await_sync(item, item.end_ns or end_ns)
         else:
             # Startup's ReadyForQuery, or we are out of step: what is queued is stale.
             while pending:
                 item = pending.popleft()
                 if item.kind in (_QUERY, _EXECUTE):
                     item.truncated = True
-                    self._hold(item, item.end_ns or end_ns)
-        self._release_held()
+                    self._await_sync(item, item.end_ns or end_ns)
+        self._release_synced()
 
-    def _release_held(self) -> None:
-        held = self._held
-        if held:
-            self._held = []
-            for item in held:
+    def _release_synced(self) -> None:
+        done = self._awaiting_sync
+        if done:
+            self._awaiting_sync = []
+            for item in done:
                 self._finish(item, None)
 
-    def _stream_lost(self, frontend: bool) -> None:
+    def _lost(self, frontend: bool, ts: int) -> None:
         for item in self._pending:
             item.truncated = True
         if frontend:
@@ -934,21 +882,26 @@ class PostgresHandler:
                 self._push(_Item(_SYNC, None, None))
             self._group = None
 
+    def _answer_lost(self, ts: int) -> None:
+        """Backend bytes we cannot follow are still the answer to the oldest request."""
+        if self._pending:
+            self._pending[0].end_ns = ts
+
     def _flush_lost(self) -> None:
         """The client moved on while the backend stream was lost: its answers are over."""
-        end = self._back.last_ns
+        end = self._responses.last_ns
         while self._pending:
             item = self._pending.popleft()
             if item.kind in (_QUERY, _EXECUTE):
                 item.truncated = True
-                self._hold(item, item.end_ns or end)
-        self._release_held()
-        self._back.reset()
+                self._await_sync(item, item.end_ns or end)
+        self._release_synced()
+        self._responses.reset()
         self._discarding = False
 
     def _encrypted(self) -> None:
-        self._encrypted_flag = True
         self._pending.clear()
+        self._stop()
 
     # --- spans ---------------------------------------------------------------------------
 
@@ -983,7 +936,7 @@ class PostgresHandler:
             else:
                 attrs["error.type"] = "_OTHER"
             message = message or None
-        self._out.append(SpanFacts(
+        self._emit(SpanFacts(
             name=name or "postgresql", start_ns=group.start_ns, end_ns=max(end_ns, group.start_ns),
             server_side=self.role == "server", attributes=attrs, status=status,
             status_message=message, request_seq=group.start_seq, response_seq=group.response_seq,

@@ -37,12 +37,11 @@ non-printable bytes are quoted with escapes; long keys are cut.
 from __future__ import annotations
 
 import re
-from collections import deque
 from typing import Any, Final
 
-from ._base import EGRESS, INGRESS, ConnectionHandler, ConnectionHints, SpanFacts
+from ._base import ConnectionHints, Context, Handler, Request, SpanFacts, opposite
 
-__all__ = ["RedisConnection", "RedisHandler", "looks_like_command", "looks_like_reply",
+__all__ = ["RedisHandler", "looks_like_command", "looks_like_reply",
            "query_text"]
 
 MAX_LINE: Final = 64 * 1024      # a header or inline command line; redis caps inline requests at 64 KiB
@@ -231,20 +230,17 @@ class _Value:
         self.truncated = False               # some of its bytes were not captured
 
 
-class _Command:
-    """A command waiting for its reply; a *gap* stands for commands that went uncaptured."""
+class _Command(Request):
+    """A command waiting for its reply."""
 
-    __slots__ = ("name", "text", "start_ns", "end_ns", "seq", "flags", "gap", "no_reply",
-                 "select", "confirms", "expect", "every_channel", "reply_start", "reply_seq")
+    __slots__ = ("name", "text", "flags", "no_reply", "select", "confirms", "expect", "every_channel",
+                 "reply_start", "reply_seq")
 
     def __init__(self, name: str, text: str, start_ns: int, end_ns: int, seq: int | None) -> None:
+        super().__init__(start_ns, end_ns, seq)
         self.name = name
         self.text = text
-        self.start_ns = start_ns
-        self.end_ns = end_ns
-        self.seq = seq
         self.flags: list[str] = []
-        self.gap = False
         self.no_reply = False
         self.select: str | None = None       # SELECT's database index
         self.confirms: bytes | None = None   # (un)subscribe: the confirmation kind it waits for
@@ -254,20 +250,14 @@ class _Command:
         self.reply_seq: int | None = None
 
 
-def _gap(ts: int) -> _Command:
-    gap = _Command("", "", ts, ts, None)
-    gap.gap = True
-    return gap
-
-
 class _Stream:
     """Tokenizes one direction's bytes into top-level RESP values."""
 
-    __slots__ = ("conn", "is_request", "value", "stack", "attrs", "bulk_left", "bulk_type",
+    __slots__ = ("handler", "is_request", "value", "stack", "attrs", "bulk_left", "bulk_type",
                  "keep", "keep_left", "streamed", "buf", "lost", "resyncs")
 
-    def __init__(self, conn: RedisConnection, is_request: bool) -> None:
-        self.conn = conn
+    def __init__(self, handler: RedisHandler, is_request: bool) -> None:
+        self.handler = handler
         self.is_request = is_request
         self.value: _Value | None = None
         self.stack: list[int] = []     # elements left in each open aggregate; -1: streamed ("*?")
@@ -284,7 +274,7 @@ class _Stream:
     def feed(self, data: bytes, total: int, ts: int, seq: int | None) -> None:
         end = len(data)
         if self.lost:
-            if not end or not self.conn._may_resync(self.is_request, data, ts):
+            if not end or not self.handler._may_resync(self.is_request, data, ts):
                 return
             self.lost = False
         if end:
@@ -399,7 +389,7 @@ class _Stream:
             self.stack.append(left)
             self.attrs.append(False)
             return p
-        self.conn._value_done(True, value)
+        self.handler._value_done(True, value)
         return p
 
     def _fast_reply(self, data: bytes, pos: int, end: int, ts: int, seq: int | None) -> int:
@@ -459,7 +449,7 @@ class _Stream:
         value.kind = kind
         value.count = count
         value.parts = parts
-        self.conn._value_done(False, value)
+        self.handler._value_done(False, value)
         return p
 
     def _line(self, line: bytes, ts: int) -> None:
@@ -629,7 +619,7 @@ class _Stream:
         value = self.value
         value.end_ns = ts
         self.value = None
-        self.conn._value_done(self.is_request, value)
+        self.handler._value_done(self.is_request, value)
 
     # --- losing track ---------------------------------------------------------
 
@@ -662,7 +652,7 @@ class _Stream:
         if value is not None:
             value.end_ns = ts
             value.truncated = True
-        self.conn._stream_lost(self.is_request, value, ts)
+        self.handler._lost(self.is_request, ts, value)
 
     def reset_lost(self) -> None:
         """Forget everything in progress and wait for the next value start (no callbacks)."""
@@ -768,102 +758,57 @@ def _header_int(line: bytes) -> int | None:
     return int(text)
 
 
-class RedisConnection:
-    """Commands and replies of one connection, paired into spans.
+class RedisHandler(Handler):
+    """Commands and replies of one connection, paired into spans (FIFO, see the module doc)."""
 
-    ``role`` is the traced process's side: "server" (ingress carries
-    commands), "client" (egress does) or "unknown" (decided by the first bytes
-    that look like a command or a reply).
-    """
+    name = "redis"
+    MAX_PENDING = MAX_PENDING
 
-    def __init__(self, role: str = "unknown") -> None:
-        self.role = role if role in ("server", "client") else "unknown"
-        self._request_direction: str | None = {"server": INGRESS, "client": EGRESS}.get(role)
-        self._requests = _Stream(self, True)
-        self._replies = _Stream(self, False)
-        self._pending: deque[_Command] = deque()
-        self._out: list[SpanFacts] = []
+    __slots__ = ("_namespace", "_subscriptions", "_monitoring", "_reply_off", "_skip_next")
+
+    @staticmethod
+    def detect(data: bytes, direction: str, hints: ConnectionHints) -> bool:
+        if hints.l4 != "tcp" or not data:
+            return False
+        first = data[0]
+        if first == 42 or 65 <= first <= 90:  # "*" or an upper-case inline command
+            if looks_like_command(data):
+                return True
+        # A reply first (joined mid-stream) is too weak a signal without the port.
+        return ((hints.local_port in REDIS_PORTS or hints.remote_port in REDIS_PORTS)
+                and looks_like_reply(data))
+
+    looks_like_request = staticmethod(looks_like_command)
+    looks_like_reply = staticmethod(looks_like_reply)
+
+    def __init__(self, role: str = "unknown", context: Context | None = None) -> None:
+        super().__init__(role, context)
         self._namespace: str | None = None
         self._subscriptions = [0, 0, 0]   # channels, patterns, shard channels
         self._monitoring = False
         self._reply_off = False        # CLIENT REPLY OFF
         self._skip_next = False        # CLIENT REPLY SKIP
-        self._skip_replies = 0         # replies owed to commands pushed out of a full queue
-        self._held: tuple[_Command, _Value] | None = None  # a reply we lost track of, paired
-        self._reply_lost_ts = 0
-        self._closed = False
-        # Counters for tests and stats.
-        self.internal_errors = 0
-        self.orphan_replies = 0        # replies with no command (joined mid-stream)
-        self.absorbed_replies = 0      # replies to commands that went uncaptured
 
-    @property
-    def resyncs(self) -> int:
-        return self._requests.resyncs + self._replies.resyncs
-
-    @property
-    def buffered_bytes(self) -> int:
-        return len(self._requests.buf) + len(self._replies.buf)
+    def _new_reader(self, carries_requests: bool) -> _Stream:
+        return _Stream(self, carries_requests)
 
     @property
     def pending_commands(self) -> int:
         return len(self._pending)
 
-    def feed(self, direction: str, data: bytes, total_len: int | None = None, ts_ns: int = 0,
-             tcp_seq: int | None = None) -> list[SpanFacts]:
-        if self._closed:
-            return []
-        total = len(data) if total_len is None or total_len < len(data) else total_len
-        try:
-            if self._request_direction is None and not self._decide_role(direction, data):
-                return []
-            stream = self._requests if direction == self._request_direction else self._replies
-            stream.feed(data, total, ts_ns, tcp_seq)
-        except Exception:  # noqa: BLE001 - a parser bug must not take the agent down
-            self.internal_errors += 1
-            self._requests.reset_lost()
-            self._replies.reset_lost()
-        out = self._out
-        if not out:
-            return []
-        self._out = []
-        return out
-
-    def close(self, ts_ns: int | None = None) -> list[SpanFacts]:
-        if self._closed:
-            return []
-        self._closed = True
-        try:
-            partial = self._requests.close()
-            if partial is not None:
-                partial.truncated = True
-                self._value_done(True, partial)
-            partial_reply = self._replies.close()
-            if partial_reply is not None and self._held is None and not self._monitoring:
-                partial_reply.truncated = True
-                if ts_ns is not None:
-                    partial_reply.end_ns = ts_ns
-                self._pair(partial_reply)
-            self._release_held()
-            while self._pending:
-                cmd = self._pending.popleft()
-                if not cmd.gap:
-                    self._emit(cmd, None, "response_missing")
-        except Exception:  # noqa: BLE001 - see feed
-            self.internal_errors += 1
-        out = self._out
-        self._out = []
-        return out
-
-    def _decide_role(self, direction: str, data: bytes) -> bool:
-        if looks_like_command(data):
-            self._request_direction = direction
-        elif looks_like_reply(data):
-            self._request_direction = EGRESS if direction == INGRESS else INGRESS
-        else:
-            return False
-        self.role = "server" if self._request_direction == INGRESS else "client"
-        return True
+    def _end(self, ts_ns: int | None) -> None:
+        if not self._readers:
+            return
+        partial = self._readers[self.request_direction].close()
+        if partial is not None:
+            partial.truncated = True
+            self._value_done(True, partial)
+        partial_reply = self._readers[opposite(self.request_direction)].close()
+        if partial_reply is not None and self._held is None and not self._monitoring:
+            partial_reply.truncated = True
+            if ts_ns is not None:
+                partial_reply.end_ns = ts_ns
+            self._pair(partial_reply)
 
     # --- values from the streams ------------------------------------------------
 
@@ -907,24 +852,7 @@ class RedisConnection:
         elif self._skip_next:
             self._skip_next = False
             cmd.no_reply = True
-        self._release_held()
-        self._enqueue(cmd)
-
-    def _enqueue(self, cmd: _Command) -> None:
-        pending = self._pending
-        pending.append(cmd)
-        if len(pending) > MAX_PENDING:
-            oldest = pending.popleft()
-            if not oldest.gap:
-                self._emit(oldest, None, "response_missing")
-                if not oldest.no_reply:
-                    self._skip_replies += 1  # its reply is still to come: it must not shift the queue
-        self._drain_no_reply()
-
-    def _drain_no_reply(self) -> None:
-        pending = self._pending
-        while pending and pending[0].no_reply:
-            self._emit(pending.popleft(), None)
+        self._push(cmd)
 
     def _reply_done(self, value: _Value) -> None:
         kind = value.kind
@@ -943,7 +871,7 @@ class RedisConnection:
         if first in _PUBSUB_MESSAGES:
             return any(self._subscriptions)
         if first in _CONFIRMATIONS:
-            head = self._head()
+            head = self._next_request()
             return (head is not None and head.confirms is not None) or any(self._subscriptions)
         return False
 
@@ -951,7 +879,7 @@ class RedisConnection:
         family, subscribing = _CONFIRM_KIND[kind]
         before = self._subscriptions[family]
         self._subscriptions[family] = before + 1 if subscribing else max(before - 1, 0)
-        head = self._head()
+        head = self._next_request()
         if head is None or head.confirms != kind:
             return  # a confirmation for a command we did not see
         if head.reply_start is None:
@@ -964,34 +892,11 @@ class RedisConnection:
         none_left = head.every_channel and len(value.parts) > 2 and value.parts[2] == b"0"
         if head.expect <= 0 or none_left:
             self._pending.popleft()
-            self._emit(head, value)
+            self._respond(head, value)
             self._drain_no_reply()
 
-    def _head(self) -> _Command | None:
-        pending = self._pending
-        return pending[0] if pending and not pending[0].gap else None
-
-    def _take_command(self, value: _Value) -> _Command | None:
-        """The command a reply answers (FIFO), past commands owed replies and gaps."""
-        if self._skip_replies:
-            self._skip_replies -= 1
-            return None
-        pending = self._pending
-        while pending and pending[0].gap:
-            # A gap stands for commands we did not see; replies that began before
-            # the next command we did see are theirs.
-            if len(pending) > 1 and value.start_ns >= pending[1].start_ns:
-                pending.popleft()
-                continue
-            self.absorbed_replies += 1
-            return None
-        if not pending:
-            self.orphan_replies += 1
-            return None
-        return pending.popleft()
-
     def _pair(self, value: _Value) -> None:
-        cmd = self._take_command(value)
+        cmd = self._take(value.start_ns)
         if cmd is None:
             return
         if value.kind == _SIMPLE and value.parts:
@@ -1004,55 +909,26 @@ class RedisConnection:
                 self._namespace = "0"
                 self._subscriptions = [0, 0, 0]
                 self._reply_off = self._skip_next = False
-        self._emit(cmd, value)
+        self._respond(cmd, value)
         self._drain_no_reply()
 
     # --- losing track (called by the streams) -------------------------------------
 
-    def _stream_lost(self, is_request: bool, value: _Value | None, ts: int) -> None:
-        if is_request:
-            if value is not None and value.kind in (_STAR, _INLINE) and value.parts:
-                self._command_done(value)  # its name and key were seen: it still gets its span
-            self._enqueue(_gap(ts))
-            return
-        self._reply_lost_ts = ts
-        self._skip_replies = 0
-        if value is not None and value.kind != _PUSH and not self._monitoring:
-            cmd = self._take_command(value)
+    def _lost(self, carries_requests: bool, ts: int, value: _Value | None = None) -> None:
+        if carries_requests and value is not None and value.kind in (_STAR, _INLINE) and value.parts:
+            self._command_done(value)  # its name and key were seen: it still gets its span
+        super()._lost(carries_requests, ts)
+        if not carries_requests and value is not None and value.kind != _PUSH and not self._monitoring:
+            cmd = self._take(value.start_ns)
             if cmd is not None:
-                self._release_held()
-                self._held = (cmd, value)
-
-    def _may_resync(self, is_request: bool, data: bytes, ts: int) -> bool:
-        """A lost stream's next syscall: start over here?"""
-        if is_request:
-            return looks_like_command(data)
-        # Commands already waiting when the replies were lost: their replies
-        # were (likely) in the bytes we could not follow.
-        pending = self._pending
-        lost_ts = self._reply_lost_ts
-        while pending and pending[0].start_ns < lost_ts:
-            cmd = pending.popleft()
-            if not cmd.gap:
-                self._emit(cmd, None, "response_missing")
-        if pending and looks_like_reply(data):
-            self._release_held()
-            return True
-        # Still lost: these bytes belong to the reply we lost track of.
-        self._reply_lost_ts = ts
-        if self._held is not None:
-            self._held[1].end_ns = ts
-        return False
-
-    def _release_held(self) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            self._emit(held[0], held[1])
+                self._hold(cmd, value)
 
     # --- spans -------------------------------------------------------------------
 
-    def _emit(self, cmd: _Command, reply: _Value | None, flag: str | None = None) -> None:
+    def _unanswered(self, cmd: _Command, ts_ns: int | None) -> None:
+        self._respond(cmd, None, "response_missing")
+
+    def _respond(self, cmd: _Command, reply: _Value | None, flag: str | None = None) -> None:
         attrs: dict[str, Any] = {
             "db.system.name": "redis",
             "db.system": "redis",
@@ -1089,27 +965,8 @@ class RedisConnection:
             flags.append("no_reply")
         if flags:
             attrs["sidetrace.redis.flags"] = ",".join(flags)
-        self._out.append(SpanFacts(
+        self._emit(SpanFacts(
             name=cmd.name, start_ns=cmd.start_ns, end_ns=max(end, cmd.start_ns),
             server_side=self.role == "server", attributes=attrs, status=status,
             status_message=message, request_seq=cmd.seq, response_seq=response_seq,
         ))
-
-
-class RedisHandler(ConnectionHandler):
-    """The protocol handler the pipeline uses."""
-
-    connection_class = RedisConnection
-    name = "redis"
-
-    @staticmethod
-    def detect(data: bytes, direction: str, hints: ConnectionHints) -> bool:
-        if hints.l4 != "tcp" or not data:
-            return False
-        first = data[0]
-        if first == 42 or 65 <= first <= 90:  # "*" or an upper-case inline command
-            if looks_like_command(data):
-                return True
-        # A reply first (joined mid-stream) is too weak a signal without the port.
-        return ((hints.local_port in REDIS_PORTS or hints.remote_port in REDIS_PORTS)
-                and looks_like_reply(data))

@@ -176,12 +176,12 @@ class _Counting:
         self.name = handler.name
         self.calls = 0
 
-    def detect(self, data, direction, hints):
+    def recognises(self, data, direction, hints, context):
         self.calls += 1
-        return self.handler.detect(data, direction, hints)
+        return self.handler.recognises(data, direction, hints, context)
 
-    def __call__(self, role):
-        return self.handler(role)
+    def __call__(self, role, context):
+        return self.handler(role, context)
 
 
 def counting_pipeline():

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.protocols import REGISTRY, ConnectionHints
-from agent.protocols.memcached import (MemcachedConnection, MemcachedHandler, looks_like_binary,
+from agent.protocols.memcached import (MemcachedHandler, looks_like_binary,
                                        looks_like_text_command, query_text)
 
 from tests._recording import RecordingProxy
@@ -164,7 +164,7 @@ def recorded(tmp_path_factory):
 
 
 def parse(steps, role="server", **kwargs):
-    return replay(MemcachedConnection(role), steps, **kwargs)
+    return replay(MemcachedHandler(role), steps, **kwargs)
 
 
 def parse_all(conversations, role="server", **kwargs):
@@ -276,7 +276,7 @@ def test_client_side_and_unknown_role_agree(recorded, name):
         as_server = summary(parse(steps))
         client = parse(steps, "client", flip=True)
         assert summary(client) == as_server and not any(f.server_side for f in client)
-        unknown = MemcachedConnection("unknown")
+        unknown = MemcachedHandler("unknown")
         assert summary(replay(unknown, steps)) == as_server and unknown.role == "server"
 
 
@@ -284,7 +284,7 @@ def test_client_side_and_unknown_role_agree(recorded, name):
 def test_partial_captures_count_large_values(recorded, capture):
     steps = next(c for c in recorded["text"] if any(b"big" in d for _, d, _ in c))
     full = parse(steps)
-    conn = MemcachedConnection("server")
+    conn = MemcachedHandler("server")
     cut = replay(conn, steps, capture=capture)
     assert [(f.request_seq, f.response_seq, f.end_ns, f.status) for f in cut] == \
            [(f.request_seq, f.response_seq, f.end_ns, f.status) for f in full]
@@ -322,7 +322,7 @@ def test_random_capture_losses_never_break_the_parser(recorded, data):
     name = data.draw(st.sampled_from(sorted(SCENARIOS)))
     steps = data.draw(st.sampled_from(recorded[name]))
     full = parse(steps)
-    conn = MemcachedConnection("server")
+    conn = MemcachedHandler("server")
     out = []
     for direction, chunk, ts in steps:
         keep = data.draw(st.integers(0, len(chunk)))
@@ -369,7 +369,7 @@ def test_detection_rules():
 
 
 def test_noreply_and_quit_end_with_the_command():
-    conn = MemcachedConnection("server")
+    conn = MemcachedHandler("server")
     feed = Feeder(conn)
     out = feed([(IN, b"delete a noreply\r\nincr b 1 noreply\r\nget c\r\n")])
     assert [f.attributes["db.query.text"] for f in out] == ["delete a noreply", "incr b ? noreply"]
@@ -380,7 +380,7 @@ def test_noreply_and_quit_end_with_the_command():
 
 
 def test_stats_subcommands_and_dumps():
-    conn = MemcachedConnection("server")
+    conn = MemcachedHandler("server")
     feed = Feeder(conn)
     out = feed([(IN, b"stats reset\r\nstats detail on\r\nstats items\r\nlru_crawler metadump all\r\nversion\r\n"),
                 (OUT, b"RESET\r\nOK\r\nSTAT items:1:number 5\r\nSTAT items:1:age 9\r\nEND\r\n"
@@ -391,7 +391,7 @@ def test_stats_subcommands_and_dumps():
 
 
 def test_lost_lines_leave_a_gap_that_swallows_their_replies():
-    conn = MemcachedConnection("server")
+    conn = MemcachedHandler("server")
     feed = Feeder(conn)
     gets = b"".join(b"get key%03d\r\n" % i for i in range(300))   # 3600 bytes
     out = feed([(IN, (gets[:1000], len(gets)))])
@@ -407,7 +407,7 @@ def test_lost_lines_leave_a_gap_that_swallows_their_replies():
 
 
 def test_binary_quiet_commands_and_lost_headers():
-    conn = MemcachedConnection("server")
+    conn = MemcachedHandler("server")
     feed = Feeder(conn)
     def response(opcode, opaque, status=0, value=b""):
         return struct.pack(">BBHBBHIIQ", 0x81, opcode, 0, 0, 0, status, len(value), opaque, 0) + value
@@ -428,7 +428,7 @@ def test_binary_quiet_commands_and_lost_headers():
 @given(st.lists(st.tuples(st.booleans(), st.binary(max_size=200), st.integers(0, 300)), max_size=12),
        st.sampled_from(["server", "client", "unknown"]), st.sampled_from([b"", b"get k\r\n", b"\x80"]))
 def test_random_bytes_never_raise(chunks, role, lead):
-    conn = MemcachedConnection(role)
+    conn = MemcachedHandler(role)
     for i, (ingress, data, extra) in enumerate(chunks):
         data = (lead + data) if i == 0 else data
         conn.feed(IN if ingress else OUT, data, len(data) + extra, i, i * 1000)
@@ -443,7 +443,7 @@ def test_random_bytes_never_raise(chunks, role, lead):
     b"noreply", b"q", b"O1", b"\r\n", b"VALUE", b"VA", b"END", b"STAT", b"HD", b"EN", b"MN",
     b"STORED", b"ERROR", b"CLIENT_ERROR", b"hello", b"99999999999"]), max_size=30)), max_size=10))
 def test_text_shaped_noise_never_raises(chunks):
-    conn = MemcachedConnection("server")
+    conn = MemcachedHandler("server")
     conn.feed(IN, b"version\r\n", 9, 0, None)
     for i, (ingress, pieces) in enumerate(chunks):
         data = b"".join(pieces)

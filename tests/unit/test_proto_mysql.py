@@ -559,8 +559,8 @@ def test_quit_close_and_unanswered_commands():
 
 def test_statement_map_is_bounded_and_forgets_closed_statements():
     handler = MysqlHandler("server")
-    run(handshake(), handler=handler)
-    handler._closed = False
+    for direction, data in handshake():
+        handler.feed(direction, data, len(data), 1, None)
     for stmt in range(1, 1001):
         handler.feed(IN, command(0x16, b"SELECT %d" % stmt), 20, 1, None)
         handler.feed(OUT, packet(1, b"\0" + stmt.to_bytes(4, "little") + bytes(7)), 16, 2, None)

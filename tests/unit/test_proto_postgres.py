@@ -667,7 +667,7 @@ def test_messages_split_anywhere_and_bodies_not_buffered():
         handler.feed(step[0], step[1], len(step[1]), 1, None)
     for at in range(0, len(request), 7):
         handler.feed(IN, request[at:at + 7], len(request[at:at + 7]), 2, None)
-        assert len(handler._front.body) <= 4097
+        assert len(handler._requests.body) <= 4097
     facts = handler.feed(OUT, complete("SELECT 1") + READY, 11, 3, None)
     assert len(facts) == 1
     assert len(facts[0].attributes["db.query.text"]) <= 4096
@@ -762,7 +762,7 @@ def test_random_bytes_never_raise(chunks, role):
         handler.feed(direction, data, len(data) + extra, ts, ts)
     handler.close(None)
     assert handler.internal_errors == 0
-    assert len(handler._front.body) <= 10_000 and len(handler._back.body) <= 2048
+    assert len(handler._requests.body) <= 10_000 and len(handler._responses.body) <= 2048
 
 
 @settings(max_examples=200, deadline=None)

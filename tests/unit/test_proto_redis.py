@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.protocols import REGISTRY, ConnectionHints
-from agent.protocols.redis import RedisConnection, RedisHandler, looks_like_command, query_text
+from agent.protocols.redis import RedisHandler, looks_like_command, query_text
 from tests._recording import RecordingProxy
 from tests._servers import free_port, need_binary, running, unavailable
 
@@ -170,7 +170,7 @@ def recorded(tmp_path_factory):
 
 
 def parse(steps, role="server", **kwargs):
-    return replay(RedisConnection(role), steps, **kwargs)
+    return replay(RedisHandler(role), steps, **kwargs)
 
 
 HANDSHAKE_2 = [
@@ -275,7 +275,7 @@ def test_truncated_pipeline_keeps_later_commands_paired(recorded):
     commands do not shift them.
     """
     [steps] = recorded["pipelined"]
-    conn = RedisConnection("server")
+    conn = RedisHandler("server")
     full = _after_handshake(parse(steps))
     cut = _after_handshake(replay(conn, steps, capture=4096))
     assert conn.resyncs >= 1
@@ -343,7 +343,7 @@ def test_client_side_and_unknown_role_agree(recorded, name):
         client = parse(steps, "client", flip=True)
         assert summary(client) == as_server
         assert not any(f.server_side for f in client)
-        unknown = RedisConnection("unknown")
+        unknown = RedisHandler("unknown")
         assert summary(replay(unknown, steps)) == as_server
         assert unknown.role == "server"
 
@@ -352,7 +352,7 @@ def test_client_side_and_unknown_role_agree(recorded, name):
 def test_partial_captures_count_large_values(recorded, capture):
     [steps] = recorded["basic"]
     full = parse(steps)
-    conn = RedisConnection("server")
+    conn = RedisHandler("server")
     cut = replay(conn, steps, capture=capture)
     # Every command keeps its span, its place and its reply: values are counted, not needed.
     assert [(f.request_seq, f.response_seq, f.end_ns, f.status) for f in cut] == \
@@ -398,7 +398,7 @@ def test_any_resplit_of_the_syscalls_gives_the_same_facts(recorded, data):
 def test_random_capture_losses_never_break_the_parser(recorded, data):
     name = data.draw(st.sampled_from(sorted(SCENARIOS)))
     steps = data.draw(st.sampled_from(recorded[name]))
-    conn = RedisConnection("server")
+    conn = RedisHandler("server")
     out = []
     commands = 0
     for direction, chunk, ts in steps:
@@ -473,7 +473,7 @@ def test_inline_commands_and_detection():
     # A reply first (joined mid-stream) only on a redis port.
     assert RedisHandler.detect(b"+OK\r\n", OUT, hints)
     assert not RedisHandler.detect(b"+OK\r\n", OUT, ConnectionHints("udp", 6379, 1, "server"))
-    conn = RedisConnection("server")
+    conn = RedisHandler("server")
     feed_all = Feeder(conn)
     out = feed_all([(IN, b"PING\r\n\r\nSET k \"v\"\r\n"), (OUT, b"+PONG\r\n+OK\r\n")])
     assert summary(out) == [("PING", "PING", "unset", None), ("SET", "SET k ?", "unset", None)]
@@ -481,7 +481,7 @@ def test_inline_commands_and_detection():
 
 
 def test_resp3_attributes_streamed_values_and_big_numbers():
-    conn = RedisConnection("server")
+    conn = RedisHandler("server")
     feed_all = Feeder(conn)
     replies = (b"|1\r\n+key-popularity\r\n%1\r\n$1\r\na\r\n,0.19\r\n*2\r\n:1\r\n:2\r\n"  # attribute, then array
                b"*?\r\n:1\r\n*1\r\n#t\r\n.\r\n"                                        # streamed array
@@ -501,7 +501,7 @@ def test_resp3_attributes_streamed_values_and_big_numbers():
 
 
 def test_client_reply_off_skip_and_monitor():
-    conn = RedisConnection("server")
+    conn = RedisHandler("server")
     feed_all = Feeder(conn)
     out = feed_all([
         (IN, cmd(b"CLIENT", b"REPLY", b"SKIP") + cmd(b"SET", b"a", b"1") + cmd(b"GET", b"a")),
@@ -525,7 +525,7 @@ def test_client_reply_off_skip_and_monitor():
 
 
 def test_lost_reply_ends_when_the_next_reply_starts():
-    conn = RedisConnection("server")
+    conn = RedisHandler("server")
     feed_all = Feeder(conn)
     big = b"*3000\r\n" + b"$5\r\nvalue\r\n" * 3000
     out = feed_all([
@@ -543,7 +543,7 @@ def test_lost_reply_ends_when_the_next_reply_starts():
 
 
 def test_replies_lost_with_commands_waiting():
-    conn = RedisConnection("server")
+    conn = RedisHandler("server")
     feed_all = Feeder(conn)
     gets = b"".join(cmd(b"GET", b"k%d" % i) for i in range(10))
     reply = b"$2000\r\n" + b"v" * 2000 + b"\r\n"
@@ -557,7 +557,7 @@ def test_replies_lost_with_commands_waiting():
 
 
 def test_close_flushes_waiting_and_cut_commands():
-    conn = RedisConnection("server")
+    conn = RedisHandler("server")
     feed_all = Feeder(conn)
     feed_all([(IN, cmd(b"BLPOP", b"q", b"0") + b"*2\r\n$3\r\nGET\r\n$1\r\nk")])
     out = conn.close(50)
@@ -567,12 +567,12 @@ def test_close_flushes_waiting_and_cut_commands():
 
 
 def test_bounded_buffers_and_queue():
-    conn = RedisConnection("server")
+    conn = RedisHandler("server")
     feed_all = Feeder(conn)
     conn.feed(IN, b"*1\r\n$4\r\nPING\r\n", 14, 1, None)
     conn.feed(OUT, b"+" + b"x" * 70_000, 70_001, 2, None)  # a line longer than any header
     assert conn.buffered_bytes == 0 and conn.resyncs == 1
-    conn = RedisConnection("server")
+    conn = RedisHandler("server")
     feed_all = Feeder(conn)
     out = conn.feed(IN, cmd(b"PING") * 1500, 14 * 1500, 1, None)
     assert conn.pending_commands == 1024 and len(out) == 1500 - 1024
@@ -585,7 +585,7 @@ def test_bounded_buffers_and_queue():
 @given(st.lists(st.tuples(st.booleans(), st.binary(max_size=200), st.integers(0, 300)), max_size=12),
        st.sampled_from(["server", "client", "unknown"]))
 def test_random_bytes_never_raise(chunks, role):
-    conn = RedisConnection(role)
+    conn = RedisHandler(role)
     for i, (ingress, data, extra) in enumerate(chunks):
         conn.feed(IN if ingress else OUT, data, len(data) + extra, i, i * 1000)
         assert conn.buffered_bytes <= 2 * 64 * 1024
@@ -599,7 +599,7 @@ def test_random_bytes_never_raise(chunks, role):
     b"!3\r\nERR", b"=5\r\ntxt:a", b"*?", b"$?", b";2\r\nab", b";0", b".", b"3", b"-1", b"\r\n",
     b"\r\n", b"SUBSCRIBE", b"message", b"subscribe", b"PING", b"GET"]), max_size=30)), max_size=10))
 def test_resp_shaped_noise_never_raises(chunks):
-    conn = RedisConnection("server")
+    conn = RedisHandler("server")
     feed_all = Feeder(conn)
     for i, (ingress, pieces) in enumerate(chunks):
         data = b"".join(pieces)
