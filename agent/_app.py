@@ -404,7 +404,7 @@ def check_preconditions(args: argparse.Namespace) -> Path:
     if not privileges.ok:
         raise AgentError(f"cannot trace here: {'; '.join(privileges.problems)} (see `sidetrace check`)")
     try:
-        check_socket_path(args.socket)
+        check_socket_path(args.socket, args.socket_group)
     except ServerAlreadyRunning:
         raise AgentError(f"an agent is already serving on {args.socket}") from None
     except OSError as exc:
@@ -447,7 +447,7 @@ async def _serve_loaded(args: argparse.Namespace, spec, selection: TargetSelecti
                         task_status) -> None:
     with bpfobj.Collection(spec) as collection, contextlib.ExitStack() as monitor_stack:
         with bpfobj.PerfEventArray(collection.maps["events"], pages=args.ring_pages) as rings:
-            server = SpanServer(args.socket, stats_interval=args.stats_interval)
+            server = SpanServer(args.socket, stats_interval=args.stats_interval, socket_group=args.socket_group)
             agent = Agent(collection, rings, server, selection, args.max_connections,
                           flushers if flushers.running else None,
                           ProcessResources(args.service, command_args=args.command_args))

@@ -15,6 +15,7 @@ Choices made here:
                anyway would trace whichever process is given that pid later.
                ``tail --pid`` filters, so a future pid is fine there.
   --comm       1 .. 15 bytes: the kernel keeps 15 bytes of a process name.
+  --socket-group  a group this system knows (name or gid), kept as its gid.
   --socket     at most 107 bytes (a Unix socket address), not an existing
                file other than a socket, inside a directory (or one that can
                be created under an existing directory), not on a pseudo
@@ -302,6 +303,10 @@ _RUN_CHECKS: dict[str, OptionType] = {
     "metrics": METRIC_GROUPS,
     "metrics_interval": METRICS_INTERVAL,
 }
+# Options whose value may also be None (not given).
+_RUN_OPTIONAL: dict[str, OptionType] = {
+    "socket_group": OptionType("group id", _integer, int_range(0, 2**32 - 2), int),
+}
 
 
 class OptionError(ValueError):
@@ -311,6 +316,8 @@ class OptionError(ValueError):
 def check_run_options(args: argparse.Namespace) -> None:
     """Check every ``sidetrace run`` option value again; ``OptionError`` names the first bad one."""
     values = [(dest, option, getattr(args, dest)) for dest, option in _RUN_CHECKS.items()]
+    values += [(dest, option, getattr(args, dest)) for dest, option in _RUN_OPTIONAL.items()
+               if getattr(args, dest, None) is not None]
     values += [("pid", RUNNING_PID, pid) for pid in args.pid]
     values += [("comm", COMM, name) for name in args.comm]
     for dest, option, value in values:

@@ -30,6 +30,9 @@ def _build_parser(commands: dict[tuple[str, ...], argparse.ArgumentParser] | Non
                      help="trace this running process and its children (repeatable)")
     run.add_argument("--comm", type=opt.COMM, action="append", default=[],
                      help=f"trace processes with this name, at most {opt.COMM_MAX_BYTES} bytes (repeatable)")
+    run.add_argument("--socket-group", type=opt.GROUP, metavar="GROUP",
+                     help="members of this group may subscribe (socket mode 0660, this group; "
+                          "each connection's credentials are checked); default: the agent's group")
     run.add_argument("--payload-bytes", type=opt.PAYLOAD_BYTES, default=opt.PAYLOAD_MAX_BYTES,
                      help=f"bytes captured per syscall, 1 to {opt.PAYLOAD_MAX_BYTES} (default: %(default)s)")
     run.add_argument("--ring-pages", type=opt.RING_PAGES, default=opt.DEFAULT_RING_PAGES,

@@ -12,7 +12,9 @@ from ._schema import (DEFAULT_SOCKET_PATH, MESSAGE_TYPES, SCHEMA_MINOR, SCHEMA_V
                       SchemaViolation, SpanFilter, local_boot_id, local_host_name, make_error,
                       make_filter, make_hello, make_metrics, make_span, make_stats, schema_text,
                       validate)
-from ._server import ServerAlreadyRunning, SpanServer, SubscriberInfo, check_socket_path, claim_socket_path
+from ._peers import PeerCredentials, PeerPolicy, peer_credentials
+from ._server import SUBSCRIBER_COUNTS, SpanServer, SubscriberInfo
+from ._socketpath import ServerAlreadyRunning, check_socket_path, claim_socket_path
 
 __all__ = [
     "BlockingSubscriber",
@@ -22,8 +24,11 @@ __all__ = [
     "ItemTooLarge",
     "MESSAGE_TYPES",
     "MalformedItem",
+    "PeerCredentials",
+    "PeerPolicy",
     "SCHEMA_MINOR",
     "SCHEMA_VERSION",
+    "SUBSCRIBER_COUNTS",
     "SchemaViolation",
     "ServerAlreadyRunning",
     "SpanFilter",
@@ -49,6 +54,7 @@ __all__ = [
     "make_span",
     "make_stats",
     "open_subscriber",
+    "peer_credentials",
     "schema_text",
     "terminal_text",
     "validate",

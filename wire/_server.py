@@ -7,16 +7,35 @@ dropped for that subscriber only, and counted in the ``stats`` it gets.
 Stats are not queued behind spans: each subscriber holds at most one
 pending stats message, replaced by newer ones (its counters are cumulative,
 so nothing is lost), and sent ahead of queued spans.
+
+Subscribers are input too, and none may cost the others:
+
+* Who: each connection's credentials (``PeerPolicy``): root, the agent's
+  user and members of the socket's group; anyone else gets an ``error`` and
+  is closed.
+* How many: at most ``max_subscribers``, counted when a connection is
+  accepted, so a burst cannot overshoot.  When full, a newcomer takes the
+  place of the subscriber that has left messages unread the longest (the
+  kernel says how much of what we wrote it has not read), if that is at
+  least ``idle_evict_after`` seconds; otherwise the newcomer is refused.
+  Subscribers that never read cannot lock out one that does.
+* What they send: small ``filter`` messages, decoded incrementally with a
+  bound on the size of an item; an item left unfinished for
+  ``partial_input_timeout`` seconds, or anything malformed, gets an
+  ``error`` and the subscriber is dropped.
+
+Every refusal, eviction and drop is counted (``subscriber_counts`` in stats).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
 import logging
 import os
-import socket
-import stat
+import struct
+import termios
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -27,24 +46,38 @@ from typing import Any
 import trio
 
 from ._framing import CborSequenceDecoder, WireError, encode_item
+from ._peers import PeerPolicy, peer_credentials
 from ._schema import DEFAULT_SOCKET_PATH, SpanFilter, make_error, make_hello
+from ._socketpath import SocketDirectory, claim_socket_path
 
-__all__ = ["ServerAlreadyRunning", "SpanServer", "SubscriberInfo", "check_socket_path", "claim_socket_path"]
+__all__ = ["SUBSCRIBER_COUNTS", "SpanServer", "SubscriberInfo"]
 
 log = logging.getLogger("sidetrace.wire")
 
 # Subscribers only send small filter messages; anything bigger is abuse.
 _MAX_SUBSCRIBER_ITEM = 64 * 1024
+_READ_SIZE = 16 * 1024
 # Coalesce queued messages into writes of about this size.
 _WRITE_BATCH = 64 * 1024
 # A subscriber dropped for bad input gets this long to receive the error message.
 _ERROR_GRACE_S = 1.0
+# What a dropped subscriber may still send while it reads its error (then it is cut off).
+_DRAIN_LIMIT = 1 << 20
+# How often each subscriber's unread output is looked at.
+_WATCH_PERIOD_S = 0.5
 # accept() errors that mean "out of resources for now", not "listener broken".
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_INT = struct.Struct("i")
 
-
-class ServerAlreadyRunning(OSError):
-    """Another process is listening on the socket path."""
+# The counters a server keeps about its subscribers, sent in every stats message.
+SUBSCRIBER_COUNTS = (
+    "accepted",         # connections served
+    "refused_full",     # refused: at the limit, and nobody idle long enough to evict
+    "evicted_idle",     # dropped to make room: messages left unread the longest
+    "refused_peer",     # refused: credentials not allowed
+    "bad_input",        # dropped: malformed or oversized input
+    "partial_timeout",  # dropped: an item left unfinished too long
+)
 
 
 @dataclass(frozen=True)
@@ -57,9 +90,9 @@ class SubscriberInfo:
 
 class _Subscriber:
     __slots__ = ("id", "stream", "queue", "limit", "dropped", "filter", "pending_stats",
-                 "wake", "error", "writer_done")
+                 "wake", "error", "writer_done", "scope", "behind_since")
 
-    def __init__(self, sub_id: int, stream: trio.abc.Stream, limit: int, hello: bytes) -> None:
+    def __init__(self, sub_id: int, stream: trio.SocketStream, limit: int, hello: bytes) -> None:
         self.id = sub_id
         self.stream = stream
         self.queue: deque[bytes] = deque((hello,))
@@ -70,6 +103,9 @@ class _Subscriber:
         self.wake = trio.Event()
         self.error: bytes | None = None  # set when dropping it for bad input
         self.writer_done = trio.Event()
+        self.scope = trio.CancelScope()  # cancelled to evict it
+        # Since when it has had output it did not read (monotonic seconds), or None.
+        self.behind_since: float | None = None
 
     def offer(self, encoded: bytes) -> None:
         if len(self.queue) >= self.limit:
@@ -78,87 +114,16 @@ class _Subscriber:
         self.queue.append(encoded)
         self.wake.set()
 
-
-class _Directory:
-    """The socket's directory, held open: names in it are reached through
-    /proc/self/fd, so a bind address stays short however deep the directory."""
-
-    def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-
-    def bind_path(self, name: str) -> str:
-        return f"/proc/self/fd/{self.fd}/{name}"
-
-    @staticmethod
-    def staging_name() -> str:
-        return f".sidetrace.{os.getpid()}.{next(_staging_ids)}.tmp"
-
-    def unlink(self, name: str) -> None:
+    def watch(self, now: float) -> None:
+        """Update ``behind_since`` from the bytes the kernel holds that the subscriber has not read."""
         try:
-            os.unlink(name, dir_fd=self.fd)
-        except OSError:
-            pass
-
-    def __enter__(self) -> _Directory:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
-
-
-_staging_ids = itertools.count()
-
-
-def claim_socket_path(path: str | os.PathLike[str]) -> str:
-    """Make ``path`` free to serve on; returns its directory.
-
-    Creates the directory (0755) if it is missing; removes a socket file that
-    nobody answers on (left by an agent that died).  Raises
-    ``ServerAlreadyRunning`` when something answers there (never take over a
-    live agent's socket), ``FileExistsError`` when a file that is not a
-    socket is there, and the ``OSError`` of the directory otherwise.
-    """
-    path = os.path.abspath(os.fspath(path))
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return directory
-    if not stat.S_ISSOCK(st.st_mode):
-        raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
-    # A socket file outlives its process; only a refused connection says
-    # nobody is behind it.  Non-blocking: a live agent with a full backlog
-    # answers EAGAIN instead of making us wait.
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK) as probe:
-        try:
-            probe.connect(path)
-        except ConnectionRefusedError:
-            log.info("removing stale socket %s", path)
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except BlockingIOError:
-            raise ServerAlreadyRunning(errno.EADDRINUSE, "an agent is already listening", path) from None
-        else:
-            raise ServerAlreadyRunning(errno.EADDRINUSE, "an agent is already listening", path)
-    return directory
-
-
-def check_socket_path(path: str | os.PathLike[str]) -> None:
-    """Everything ``serve`` will need of ``path``, checked before anything else starts.
-
-    ``claim_socket_path``, then a socket bound and removed again in the
-    directory: that proves the directory takes sockets from this process
-    (permissions, read-only or pseudo file systems) the only sure way.
-    """
-    directory = claim_socket_path(path)
-    with _Directory(directory) as parent, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as trial:
-        name = parent.staging_name()
-        try:
-            trial.bind(parent.bind_path(name))
-        finally:
-            parent.unlink(name)
+            unread = _INT.unpack(fcntl.ioctl(self.stream.socket.fileno(), termios.TIOCOUTQ, bytes(_INT.size)))[0]
+        except (OSError, ValueError):  # closed under us: its task is ending anyway
+            return
+        if unread <= 0:
+            self.behind_since = None
+        elif self.behind_since is None:
+            self.behind_since = now
 
 
 class SpanServer:
@@ -170,6 +135,10 @@ class SpanServer:
     ``publish_stats`` are synchronous and must be called from the trio
     thread that runs ``serve`` (from another thread, use
     ``trio.from_thread.run_sync``).
+
+    ``socket_group`` (a gid) is the group that may subscribe, besides root
+    and the agent's user; the socket file gets it, mode ``socket_mode``.
+    By default it is the agent's own group.
     """
 
     def __init__(
@@ -182,26 +151,37 @@ class SpanServer:
         queue_size: int = 4096,
         max_subscribers: int = 64,
         socket_mode: int = 0o660,
+        socket_group: int | None = None,
+        idle_evict_after: float = 2.0,
+        partial_input_timeout: float = 10.0,
         stats_interval: float | None = None,
         stats_source: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
+        if max_subscribers < 1:
+            raise ValueError("max_subscribers must be at least 1")
         self.path = os.fspath(path)
         self.queue_size = queue_size
         self.max_subscribers = max_subscribers
         self.socket_mode = socket_mode
+        self.socket_group = socket_group
+        self.peer_policy = PeerPolicy.for_this_process(socket_group)
+        self.idle_evict_after = idle_evict_after
+        self.partial_input_timeout = partial_input_timeout
         self.stats_interval = stats_interval
         self.stats_source = stats_source
         self.spans_published = 0
         # Messages publish() encoded: at most one per message, whatever the
         # number of subscribers, and none for a message nobody takes.
         self.messages_encoded = 0
+        self.counts = dict.fromkeys(SUBSCRIBER_COUNTS, 0)
         self._hello = encode_item(make_hello(
             agent_version if agent_version is not None else _own_version(),
             host_name=host_name, boot_id=boot_id, queue_size=queue_size))
         self._subscribers: dict[int, _Subscriber] = {}
         self._ids = itertools.count(1)
+        self._refusing = 0
         self._socket_identity: tuple[int, int] | None = None
         self._cancel_scope: trio.CancelScope | None = None
 
@@ -241,10 +221,11 @@ class SpanServer:
         """Send a stats message to every subscriber, with its own ``dropped`` count.
 
         ``fields`` holds the agent's counters (see ``make_stats``); the server
-        fills in ``dropped`` and ``subscribers``, and ``time_unix_nano`` and
-        ``spans`` when they are missing.
+        fills in ``dropped``, ``subscribers`` and ``subscriber_counts``, and
+        ``time_unix_nano`` and ``spans`` when they are missing.
         """
         template = {**(fields or {}), **more}
+        template["subscriber_counts"] = dict(self.counts)
         template.setdefault("time_unix_nano", time.time_ns())
         template.setdefault("spans", self.spans_published)
         for key, empty in (("events", 0), ("lost_events", []), ("map_fill", {}),
@@ -270,6 +251,7 @@ class SpanServer:
                 async with trio.open_nursery() as nursery:
                     if self.stats_interval is not None and self.stats_source is not None:
                         nursery.start_soon(self._publish_stats_periodically)
+                    nursery.start_soon(self._watch_subscribers)
                     task_status.started(self.path)
                     await self._accept_loop(listener, nursery)
         finally:
@@ -280,13 +262,15 @@ class SpanServer:
         directory = claim_socket_path(self.path)
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
         # Bind and listen under a private name, then rename into place: the
-        # path never names a socket that refuses connections, so a subscriber
-        # that sees the file can connect at once.
+        # path never names a socket that refuses connections, or has the
+        # wrong owner or mode, so a subscriber that sees it can connect.
         try:
-            with _Directory(directory) as parent:
+            with SocketDirectory(directory) as parent:
                 staging = parent.staging_name()
                 try:
                     await sock.bind(parent.bind_path(staging))
+                    if self.socket_group is not None:
+                        os.chown(staging, -1, self.socket_group, dir_fd=parent.fd)
                     os.chmod(staging, self.socket_mode, dir_fd=parent.fd)
                     sock.listen(min(self.max_subscribers, 128))
                     st = os.stat(staging, dir_fd=parent.fd)
@@ -323,51 +307,124 @@ class SpanServer:
                 log.warning("accept failed (%s); retrying", exc)
                 await trio.sleep(0.1)
                 continue
-            if len(self._subscribers) >= self.max_subscribers:
-                nursery.start_soon(self._refuse, stream)
-            else:
-                nursery.start_soon(self._serve_subscriber, stream)
+            refusal = self._admit(stream)
+            if refusal is None:
+                # Registered here, before the next accept: the limit holds under a burst.
+                sub = _Subscriber(next(self._ids), stream, self.queue_size, self._hello)
+                self._subscribers[sub.id] = sub
+                self.counts["accepted"] += 1
+                nursery.start_soon(self._serve_subscriber, sub)
+            elif self._refusing < self.max_subscribers:
+                self._refusing += 1
+                nursery.start_soon(self._refuse, stream, refusal)
+            else:  # a flood of refused connections: no message, no task
+                await trio.aclose_forcefully(stream)
 
-    async def _refuse(self, stream: trio.abc.Stream) -> None:
+    def _admit(self, stream: trio.SocketStream) -> str | None:
+        """None when ``stream`` may be served (evicting an idle subscriber if need be), else why not."""
+        try:
+            peer = peer_credentials(stream.socket)
+        except OSError as exc:
+            self.counts["refused_peer"] += 1
+            return f"cannot read the connection's credentials: {exc.strerror or exc}"
+        if not self.peer_policy.allows(peer):
+            self.counts["refused_peer"] += 1
+            log.info("refused pid %d uid %d: not %s", peer.pid, peer.uid, self.peer_policy.describe())
+            return f"uid {peer.uid} may not subscribe (allowed: {self.peer_policy.describe()})"
+        if len(self._subscribers) < self.max_subscribers:
+            return None
+        victim = self._idlest(time.monotonic())
+        if victim is None:
+            self.counts["refused_full"] += 1
+            return f"too many subscribers (limit {self.max_subscribers})"
+        log.info("evicting subscriber %d: messages unread for %.1fs and a new subscriber is waiting",
+                 victim.id, time.monotonic() - victim.behind_since)
+        self.counts["evicted_idle"] += 1
+        del self._subscribers[victim.id]
+        victim.scope.cancel()
+        return None
+
+    def _idlest(self, now: float) -> _Subscriber | None:
+        """The subscriber with output unread the longest, if for ``idle_evict_after`` or more."""
+        oldest = None
+        for sub in self._subscribers.values():
+            sub.watch(now)
+            since = sub.behind_since
+            if since is not None and now - since >= self.idle_evict_after:
+                if oldest is None or since < oldest.behind_since:
+                    oldest = sub
+        return oldest
+
+    async def _watch_subscribers(self) -> None:
+        while True:
+            await trio.sleep(_WATCH_PERIOD_S)
+            now = time.monotonic()
+            for sub in self._subscribers.values():
+                sub.watch(now)
+
+    async def _refuse(self, stream: trio.SocketStream, reason: str) -> None:
         try:
             with trio.move_on_after(_ERROR_GRACE_S):
-                await stream.send_all(encode_item(make_error(
-                    f"too many subscribers (limit {self.max_subscribers})")))
+                await stream.send_all(encode_item(make_error(reason)))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
+            self._refusing -= 1
             await trio.aclose_forcefully(stream)
 
-    async def _serve_subscriber(self, stream: trio.abc.Stream) -> None:
-        sub = _Subscriber(next(self._ids), stream, self.queue_size, self._hello)
-        self._subscribers[sub.id] = sub
+    async def _serve_subscriber(self, sub: _Subscriber) -> None:
         log.debug("subscriber %d connected", sub.id)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_loop, sub, nursery.cancel_scope)
-                await self._read_loop(sub)
-                if sub.error is not None:
-                    with trio.move_on_after(_ERROR_GRACE_S):
-                        await sub.writer_done.wait()
-                nursery.cancel_scope.cancel()
+            with sub.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_loop, sub, nursery.cancel_scope)
+                    await self._read_loop(sub)
+                    if sub.error is not None:
+                        await self._part_after_error(sub)
+                    nursery.cancel_scope.cancel()
         finally:
-            del self._subscribers[sub.id]
-            await trio.aclose_forcefully(stream)
+            self._subscribers.pop(sub.id, None)
+            await trio.aclose_forcefully(sub.stream)
             log.debug("subscriber %d gone (%d messages dropped)", sub.id, sub.dropped)
+
+    async def _part_after_error(self, sub: _Subscriber) -> None:
+        """Let a dropped subscriber read its error: send it, end our side, and
+        swallow what it is still sending (closing on unread input would reset
+        the connection, and the error with it), within a time and size bound."""
+        with trio.move_on_after(_ERROR_GRACE_S):
+            await sub.writer_done.wait()
+            try:
+                await sub.stream.send_eof()
+                swallowed = 0
+                while swallowed < _DRAIN_LIMIT:
+                    data = await sub.stream.receive_some(_READ_SIZE)
+                    if not data:
+                        break
+                    swallowed += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
 
     async def _read_loop(self, sub: _Subscriber) -> None:
         """Apply the subscriber's filters until it hangs up or misbehaves.  Never raises."""
         decoder = CborSequenceDecoder(_MAX_SUBSCRIBER_ITEM)
         try:
             while True:
-                data = await sub.stream.receive_some(_MAX_SUBSCRIBER_ITEM)
-                if not data:
-                    decoder.close()
-                    return
-                for item in decoder.feed(data):
-                    self._handle_input(sub, item)
+                # Nothing owed: wait as long as it likes.  Half an item: not for ever.
+                timeout = self.partial_input_timeout if decoder.pending else float("inf")
+                with trio.move_on_after(timeout):
+                    data = await sub.stream.receive_some(_READ_SIZE)
+                    if not data:
+                        decoder.close()
+                        return
+                    for item in decoder.feed(data):
+                        self._handle_input(sub, item)
+                    continue
+                self.counts["partial_timeout"] += 1
+                self._drop_for_bad_input(sub, f"a CBOR item left unfinished for {timeout:g}s "
+                                              f"({decoder.pending} bytes)")
+                return
         except WireError as exc:
-            log.info("dropping subscriber %d: %s", sub.id, exc)
+            self.counts["bad_input"] += 1
             self._drop_for_bad_input(sub, str(exc))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return
@@ -382,9 +439,12 @@ class SpanServer:
         # Other types are from a newer protocol: ignoring them keeps old agents usable.
 
     def _drop_for_bad_input(self, sub: _Subscriber, reason: str) -> None:
+        log.info("dropping subscriber %d: %s", sub.id, reason)
+        # Still owed its hello (the contract: hello first), then only the error.
+        unsent_hello = bool(sub.queue) and sub.queue[0] is self._hello
         sub.queue.clear()
         sub.pending_stats = None
-        sub.error = encode_item(make_error(reason))
+        sub.error = (self._hello if unsent_hello else b"") + encode_item(make_error(reason))
         sub.wake.set()
 
     async def _write_loop(self, sub: _Subscriber, cancel_scope: trio.CancelScope) -> None:
@@ -415,7 +475,8 @@ class SpanServer:
             log.exception("dropping subscriber %d after an unexpected error", sub.id)
         finally:
             sub.writer_done.set()
-            cancel_scope.cancel()
+            if sub.error is None:
+                cancel_scope.cancel()
 
     async def _publish_stats_periodically(self) -> None:
         assert self.stats_interval is not None and self.stats_source is not None

@@ -21,7 +21,7 @@ from agent.cli import _build_parser
 from wire import is_terminal_safe
 
 OPTIONS = {
-    "run": ["--socket", "--pid", "--comm", "--payload-bytes", "--ring-pages", "--stats-interval",
+    "run": ["--socket", "--socket-group", "--pid", "--comm", "--payload-bytes", "--ring-pages", "--stats-interval",
             "--max-connections", "-v", "--verbose"],
     "tail": ["--socket", "--format", "--protocol", "--pid", "--stats", "--count"],
     "assemble": ["--connect", "--socket", "--hold", "--stats-interval", "-v"],
@@ -29,7 +29,7 @@ OPTIONS = {
 }
 NASTY = ["", "-1", "0", "1", "3", "4096", "65536", "nan", "inf", "-inf", "1e309", "0.05", "0x10", " 7 ",
          "/proc/x.sock", "/sys/x", "/etc/passwd", "/etc/passwd/x", "/tmp/st-fuzz.sock", "/", ".",
-         "\x1b]0;PWNED\x07", "\x1b[2J", "\u202eevil", "\x9b31m", "é" * 8, "x" * 200, "--", "-v"]
+         "\x1b]0;PWNED\x07", "\x1b[2J", "\u202eevil", "\x9b31m", "é" * 8, "x" * 200, "--", "-v", "root", "users", "4294967295"]
 
 values = st.one_of(
     st.sampled_from(NASTY),

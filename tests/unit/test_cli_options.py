@@ -119,6 +119,15 @@ def test_terminal_controls_in_what_the_user_typed_are_escaped():
         assert "\\x1b" in err
 
 
+def test_a_socket_group_is_a_known_group_kept_as_its_gid():
+    error = parse_error(["run", "--socket-group", "no-such-group-here"]).splitlines()[-1]
+    assert "argument --socket-group: no group named 'no-such-group-here'" in error
+    assert "no group has gid" in parse_error(["run", "--socket-group", "4294967000"])
+    assert _build_parser().parse_args(["run", "--socket-group", "root"]).socket_group == 0
+    assert _build_parser().parse_args(["run", "--socket-group", "0"]).socket_group == 0
+    assert _build_parser().parse_args(["run"]).socket_group is None
+
+
 def test_check_run_options_applies_the_same_checks_to_values_from_elsewhere():
     good = _build_parser().parse_args(["run", "--socket", "/tmp/st-check.sock"])
     opt.check_run_options(good)
@@ -128,7 +137,8 @@ def test_check_run_options_applies_the_same_checks_to_values_from_elsewhere():
                                 ("payload_bytes", "4096", "--payload-bytes"),
                                 ("socket", "/proc/x.sock", "--socket"),
                                 ("pid", [-5], "--pid"),
-                                ("comm", [""], "--comm")):
+                                ("comm", [""], "--comm"),
+                                ("socket_group", "root", "--socket-group")):
         bad = argparse.Namespace(**{**vars(good), dest: value})
         with pytest.raises(opt.OptionError, match=f"^{option}: "):
             opt.check_run_options(bad)
