@@ -1,10 +1,13 @@
 """``sidetrace run``: load the tracer, read its rings, serve spans.
 
-One trio nursery holds: the span server, one reader task per online CPU
-(each waits on its ring's fd, with a timeout so quiet rings still drain), and
-a housekeeping task (target rescans, idle connections, clock drift).  SIGINT
-and SIGTERM cancel the nursery; leaving the ``with`` blocks detaches the
-programs, closes the rings and removes the socket.
+This module wires the stages together; an event goes ring -> intake
+(``agent.intake``: read, split, merge) -> pipeline (``_pipeline``: protocols,
+spans) -> linker (``agent.linker``: parents, trace ids) -> span server
+(``wire``) without coming back here.  One trio nursery holds: the span
+server, the intake's reader task for each online CPU, and a housekeeping
+task (target rescans, idle connections, clock drift).  SIGINT and SIGTERM
+cancel the nursery; leaving the ``with`` blocks detaches the programs, closes
+the rings and removes the socket.
 
 The kernel batches events per CPU (one perf record per batch).  What sends a
 CPU's batch when that CPU has no more traced syscalls is the agent itself:
@@ -33,12 +36,10 @@ import trio
 import bpfobj
 from wire import ServerAlreadyRunning, SpanServer, check_socket_path
 
-from ._batches import BATCH_COUNTER_NAMES, CorruptBatch, split_batch
 from ._clock import WallClock
 from ._console import error, log_to_stderr
+from ._endpoints import TracedEndpoints
 from ._events import COUNTER_NAMES
-from ._linker import SpanLinker
-from ._merge import CpuMerger
 from ._monitoring import monitoring
 from ._options import OptionError, check_run_options
 from ._pipeline import Pipeline
@@ -46,14 +47,13 @@ from ._privileges import check_privileges
 from ._resource import ProcessResources
 from ._targets import TargetSelection, TargetTracker, comm_key, live_pids
 from ._tls import TlsLibraries
+from .intake import BATCH_COUNTER_NAMES, Intake
+from .linker import SpanLinker
 
 log = logging.getLogger("sidetrace")
 
 # One object per architecture (sidetrace.x86.bpf.o, ...): bpfobj.arch_object picks it.
 TRACER_OBJECT = Path(bpfobj.__file__).parent / "bpf" / "sidetrace.bpf.o"
-# A ring is drained at least this often even below its wake-up watermark,
-# which bounds how late a span can be.
-RING_POLL_SECONDS = 0.1
 HOUSEKEEPING_SECONDS = 1.0
 CLOCK_REFRESH_SECONDS = 10.0
 SHUTDOWN_GRACE_SECONDS = 0.2
@@ -70,7 +70,7 @@ _U64 = struct.Struct("<Q")
 GC_YOUNG_THRESHOLD = 10_000
 # How often each CPU's batch is flushed when nothing else sends it: the
 # latency added to quiet CPUs, and the step of the merge horizon.
-# Rings are read every RING_POLL_SECONDS at the latest anyway, so a few tens
+# The intake reads rings every RING_POLL_SECONDS at the latest anyway, so a few tens
 # of milliseconds here add little latency and keep the agent's idle cost low.
 FLUSH_PERIOD = 0.050
 # The oldest event a busy CPU's batch may hold before the next append sends it.
@@ -173,19 +173,16 @@ class Agent:
         self.rings = rings
         self.server = server
         self.clock = WallClock()
-        self.linker = SpanLinker(server.publish)
+        # The pipeline records the traced connections' ends; the linker reads them.
+        endpoints = TracedEndpoints()
+        self.linker = SpanLinker(server.publish, peer_traced=endpoints.traced)
         self.resources = resources if resources is not None else ProcessResources()
         self.pipeline = Pipeline(self.resources.attaching(self.linker.add), clock=self.clock,
-                                 max_connections=max_connections)
-        self.linker.peer_traced = self.pipeline.peer_traced
+                                 max_connections=max_connections, endpoints=endpoints)
         # Batching is on exactly when flushers run (see serve).
         self.flushers = flushers
-        self.merger = CpuMerger([ring.cpu for ring in rings], by_flush=flushers is not None)
+        self.intake = Intake(rings, self.pipeline.handle, by_flush=flushers is not None)
         self._forgotten = 0
-        self.lost_batches = {ring.cpu: 0 for ring in rings}
-        self.malformed = 0
-        self.corrupt_batches = 0
-        self.samples = 0
         pids = collection.maps["pids"]
         self.pids_map = pids
         self.comms_map = collection.maps["comms"]
@@ -228,50 +225,16 @@ class Agent:
                 by_comm += 1
         return total, by_comm
 
-    def drain(self, ring: bpfobj.PerfRing) -> None:
-        started = time.monotonic_ns()
-        result = ring.read()
-        if result.lost:
-            self.lost_batches[ring.cpu] += result.lost
-        merger = self.merger
-        extend = merger.extend
-        flushed = 0
-        for raw in result.samples:
-            try:
-                flush_ns, _, events = split_batch(raw)
-            except CorruptBatch as exc:
-                self.malformed += 1
-                log.debug("cpu %d: %s", ring.cpu, exc)
-                continue
-            extend(events)
-            if flush_ns > flushed:
-                flushed = flush_ns
-        self.samples += len(result.samples)
-        if merger.by_flush:
-            if flushed:
-                merger.mark_flushed(ring.cpu, flushed)
-        else:
-            merger.mark_drained(ring.cpu, started)
-        handle = self.pipeline.handle
-        for ev in merger.pop_ready():
-            handle(ev)
-
     def forget_stopped_cpus(self) -> None:
         """Stop waiting for CPUs whose flusher ended (from the trio side)."""
         stopped = self.flushers.stopped if self.flushers is not None else []
         while self._forgotten < len(stopped):
-            self.merger.forget(stopped[self._forgotten])
+            self.intake.forget(stopped[self._forgotten])
             self._forgotten += 1
 
     def flush(self) -> None:
         """Drain every ring and complete what can be completed (shutdown)."""
-        for ring in self.rings:
-            try:
-                self.drain(ring)
-            except bpfobj.BpfError as exc:
-                log.warning("cpu %d ring: %s", ring.cpu, exc)
-        for ev in self.merger.pop_all():
-            self.pipeline.handle(ev)
+        self.intake.flush()
         self.pipeline.close()
         self.linker.flush()
 
@@ -291,12 +254,13 @@ class Agent:
         per_cpu = self.kernel_counters_per_cpu()
         errors = {name: sum(values) for name, values in per_cpu.items()}
         lost = per_cpu.get("lost_events", [])
+        lost_batches = self.intake.lost_batches
         pids, pids_by_comm = self.pid_counts()
         return {
             "events": self.pipeline.events,
             # events in batches the kernel could not write (ring full), per CPU ring
-            "lost_events": [lost[cpu] if cpu < len(lost) else 0 for cpu in sorted(self.lost_batches)],
-            "lost_batches": [self.lost_batches[cpu] for cpu in sorted(self.lost_batches)],
+            "lost_events": [lost[cpu] if cpu < len(lost) else 0 for cpu in sorted(lost_batches)],
+            "lost_batches": [lost_batches[cpu] for cpu in sorted(lost_batches)],
             "batching": {
                 "on": self.flushers is not None,
                 "batches": errors.get("batches", 0),
@@ -324,8 +288,8 @@ class Agent:
                 "hints_refuted": self.pipeline.hints_refuted,
                 "opaque_conflicts": self.pipeline.opaque_conflicts,
             },
-            "malformed_batches": self.malformed,
-            "corrupt_ring_batches": self.corrupt_batches,
+            "malformed_batches": self.intake.malformed,
+            "corrupt_ring_batches": self.intake.corrupt_batches,
             "parse_errors": self.pipeline.parse_errors,
             "connections_evicted": self.pipeline.connections.evicted,
             "linker": self.linker.stats(),
@@ -343,19 +307,6 @@ def _settle_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
-
-
-async def _read_ring(agent: Agent, ring: bpfobj.PerfRing) -> None:
-    fd = ring.fileno()
-    while True:
-        with trio.move_on_after(RING_POLL_SECONDS):
-            await trio.lowlevel.wait_readable(fd)
-        try:
-            agent.drain(ring)
-        except bpfobj.RingCorruptError as exc:
-            # The batch was consumed before walking; count it and carry on.
-            agent.corrupt_batches += 1
-            log.warning("cpu %d: %s", ring.cpu, exc)
 
 
 async def _housekeeping(agent: Agent) -> None:
@@ -467,7 +418,7 @@ async def _serve_loaded(args: argparse.Namespace, spec, selection: TargetSelecti
                 async with trio.open_nursery() as nursery:
                     await nursery.start(server.serve)
                     for ring in rings:
-                        nursery.start_soon(_read_ring, agent, ring)
+                        nursery.start_soon(agent.intake.read, ring)
                     nursery.start_soon(_housekeeping, agent)
                     if metrics is not None:
                         nursery.start_soon(metrics.run)

@@ -29,7 +29,7 @@ import trio
 from wire import SpanServer, WireError, open_subscriber
 
 from ._console import error, log_to_stderr
-from ._linker import SpanLinker
+from .linker import SpanLinker
 
 log = logging.getLogger("sidetrace.assemble")
 

@@ -1,8 +1,8 @@
 """From decoded events to spans: connections, protocol detection, parsing.
 
-Pure and synchronous: readers hand it events in timestamp order (see
-``_merge``), it keeps one bounded table of connections and publishes a span
-for every completed exchange.  It never raises because of traffic: protocol
+Pure and synchronous: the intake hands it events in timestamp order (see
+``agent.intake``), it keeps one bounded table of connections and publishes a
+span for every completed exchange.  It never raises because of traffic: protocol
 code runs behind the handlers' one guard (``protocols._base``), which counts
 a parser bug in the shared ``Context`` and gives that connection up.
 """
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._clock import WallClock
+from ._endpoints import TracedEndpoints
 from ._events import (IPPROTO_TCP, TLS_VERSIONS, AppProto, Direction, Event, Flag, Kind, Role, address_text,
                       comm_text)
 from ._lru import BoundedTable
@@ -130,11 +131,14 @@ class Pipeline:
     """Feeds events to per-connection parsers and publishes spans.
 
     ``publish(span_dict)`` is called for every span; it must not block.
+    ``endpoints`` is kept up to date with the client ends of the traced TCP
+    connections (for whoever else reads it: the linker).
     """
 
     def __init__(self, publish: Callable[[dict[str, Any]], None], *,
                  clock: WallClock | None = None, max_connections: int = 65536,
-                 protocols: tuple[type[Handler], ...] = REGISTRY) -> None:
+                 protocols: tuple[type[Handler], ...] = REGISTRY,
+                 endpoints: TracedEndpoints | None = None) -> None:
         self.publish = publish
         self.protocols = protocols
         # app_proto value -> the handler to try first (only those in `protocols`)
@@ -143,9 +147,7 @@ class Pipeline:
         self.clock = clock or WallClock()
         self.connections: BoundedTable[int, Connection] = BoundedTable(max_connections)
         self._peek = self.connections.peek
-        # (local address, local port) -> conn_id of every TCP connection in the
-        # table: whether the other end of a connection is traced here too.
-        self._tcp_endpoints: dict[tuple[str, int], int] = {}
+        self.endpoints = endpoints if endpoints is not None else TracedEndpoints()
         # Shared by every handler: counters they add to.
         self.context = Context()
         self.events = 0
@@ -224,25 +226,14 @@ class Pipeline:
             # Accepted sockets all share their listener's port: only the ends
             # that may be a client's are indexed.
             if conn.l4_proto == IPPROTO_TCP and conn.role != _SERVER:
-                self._tcp_endpoints[(conn.local_address, conn.local_port)] = conn.conn_id
+                self.endpoints.add(conn.local_address, conn.local_port, conn.conn_id)
             for _, old in self.connections.put(ev.conn_id, conn, ev.ts_ns):
                 self._unindex(old)
                 self._flush(old, None)
         return conn
 
     def _unindex(self, conn: Connection) -> None:
-        key = (conn.local_address, conn.local_port)
-        if self._tcp_endpoints.get(key) == conn.conn_id:
-            del self._tcp_endpoints[key]
-
-    def peer_traced(self, address: str, port: int) -> bool:
-        """Whether a TCP connection with this local end is traced here.
-
-        Asked for the client end of a server span: the client wrote its
-        request before the server read it, so in timestamp order a traced
-        client's connection is known by the time the server's span is built.
-        """
-        return (address, port) in self._tcp_endpoints
+        self.endpoints.discard(conn.local_address, conn.local_port, conn.conn_id)
 
     def _prepare(self, ev: Event, conn: Connection | None) -> Connection | None:
         """A DATA event off the usual way: its connection, ready to parse it, or None."""

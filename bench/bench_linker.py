@@ -13,8 +13,8 @@ Rows, best of ``--repeat`` runs of the same spans (CPU time of the process,
 which a busy machine disturbs less than wall time; rows take turns):
 
   pass-through   publish(span) per span, nothing else: the floor
-  linker @REV    agent/_linker*.py as committed at REV (``--against REV``)
-  linker         agent/_linker*.py of this working tree
+  linker @REV    the linker as committed at REV (``--against REV``)
+  linker         agent/linker/ of this working tree
 
 Throughput: ``add`` for every span with the clock following the spans' ends
 (``tick`` once a second as the agent does, ``add`` doing its work every
@@ -194,18 +194,23 @@ def memory(linker_cls, requests: int) -> tuple[float, float]:
 
 
 def linker_at(rev: str) -> ModuleType:
-    """agent/_linker*.py as committed at ``rev``, imported as a package of its own."""
-    names = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", rev, "agent/"],
-                           check=True, capture_output=True, text=True).stdout.split()
+    """The linker as committed at ``rev``, imported as a package of its own: agent/linker/,
+    or, in trees from before that package, agent/_linker*.py."""
+    def ls(folder: str) -> list[str]:
+        return subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", rev, folder],
+                              check=True, capture_output=True, text=True).stdout.split()
+
+    names = [n for n in ls("agent/linker/") if n.endswith(".py") and not n.endswith("/__init__.py")]
+    if not names:
+        names = [n for n in ls("agent/") if os.path.basename(n).startswith("_linker")
+                 and n.endswith(".py")]
     package = Path(tempfile.mkdtemp(prefix="linker-ref-")) / "linker_ref"
     package.mkdir()
     (package / "__init__.py").write_text("")
     for name in names:
-        base = os.path.basename(name)
-        if base.startswith("_linker") and base.endswith(".py"):
-            text = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{name}"], check=True,
-                                  capture_output=True, text=True).stdout
-            (package / base).write_text(text)
+        text = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{name}"], check=True,
+                              capture_output=True, text=True).stdout
+        (package / os.path.basename(name)).write_text(text)
     sys.path.insert(0, str(package.parent))
     return importlib.import_module("linker_ref._linker")
 
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--against", metavar="REV", help="also measure the linker as committed at REV")
     args = ap.parse_args(argv)
 
-    from agent._linker import SpanLinker
+    from agent.linker import SpanLinker
     candidates = []
     if args.against:
         candidates.append((f"linker @{args.against}", linker_at(args.against).SpanLinker))

@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agent._app import CpuFlushers, batching_constants  # noqa: E402
-from agent._batches import HEADER as BATCH_HEADER  # noqa: E402
+from agent.intake import BATCH_LAYOUT  # noqa: E402
 from bpfobj import Collection, PerfEventArray, arch_object, load_object_spec, online_cpus  # noqa: E402
 
 FULL_OBJ = arch_object(REPO / "bpfobj" / "bpf" / "sidetrace.bpf.o")
@@ -128,8 +128,8 @@ def empty_program_names(both_sides: bool) -> list[str]:
     return [n for n in names if not any(n == f"empty_enter_{s}" for s in DATA_SYSCALLS)]
 
 
-_unpack_batch_header = BATCH_HEADER.unpack_from
-_COUNT = BATCH_HEADER.names.index("count")
+_unpack_batch_header = BATCH_LAYOUT.unpack_from
+_COUNT = BATCH_LAYOUT.names.index("count")
 
 
 class Drainer:

@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent._linker import SpanLinker  # noqa: E402
+from agent.linker import SpanLinker  # noqa: E402
 from tests.kernel._procs import agent, stop, wait_for_socket  # noqa: E402
 from tests.kernel.apps.tier_rig import AsyncTier, EdgeScore, ThreeTier, subscribe  # noqa: E402
 from wire import BlockingSubscriber, make_span  # noqa: E402

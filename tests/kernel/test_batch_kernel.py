@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from agent._app import BATCH_MAX_AGE_NS, KERNEL_COUNTER_NAMES, CpuFlushers, batching_constants
-from agent._batches import FlushReason, split_batch
+from agent.intake import FlushReason, split_batch
 from agent._events import Direction, Kind
 from bpfobj import Collection, PerfEventArray, arch_object, load_object_spec, online_cpus
 

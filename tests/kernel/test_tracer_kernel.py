@@ -34,7 +34,7 @@ pytestmark = pytest.mark.kernel
 OBJ = arch_object(Path(__file__).resolve().parents[2] / "bpfobj" / "bpf" / "sidetrace.bpf.o")
 
 # struct st_event (bpfobj/bpf/include/sidetrace_events.h), 128 bytes, then payload.
-from agent._batches import FlushReason, split_batch  # noqa: E402
+from agent.intake import FlushReason, split_batch  # noqa: E402
 from agent._events import HEADER as _EVENT_HEADER  # noqa: E402
 # The one declaration of the layout, shared with the agent.
 HDR = _EVENT_HEADER.struct

@@ -17,7 +17,7 @@ from agent._app import CpuFlushers
 from agent._clock import WallClock, sample_offset
 from agent._fastdecode import FastDecoder, field_layout
 from agent._lru import BoundedTable
-from agent._merge import OUTPUT_MARGIN_NS, CpuMerger
+from agent.intake import OUTPUT_MARGIN_NS, CpuMerger
 from agent._targets import TargetSelection, TargetTracker, comm_key, kernel_comm, matching_tgids, read_comm
 
 SAMPLE = cs.Struct(

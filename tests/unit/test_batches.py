@@ -1,4 +1,4 @@
-"""Batch records (agent/_batches.py): constants against the C header, and the
+"""Batch records (agent/intake/_batches.py): constants against the C header, and the
 split into events on well-formed, truncated and corrupt bytearrays.  (The
 header's layout is checked with the other shared structs in test_event_layout.)"""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import bpfobj
-from agent._batches import (
+from agent.intake import (
     BATCH_COUNTER_FIRST_SLOT,
     BATCH_COUNTER_NAMES,
     BATCH_HEADER_SIZE,

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import _assemble
-from agent._linker import (ADDRESS_TIME, AMBIGUOUS, CANDIDATES_ATTR, CONFIDENCE_ATTR, CONTENT,
+from agent.linker import (ADDRESS_TIME, AMBIGUOUS, CANDIDATES_ATTR, CONFIDENCE_ATTR, CONTENT,
                            EXACT, HEURISTIC, MEMORY_BOUND, NO_CLIENT_SPAN, NO_SERVER_SPAN, NONE,
                            ONLY_CONTAINER, OTHER_THREAD, REASON_ATTR, RELAY_MIN_REQUESTS,
                            REQUEST_ORDER, RESPONSE_ORDER, THREAD, SpanLinker)

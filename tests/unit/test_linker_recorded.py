@@ -19,7 +19,7 @@ import random
 
 import pytest
 
-from agent._linker import CANDIDATES_ATTR, CONFIDENCE_ATTR, REASON_ATTR, SpanLinker
+from agent.linker import CANDIDATES_ATTR, CONFIDENCE_ATTR, REASON_ATTR, SpanLinker
 from wire import make_span
 
 MS = 1_000_000

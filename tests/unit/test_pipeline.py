@@ -268,26 +268,26 @@ def test_kernel_giving_up_after_the_agent_recognised_flushes_and_counts_a_confli
     assert pipe.opaque_events == 1 and len(spans) == 1
 
 
-def test_peer_traced_knows_the_client_ends_of_traced_connections():
+def test_endpoints_know_the_client_ends_of_traced_connections():
     pipe, spans = pipeline()
     # A traced client on 127.0.0.1:50000 talking to 127.0.0.2:80 ...
     pipe.handle(event(conn=1, role=Role.CLIENT, direction=Direction.EGRESS, payload=REQ,
                       sport=50000, dport=80))
     # ... and a traced server whose accepted socket shares its listener's port.
     pipe.handle(event(conn=2, role=Role.SERVER, payload=REQ, sport=8080, dport=50001))
-    assert pipe.peer_traced("127.0.0.1", 50000)
-    assert not pipe.peer_traced("127.0.0.1", 8080)      # a server end is never a client's
-    assert not pipe.peer_traced("127.0.0.2", 50000)
+    assert pipe.endpoints.traced("127.0.0.1", 50000)
+    assert not pipe.endpoints.traced("127.0.0.1", 8080)      # a server end is never a client's
+    assert not pipe.endpoints.traced("127.0.0.2", 50000)
     pipe.handle(event(kind=Kind.CONN_CLOSE, conn=1, ts=9_000))
-    assert not pipe.peer_traced("127.0.0.1", 50000)
+    assert not pipe.endpoints.traced("127.0.0.1", 50000)
 
 
-def test_peer_traced_forgets_evicted_and_idle_connections():
+def test_endpoints_forget_evicted_and_idle_connections():
     pipe, spans = pipeline()                      # at most 4 connections
     for n in range(5):
         pipe.handle(event(conn=n + 1, ts=1_000 + n, role=Role.CLIENT, direction=Direction.EGRESS,
                           payload=REQ, sport=50000 + n, dport=80))
-    assert not pipe.peer_traced("127.0.0.1", 50000)   # evicted, the oldest
-    assert all(pipe.peer_traced("127.0.0.1", 50000 + n) for n in range(1, 5))
+    assert not pipe.endpoints.traced("127.0.0.1", 50000)   # evicted, the oldest
+    assert all(pipe.endpoints.traced("127.0.0.1", 50000 + n) for n in range(1, 5))
     pipe.expire_idle(1_000 + IDLE_TIMEOUT_NS + 10 * 1_000_000_000)
-    assert not any(pipe.peer_traced("127.0.0.1", 50000 + n) for n in range(5))
+    assert not any(pipe.endpoints.traced("127.0.0.1", 50000 + n) for n in range(5))

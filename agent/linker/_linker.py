@@ -60,39 +60,28 @@ spans are remembered (ids and times only) for ``remember_ns`` so that a late
 child still gets its parent.  No span is ever dropped.
 
 What it costs (docs/trace-linking.md, bench/bench_linker.py): each span is
-one ``_Node`` (``agent/_linker_node.py``), indexed by id, by link key and
+one ``_Node`` (``_node.py``), indexed by id, by link key and
 connection only until its other end is found or it is released, and by
-thread for the rules inside a process (``agent/_linker_local.py``).  Spans
+thread for the rules inside a process (``_local.py``).  Spans
 come in end-time order, so the deadline and decision queues are mostly
 appends to a deque; nothing is scanned per span beyond its own candidates.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from ._linker_local import (CALL_RATIO_WINDOW, FORWARDING_MAX_DISAGREE_RATIO,
-                            FORWARDING_MIN_AGREE, RELAY_MAX_CALLS_PER_REQUEST, RELAY_MIN_REQUESTS,
-                            _Process, _Thread, choose_local_parent, one_server_elsewhere)
-from ._linker_node import (ADDRESS_TIME, AMBIGUOUS, CANDIDATES_ATTR, CONFIDENCE_ATTR, CONFIDENCES,
-                           CONTENT, EXACT, HEURISTIC, MEMORY_BOUND, NO_CLIENT_SPAN, NO_SERVER_SPAN,
-                           NONE, ONLY_CONTAINER, OTHER_THREAD, REASON_ATTR, REQUEST_ORDER,
-                           RESPONSE_ORDER, SAME_REQUEST, THREAD, WILDCARDS, _Node, normal_address,
-                           same_endpoints)
+from ._due import DueQueue
+from ._local import CALL_RATIO_WINDOW, _Process, _Thread, choose_local_parent, one_server_elsewhere
+from ._node import (ADDRESS_TIME, AMBIGUOUS, CANDIDATES_ATTR, CONFIDENCE_ATTR, CONFIDENCES, EXACT,
+                    HEURISTIC, MEMORY_BOUND, NO_CLIENT_SPAN, NO_SERVER_SPAN, NONE, OTHER_THREAD,
+                    REASON_ATTR, _Node, same_endpoints)
 
-__all__ = [
-    "ADDRESS_TIME", "ADVANCE_EVERY_NS", "AMBIGUOUS", "CALL_RATIO_WINDOW", "CANDIDATES_ATTR",
-    "CONFIDENCES", "CONFIDENCE_ATTR", "CONTENT", "EXACT", "FORWARDING_MAX_DISAGREE_RATIO",
-    "FORWARDING_MIN_AGREE", "HEURISTIC", "MEMORY_BOUND", "NONE", "NO_CLIENT_SPAN",
-    "NO_SERVER_SPAN", "ONLY_CONTAINER", "OTHER_THREAD", "REASON_ATTR", "RELAY_MAX_CALLS_PER_REQUEST",
-    "RELAY_MIN_REQUESTS", "REQUEST_ORDER", "RESPONSE_ORDER", "RETRY_NS", "SAME_REQUEST",
-    "SpanLinker", "THREAD", "WILDCARDS", "normal_address",
-]
+__all__ = ["ADVANCE_EVERY_NS", "RETRY_NS", "SpanLinker"]
 
 _MS = 1_000_000
 _S = 1_000_000_000
@@ -103,67 +92,6 @@ _S = 1_000_000_000
 ADVANCE_EVERY_NS = 50 * _MS
 # A client span with no candidate parent yet is looked at again this often.
 RETRY_NS = 250 * _MS
-
-
-class _DueQueue:
-    """Nodes in (due time, arrival order) order, as a heap of them would give them.
-
-    Spans arrive about in the order they end, so most are pushed in due
-    order: those go to a deque (no tuple, no sifting); the others, and
-    retries, to a heap.  A node's due time is its ``end`` plus ``offset``, or
-    its ``deadline`` if ``offset`` is None; it must stay the time the node was
-    pushed with for as long as the node is not released (a released node has
-    nothing left to do here and is dropped when it comes first).
-    """
-
-    __slots__ = ("inorder", "last", "heap", "offset")
-
-    def __init__(self, offset: int | None) -> None:
-        self.inorder: deque[_Node] = deque()
-        self.last = 0
-        self.heap: list[tuple[int, int, _Node]] = []
-        self.offset = offset
-
-    def __len__(self) -> int:
-        return len(self.inorder) + len(self.heap)
-
-    def push(self, node: _Node, at: int) -> None:
-        """Queue ``node`` for its due time ``at``."""
-        inorder = self.inorder
-        if at >= self.last or not inorder:
-            inorder.append(node)
-            self.last = at
-        else:
-            heapq.heappush(self.heap, (at, node.order, node))
-
-    def push_at(self, node: _Node, at: int) -> None:
-        """Queue ``node`` for any time ``at``."""
-        heapq.heappush(self.heap, (at, node.order, node))
-
-    def take_due(self, now: int | None) -> list[_Node]:
-        """Remove and return, in order, the nodes due by ``now`` (all, if None)."""
-        inorder, heap = self.inorder, self.heap
-        offset = self.offset
-        out = []
-        while True:
-            while inorder and inorder[0].released:
-                inorder.popleft()
-            if inorder:
-                first = inorder[0]
-                at = first.deadline if offset is None else first.end + offset
-                if not heap or at < heap[0][0] or at == heap[0][0] and first.order < heap[0][1]:
-                    if now is not None and at > now:
-                        return out
-                    out.append(inorder.popleft())
-                    continue
-            if heap and (now is None or heap[0][0] <= now):
-                out.append(heapq.heappop(heap)[2])
-            else:
-                return out
-
-    def clear(self) -> None:
-        self.inorder.clear()
-        self.heap.clear()
 
 
 class SpanLinker:
@@ -213,8 +141,8 @@ class SpanLinker:
         self._servers_by_pair: dict[Hashable, Any] = {}
         self._awaiting_parent: dict[bytes, list[_Node]] = {}
         self._procs: dict[Hashable, _Process] = {}
-        self._pending = _DueQueue(settle_ns)      # clients to decide, at end + settle_ns
-        self._deadlines = _DueQueue(None)
+        self._pending = DueQueue(settle_ns)      # clients to decide, at end + settle_ns
+        self._deadlines = DueQueue(None)
         self._remembered: deque[_Node] = deque()   # in release order; deadline = forget at
         self._stale_threads: set[_Thread] = set()
         self._contents: dict[tuple, tuple] = {}    # one tuple per (method, path, query)
@@ -254,12 +182,7 @@ class SpanLinker:
         node.deadline = deadline
         self._held.append(node)
         self._held_count += 1
-        deadlines = self._deadlines
-        if deadline >= deadlines.last or not deadlines.inorder:
-            deadlines.inorder.append(node)
-            deadlines.last = deadline
-        else:
-            deadlines.push(node, deadline)
+        self._deadlines.push(node, deadline)
         given_parent = node.given_parent
         if given_parent:
             self._adopt_given_parent(node)
@@ -368,15 +291,7 @@ class SpanLinker:
                     self._unindex(client)
                 server.pair = server.seq_key = server.ports = None
                 return
-        server.indexed = True
-        index = self._servers_by_pair
-        group = index.get(server.ports)
-        if group is None:
-            index[server.ports] = server
-        elif group.__class__ is _Node:
-            index[server.ports] = deque((group, server))
-        else:
-            group.append(server)
+        _index_by_ports(self._servers_by_pair, server)
 
     def _link_client(self, client: _Node) -> None:
         pair = client.pair
@@ -428,15 +343,7 @@ class SpanLinker:
                 del self._clients_by_key[key]
             client.pair = client.seq_key = client.ports = None
             return
-        client.indexed = True
-        index = self._clients_by_pair
-        group = index.get(client.ports)
-        if group is None:
-            index[client.ports] = client
-        elif group.__class__ is _Node:
-            index[client.ports] = deque((group, client))
-        else:
-            group.append(client)
+        _index_by_ports(self._clients_by_pair, client)
 
     def _unindex(self, node: _Node) -> None:
         """Take ``node`` out of the key and connection indexes (nothing will join it now)."""
@@ -483,13 +390,7 @@ class SpanLinker:
             proc.calls_seen += 1
             nodes = thread.clients
             if not node.decided:
-                due = node.end + self.settle_ns
-                pending = self._pending
-                if due >= pending.last or not pending.inorder:
-                    pending.inorder.append(node)
-                    pending.last = due
-                else:
-                    pending.push(node, due)
+                self._pending.push(node, node.end + self.settle_ns)
         if not nodes or nodes[-1].start <= start:     # spans mostly come in start order
             nodes.append(node)
         else:
@@ -669,3 +570,17 @@ class SpanLinker:
                     if not proc.threads and self._procs.get(proc.key) is proc:
                         del self._procs[proc.key]
             self._stale_threads.clear()
+
+
+def _index_by_ports(index: dict[Hashable, Any], node: _Node) -> None:
+    """Add ``node`` to its connection's spans in ``index``, oldest first: the
+    usual one node alone, a deque once there are more."""
+    node.indexed = True
+    ports = node.ports
+    group = index.get(ports)
+    if group is None:
+        index[ports] = node
+    elif group.__class__ is _Node:
+        index[ports] = deque((group, node))
+    else:
+        group.append(node)

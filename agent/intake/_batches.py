@@ -19,12 +19,12 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple
 
-from . import _event_layout
-from ._events import HEADER_SIZE, Event, MalformedEvent, decode_event
-from ._fastdecode import RecordLayout
+from .. import _event_layout
+from .._events import HEADER_SIZE, Event, MalformedEvent, decode_event
+from .._fastdecode import RecordLayout
 
-HEADER = RecordLayout(_event_layout.BATCH_HEADER_FORMAT, _event_layout.BATCH_HEADER_NAMES)
-BATCH_HEADER_SIZE = HEADER.size  # 16
+BATCH_LAYOUT = RecordLayout(_event_layout.BATCH_HEADER_FORMAT, _event_layout.BATCH_HEADER_NAMES)
+BATCH_HEADER_SIZE = BATCH_LAYOUT.size  # 16
 BATCH_KIND = 0x48425453  # ST_BATCH_KIND, "STBH"; no st_event kind has this value
 # Events are padded to this many bytes inside a batch.
 EVENT_ALIGN = 8
@@ -55,7 +55,7 @@ class Batch(NamedTuple):
     events: list[Event]
 
 
-_unpack_header = HEADER.unpack_from
+_unpack_header = BATCH_LAYOUT.unpack_from
 
 
 def split_batch(raw: bytes | bytearray | memoryview) -> Batch:

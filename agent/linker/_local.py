@@ -1,6 +1,6 @@
 """Finding a client span's parent inside its own process: threads, habits, rules.
 
-The rules, and why they hold, are in ``agent/_linker.py`` and
+The rules, and why they hold, are in ``_linker.py`` and
 docs/trace-linking.md.  Here: the per-thread index of server and client spans
 by start time, what the linker learns about each process (does it forward
 requests unchanged, does it make about one call per request), and the choice.
@@ -13,8 +13,8 @@ from collections.abc import Hashable
 from operator import attrgetter
 from typing import Any
 
-from ._linker_node import (AMBIGUOUS, CONTENT, HEURISTIC, NONE, ONLY_CONTAINER, REQUEST_ORDER,
-                           RESPONSE_ORDER, SAME_REQUEST, THREAD, _Node)
+from ._node import (AMBIGUOUS, CONTENT, HEURISTIC, NONE, ONLY_CONTAINER, REQUEST_ORDER,
+                    RESPONSE_ORDER, SAME_REQUEST, THREAD, _Node)
 
 # Timing pairs calls with requests in event loops that make at most about
 # one call per request (seen over the last CALL_RATIO_WINDOW spans, and at
