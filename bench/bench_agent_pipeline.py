@@ -38,10 +38,10 @@ import cbor2  # noqa: E402
 from agent._clock import WallClock  # noqa: E402
 from agent._events import EVENT_HEADER, Direction, Kind, Role, decode_event  # noqa: E402
 from agent._fastdecode import field_layout  # noqa: E402
-try:
-    from agent.intake import CpuMerger  # noqa: E402
-except ImportError:   # a baseline tree from before agent/intake/
+try:   # a baseline tree from before agent/intake/
     from agent._merge import CpuMerger  # noqa: E402
+except ImportError:
+    from agent.intake import CpuMerger  # noqa: E402
 from agent._pipeline import Pipeline  # noqa: E402
 
 REQUEST = b"GET /api/items?id=7 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
