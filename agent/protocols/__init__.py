@@ -10,6 +10,7 @@ from .dns import DnsHandler
 from .http1 import Http1Handler
 from .http2 import Http2Handler
 from .memcached import MemcachedHandler
+from .mongodb import MongoHandler
 from .mysql import MysqlHandler
 from .postgres import PostgresHandler
 from .redis import RedisHandler
@@ -17,6 +18,7 @@ from .redis import RedisHandler
 REGISTRY: tuple[type[Handler], ...] = (
     Http1Handler,
     Http2Handler,
+    MongoHandler,       # length-framed protocols with strict headers: before the looser ones
     PostgresHandler,
     MysqlHandler,
     RedisHandler,
@@ -25,5 +27,5 @@ REGISTRY: tuple[type[Handler], ...] = (
 )
 
 __all__ = ["EGRESS", "INGRESS", "REGISTRY", "ConnectionHints", "Context", "DnsHandler", "Handler",
-           "Http1Handler", "Http2Handler", "MemcachedHandler", "MysqlHandler", "PostgresHandler",
+           "Http1Handler", "Http2Handler", "MemcachedHandler", "MongoHandler", "MysqlHandler", "PostgresHandler",
            "RedisHandler", "SpanFacts"]
