@@ -70,7 +70,7 @@ def build_span(facts: SpanFacts, conn: Any, protocol: str, tid: int, clock: Any)
         "span_id": _getrandbits(64).to_bytes(8, "little"),
         "parent_span_id": None,
         "name": facts.name,
-        "kind": "server" if server_side else "client",
+        "kind": facts.kind or ("server" if server_side else "client"),
         "start_time_unix_nano": start + offset,
         "end_time_unix_nano": end + offset,
         "pid": conn.tgid,

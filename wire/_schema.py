@@ -38,7 +38,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 # Compatible additions within SCHEMA_VERSION; 1: the `metrics` message.
-SCHEMA_MINOR = 1
+SCHEMA_MINOR = 2
 DEFAULT_SOCKET_PATH = "/run/sidetrace/sidetrace.sock"
 
 # Message type => the schema.cddl rule that defines it.

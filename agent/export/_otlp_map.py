@@ -22,7 +22,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 __all__ = ["MalformedSpan", "build_request", "resource_of", "to_any_value", "to_span"]
 
 SCOPE_NAME = "sidetrace"
-_KINDS = {"server": Span.SPAN_KIND_SERVER, "client": Span.SPAN_KIND_CLIENT}
+_KINDS = {"server": Span.SPAN_KIND_SERVER, "client": Span.SPAN_KIND_CLIENT,
+          "producer": Span.SPAN_KIND_PRODUCER, "consumer": Span.SPAN_KIND_CONSUMER}
 _STATUS = {"unset": Status.STATUS_CODE_UNSET, "ok": Status.STATUS_CODE_OK, "error": Status.STATUS_CODE_ERROR}
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _U64_MAX = (1 << 64) - 1

@@ -76,7 +76,9 @@ class SpanFacts:
 
     ``start_ns``/``end_ns`` are kernel monotonic nanoseconds: first byte of
     the request, last byte of the response.  ``server_side`` is True when the
-    traced process received the request (a server span).
+    traced process received the request (a server span).  ``kind`` names a
+    messaging span's kind ("producer" or "consumer") where OpenTelemetry says
+    so; None: "server" or "client" by ``server_side``.
     """
 
     name: str
@@ -88,6 +90,7 @@ class SpanFacts:
     status_message: str | None = None
     request_seq: int | None = None
     response_seq: int | None = None
+    kind: str | None = None
 
 
 class Context:

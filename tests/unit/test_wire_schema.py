@@ -148,7 +148,7 @@ attribute_values = st.one_of(
     trace_id=st.binary(min_size=16, max_size=16),
     span_id=st.binary(min_size=8, max_size=8),
     parent=st.none() | st.binary(min_size=8, max_size=8),
-    kind=st.sampled_from(["server", "client"]),
+    kind=st.sampled_from(["server", "client", "producer", "consumer"]),
     status=st.sampled_from(["unset", "ok", "error"]),
     start=st.integers(0, 2**64 - 1),
     attributes=st.dictionaries(st.text(max_size=30), attribute_values, max_size=8),
