@@ -9,6 +9,7 @@ from ._base import EGRESS, INGRESS, ConnectionHints, Context, Handler, SpanFacts
 from .dns import DnsHandler
 from .http1 import Http1Handler
 from .http2 import Http2Handler
+from .kafka import KafkaHandler
 from .memcached import MemcachedHandler
 from .mongodb import MongoHandler
 from .mysql import MysqlHandler
@@ -19,6 +20,7 @@ REGISTRY: tuple[type[Handler], ...] = (
     Http1Handler,
     Http2Handler,
     MongoHandler,       # length-framed protocols with strict headers: before the looser ones
+    KafkaHandler,
     PostgresHandler,
     MysqlHandler,
     RedisHandler,
@@ -27,5 +29,5 @@ REGISTRY: tuple[type[Handler], ...] = (
 )
 
 __all__ = ["EGRESS", "INGRESS", "REGISTRY", "ConnectionHints", "Context", "DnsHandler", "Handler",
-           "Http1Handler", "Http2Handler", "MemcachedHandler", "MongoHandler", "MysqlHandler", "PostgresHandler",
+           "Http1Handler", "Http2Handler", "KafkaHandler", "MemcachedHandler", "MongoHandler", "MysqlHandler", "PostgresHandler",
            "RedisHandler", "SpanFacts"]
