@@ -135,7 +135,12 @@ def rabbitmq(workdir: Path):
     which stops the node on SIGTERM).  epmd runs in the foreground on a port
     of its own, started and stopped here by its pid.
     """
-    server = need_binary("rabbitmq-server")
+    need_binary("rabbitmq-server")
+    # /usr/sbin/rabbitmq-server switches to the rabbitmq user, who cannot enter a
+    # test's private directory: the script it wraps runs the node as we are.
+    server = shutil.which("rabbitmq-server", path="/usr/lib/rabbitmq/bin")
+    if server is None:
+        unavailable("rabbitmq-server's scripts are not in /usr/lib/rabbitmq/bin")
     epmd = need_binary("epmd")
     amqp_port, epmd_port, dist_port = free_port(), free_port(), free_port()
     home = workdir / "home"
@@ -144,7 +149,7 @@ def rabbitmq(workdir: Path):
     (workdir / "enabled_plugins").write_text("[].\n")
     (workdir / "rabbitmq.conf").write_text("loopback_users = none\n")
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
+        **os.environ, "HOME": str(home),
         "ERL_EPMD_PORT": str(epmd_port), "RABBITMQ_NODENAME": f"sidetrace{amqp_port}@localhost",
         "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(amqp_port),
         "RABBITMQ_DIST_PORT": str(dist_port), "RABBITMQ_MNESIA_BASE": str(workdir / "mnesia"),
@@ -154,6 +159,9 @@ def rabbitmq(workdir: Path):
         "RABBITMQ_CONFIG_FILE": str(workdir / "rabbitmq"),
         "RABBITMQ_ADVANCED_CONFIG_FILE": str(workdir / "advanced.config"),
         "RABBITMQ_PID_FILE": str(workdir / "rabbit.pid"),
+        "RABBITMQ_MNESIA_DIR": str(workdir / "mnesia" / "node"),
+        "RABBITMQ_FEATURE_FLAGS_FILE": str(workdir / "mnesia" / "feature_flags"),
+        "RABBITMQ_PLUGINS_EXPAND_DIR": str(workdir / "mnesia" / "plugins"),
     }
     epmd_proc = subprocess.Popen([epmd, "-port", str(epmd_port)], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL, env=env)

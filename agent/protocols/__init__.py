@@ -5,6 +5,7 @@ share).  ``REGISTRY`` lists the handler classes in detection order: the most
 distinctive, cheapest checks first.
 """
 
+from .amqp import AmqpHandler
 from ._base import EGRESS, INGRESS, ConnectionHints, Context, Handler, SpanFacts
 from .dns import DnsHandler
 from .http1 import Http1Handler
@@ -21,6 +22,7 @@ REGISTRY: tuple[type[Handler], ...] = (
     Http2Handler,
     MongoHandler,       # length-framed protocols with strict headers: before the looser ones
     KafkaHandler,
+    AmqpHandler,
     PostgresHandler,
     MysqlHandler,
     RedisHandler,
@@ -28,6 +30,6 @@ REGISTRY: tuple[type[Handler], ...] = (
     DnsHandler,  # last: UDP datagrams and bare TCP messages are the weakest signatures
 )
 
-__all__ = ["EGRESS", "INGRESS", "REGISTRY", "ConnectionHints", "Context", "DnsHandler", "Handler",
+__all__ = ["EGRESS", "INGRESS", "REGISTRY", "AmqpHandler", "ConnectionHints", "Context", "DnsHandler", "Handler",
            "Http1Handler", "Http2Handler", "KafkaHandler", "MemcachedHandler", "MongoHandler", "MysqlHandler", "PostgresHandler",
            "RedisHandler", "SpanFacts"]

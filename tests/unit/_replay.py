@@ -38,10 +38,18 @@ def per_message(steps, size_of):
     next message's head.
     """
     out = []
+    left = {IN: 0, OUT: 0}          # bytes of a message begun in an earlier chunk
     for direction, chunk, ts in steps:
         at = 0
         while at < len(chunk):
-            size = size_of(chunk, at) or len(chunk) - at
+            if left[direction]:
+                size = min(left[direction], len(chunk) - at)
+                left[direction] -= size
+            else:
+                size = size_of(chunk, at) or len(chunk) - at
+                if size > len(chunk) - at:
+                    left[direction] = size - (len(chunk) - at)
+                    size = len(chunk) - at
             out.append((direction, chunk[at:at + size], ts))
             at += size
     return out
