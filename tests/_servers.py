@@ -122,8 +122,14 @@ def kafka_broker_args(port: int, advertised_port: int | None = None) -> list[str
 
 
 def mosquitto_args(port: int, workdir: Path) -> list[str]:
+    """mosquitto on 127.0.0.1; anonymous clients may use ``sensors/#`` only (the rest is refused)."""
+    acl = workdir / "mosquitto.acl"
+    acl.write_text("topic readwrite sensors/#\n")
     config = workdir / "mosquitto.conf"
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                      f"acl_file {acl}\n"
+                      # as root it would drop to the mosquitto user, who cannot read a test's files
+                      "user root\n")
     return [need_binary("mosquitto"), "-c", str(config)]
 
 

@@ -13,6 +13,7 @@ from .http2 import Http2Handler
 from .kafka import KafkaHandler
 from .memcached import MemcachedHandler
 from .mongodb import MongoHandler
+from .mqtt import MqttHandler
 from .mysql import MysqlHandler
 from .postgres import PostgresHandler
 from .redis import RedisHandler
@@ -23,6 +24,7 @@ REGISTRY: tuple[type[Handler], ...] = (
     MongoHandler,       # length-framed protocols with strict headers: before the looser ones
     KafkaHandler,
     AmqpHandler,
+    MqttHandler,
     PostgresHandler,
     MysqlHandler,
     RedisHandler,
@@ -31,5 +33,5 @@ REGISTRY: tuple[type[Handler], ...] = (
 )
 
 __all__ = ["EGRESS", "INGRESS", "REGISTRY", "AmqpHandler", "ConnectionHints", "Context", "DnsHandler", "Handler",
-           "Http1Handler", "Http2Handler", "KafkaHandler", "MemcachedHandler", "MongoHandler", "MysqlHandler", "PostgresHandler",
+           "Http1Handler", "Http2Handler", "KafkaHandler", "MemcachedHandler", "MongoHandler", "MqttHandler", "MysqlHandler", "PostgresHandler",
            "RedisHandler", "SpanFacts"]
