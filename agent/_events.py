@@ -107,6 +107,10 @@ class AppProto(enum.IntEnum):
     MYSQL = 5
     DNS = 6
     MEMCACHED = 7
+    MONGODB = 8
+    KAFKA = 9
+    MQTT = 10
+    AMQP = 11
     OPAQUE = 255
 
 

@@ -41,6 +41,10 @@ HINT_NAMES = {
     AppProto.MYSQL: "mysql",
     AppProto.DNS: "dns",
     AppProto.MEMCACHED: "memcached",
+    AppProto.MONGODB: "mongodb",
+    AppProto.KAFKA: "kafka",
+    AppProto.MQTT: "mqtt",
+    AppProto.AMQP: "amqp",
 }
 _OPAQUE = int(AppProto.OPAQUE)
 _F_OPAQUE = int(Flag.OPAQUE)

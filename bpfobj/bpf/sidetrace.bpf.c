@@ -756,6 +756,42 @@ static __always_inline __u16 classify(const __u8 *payload, __u32 got, __u64 tota
 	/* HTTP/2: client preface */
 	if (w0 == S8("PRI * HT"))
 		return ST_PROTO_HTTP2;
+	/* Length-framed protocols with strict headers, before the TLS record
+	 * test (a MongoDB message of 788..791 bytes starts like one) and the
+	 * looser binary ones.  MongoDB: a 16-byte header (read alone by most
+	 * servers): little-endian length, requestID, responseTo, opCode OP_MSG,
+	 * OP_QUERY, OP_REPLY or OP_COMPRESSED. */
+	if (got >= 16) {
+		__u32 op = (__u32)(w1 >> 32);
+
+		if ((op == 2013 || op == 2004 || op == 1 || op == 2012) && h >= 21 && h <= 48000000)
+			return ST_PROTO_MONGODB;
+	}
+	/* Kafka request: big-endian size (the whole request in this write), api
+	 * key, api version, correlation id, client id length (-1 or short) */
+	if (got >= 14 && b[0] == 0 && b[4] == 0 && b[5] < 100 && b[6] == 0 && b[7] < 20 &&
+	    (((__u64)b[1] << 16 | (__u32)b[2] << 8 | b[3]) + 4 == total) &&
+	    ((b[12] == 0xff && b[13] == 0xff) || b[12] < 4))
+		return ST_PROTO_KAFKA;
+	/* ... or its header alone, the size read in a syscall of its own (a
+	 * broker): a connection's first request (ApiVersions, Metadata,
+	 * SaslHandshake) with a printable client id */
+	if (got >= 11 && b[0] == 0 && (b[1] == 18 || b[1] == 3 || b[1] == 17) && b[2] == 0 &&
+	    b[3] < 20 && b[8] == 0 && b[9] > 0 && b[10] >= 0x20 && b[10] < 0x7f)
+		return ST_PROTO_KAFKA;
+	/* MQTT CONNECT: 0x10, a 1- or 2-byte remaining length, protocol name
+	 * "MQTT" (3.1.1, 5) or "MQIsdp" (3.1); or the CONNECT body alone (a
+	 * broker reading the fixed header a byte at a time) */
+	if (LO(w0, 6) == S6("\0\4MQTT") || LO(w0, 6) == S6("\0\6MQIs") ||
+	    (b[0] == 0x10 && b[1] < 0x80 && b[2] == 0 && (b[3] == 4 || b[3] == 6) && b[4] == 'M' && b[5] == 'Q') ||
+	    (b[0] == 0x10 && b[1] >= 0x80 && b[2] < 0x80 && b[3] == 0 && (b[4] == 4 || b[4] == 6) &&
+	     b[5] == 'M' && b[6] == 'Q'))
+		return ST_PROTO_MQTT;
+	/* AMQP 0-9-1: the client's protocol header, or the broker's
+	 * connection.start (method frame on channel 0, class 10 method 10) */
+	if (w0 == S8("AMQP\0\0\x09\x01") ||
+	    (got >= 11 && b[0] == 1 && b[1] == 0 && b[2] == 0 && b[7] == 0 && b[8] == 10 && b[9] == 0 && b[10] == 10))
+		return ST_PROTO_AMQP;
 	/* TLS record (handshake, alert, change cipher spec, application data):
 	 * nothing to read in the payload, ever */
 	if (got >= 5 && b[0] >= 0x14 && b[0] <= 0x17 && b[1] == 3 && b[2] <= 4)

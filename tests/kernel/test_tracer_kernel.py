@@ -52,6 +52,7 @@ CNT_EVENTS, CNT_PERF_FAIL, CNT_NOT_SOCKET = 0, 1, 6
 CNT_PROTO_KNOWN, CNT_PROTO_OPAQUE, CNT_OPAQUE_DATA = 12, 13, 14
 # enum st_app_proto
 P_UNKNOWN, P_HTTP1, P_HTTP2, P_REDIS, P_POSTGRES, P_MYSQL, P_DNS, P_MEMCACHED, P_OPAQUE = 0, 1, 2, 3, 4, 5, 6, 7, 255
+P_MONGODB, P_KAFKA, P_MQTT, P_AMQP = 8, 9, 10, 11
 PROTO_TRIES = 4
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 MAX_PAYLOAD = 4096
@@ -669,6 +670,9 @@ def conn_events(events: list[Ev], cport: int) -> tuple[list[Ev], list[Ev]]:
 PG_STARTUP = struct.pack(">II", 8 + 14, 0x00030000) + b"user\0alice\0\0\0"[:14]
 MYSQL_QUERY = struct.pack("<I", 9)[:3] + b"\0" + b"\x03SELECT 1"[:9]
 MYSQL_GREETING = struct.pack("<I", 20)[:3] + b"\0" + b"\x0a8.0.36\0" + b"\0" * 12
+MONGO_PING = struct.pack("<iiiiIB", 36, 7, 0, 2013, 0, 0) + b"\x0f\0\0\0\x10ping\0\x01\0\0\0\0"
+KAFKA_API_VERSIONS = struct.pack(">hhih", 18, 3, 1, 7) + b"rdkafka" + b"\0\0"
+AMQP_START = b"\x01\0\0" + struct.pack(">I", 12) + b"\0\x0a\0\x0a\0\x09" + b"\0" * 6 + b"\xce"
 SAMPLES = {
     "http1-request": (b"POST /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n", P_HTTP1),
     "http1-response": (b"HTTP/1.1 204 No Content\r\n\r\n", P_HTTP1),
@@ -686,6 +690,14 @@ SAMPLES = {
     "memcached-value": (b"VALUE user:1 0 3\r\nabc\r\nEND\r\n", P_MEMCACHED),
     "memcached-binary": (b"\x80\x00\x00\x03" + b"\0" * 20 + b"key", P_MEMCACHED),
     "tls-client-hello": (b"\x16\x03\x01\x00\x40" + bytes(64), P_OPAQUE),
+    "mongodb-op-msg": (MONGO_PING, P_MONGODB),
+    "mongodb-header-alone": (MONGO_PING[:16], P_MONGODB),
+    "kafka-request": (struct.pack(">i", len(KAFKA_API_VERSIONS)) + KAFKA_API_VERSIONS, P_KAFKA),
+    "kafka-header-alone": (KAFKA_API_VERSIONS, P_KAFKA),
+    "mqtt-connect": (b"\x10\x10\x00\x04MQTT\x04\x02\x00\x3c\x00\x04ab12", P_MQTT),
+    "mqtt-connect-body": (b"\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x00", P_MQTT),
+    "amqp-protocol-header": (b"AMQP\x00\x00\x09\x01", P_AMQP),
+    "amqp-connection-start": (AMQP_START, P_AMQP),
 }
 
 

@@ -78,7 +78,8 @@
  * event with payload is classified from its first 16 bytes (HTTP/1 request
  * line or status line, HTTP/2 preface or frame header, RESP, PostgreSQL
  * startup/SSLRequest or a typed message, MySQL packet, DNS header,
- * memcached text or binary); the first match sticks to the connection.  A
+ * memcached text or binary, MongoDB header, Kafka request header, MQTT
+ * CONNECT, AMQP protocol header or connection.start); the first match sticks to the connection.  A
  * TLS record, or ST_PROTO_TRIES payloads that match nothing, make it OPAQUE:
  * from then on its DATA events are dropped in the kernel (.rodata
  * drop_opaque = 1, the default) or sent as the header alone (payload_len 0,
@@ -210,6 +211,10 @@ enum st_app_proto {
 	ST_PROTO_MYSQL = 5,
 	ST_PROTO_DNS = 6,
 	ST_PROTO_MEMCACHED = 7,
+	ST_PROTO_MONGODB = 8,
+	ST_PROTO_KAFKA = 9,
+	ST_PROTO_MQTT = 10,
+	ST_PROTO_AMQP = 11,
 	ST_PROTO_OPAQUE = 255,  /* gave up (or TLS): no payload is captured any more */
 };
 
