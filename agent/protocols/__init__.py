@@ -21,17 +21,18 @@ from .redis import RedisHandler
 REGISTRY: tuple[type[Handler], ...] = (
     Http1Handler,
     Http2Handler,
-    MongoHandler,       # length-framed protocols with strict headers: before the looser ones
-    KafkaHandler,
-    AmqpHandler,
-    MqttHandler,
     PostgresHandler,
     MysqlHandler,
     RedisHandler,
     MemcachedHandler,
+    # Length-framed protocols: the kernel's guess puts them first where it has one.
+    MongoHandler,
+    KafkaHandler,
+    AmqpHandler,
+    MqttHandler,
     DnsHandler,  # last: UDP datagrams and bare TCP messages are the weakest signatures
 )
 
-__all__ = ["EGRESS", "INGRESS", "REGISTRY", "AmqpHandler", "ConnectionHints", "Context", "DnsHandler", "Handler",
-           "Http1Handler", "Http2Handler", "KafkaHandler", "MemcachedHandler", "MongoHandler", "MqttHandler", "MysqlHandler", "PostgresHandler",
-           "RedisHandler", "SpanFacts"]
+__all__ = ["EGRESS", "INGRESS", "REGISTRY", "AmqpHandler", "ConnectionHints", "Context", "DnsHandler",
+           "Handler", "Http1Handler", "Http2Handler", "KafkaHandler", "MemcachedHandler", "MongoHandler",
+           "MqttHandler", "MysqlHandler", "PostgresHandler", "RedisHandler", "SpanFacts"]
