@@ -170,7 +170,6 @@ class Agent:
                  server: SpanServer, selection: TargetSelection, max_connections: int,
                  flushers: CpuFlushers | None = None, resources: ProcessResources | None = None) -> None:
         self.collection = collection
-        self.rings = rings
         self.server = server
         self.clock = WallClock()
         # The pipeline records the traced connections' ends; the linker reads them.
