@@ -83,11 +83,11 @@ def memory_kib(pid: int) -> tuple[int, int]:
 PACE_SCRIPT = "function delay() return 1 end\n"  # ms between requests, per connection
 
 
-def wrk(port: int, seconds: float, connections: int, paced: Path | None = None) -> float:
+def wrk(port: int, seconds: float, connections: int, paced: Path | None = None, scheme: str = "http") -> float:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s"]
     if paced is not None:
         cmd += ["-s", str(paced)]
-    out = subprocess.run(cmd + [f"http://127.0.0.1:{port}/"],
+    out = subprocess.run(cmd + [f"{scheme}://127.0.0.1:{port}/"],
                          capture_output=True, text=True, check=True).stdout
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
