@@ -133,19 +133,25 @@ class SpanCounter(threading.Thread):
         self.sub.close()
 
 
+def start_agent(sock: Path, *args: str, timeout: float = 20) -> subprocess.Popen:
+    """`sidetrace run --socket SOCK ARGS...`, once it serves (stderr kept for failures)."""
+    agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--socket", str(sock),
+                              "--stats-interval", "0.5", *args],
+                             cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while not sock.exists():
+        if agent.poll() is not None or time.monotonic() > deadline:
+            stop(agent)
+            raise SystemExit(f"agent did not start: {agent.stderr.read()}")
+        time.sleep(0.05)
+    return agent
+
+
 def traced_run(port: int, seconds: float, connections: int, workdir: Path,
                paced: Path | None = None) -> dict:
-    sock = workdir / "agent.sock"
-    agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--socket", str(sock),
-                              "--comm", "nginx", "--stats-interval", "0.5"],
-                             cwd=REPO, stderr=subprocess.PIPE, text=True)
+    agent = start_agent(workdir / "agent.sock", "--comm", "nginx")
     try:
-        deadline = time.monotonic() + 20
-        while not sock.exists():
-            if agent.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"agent did not start: {agent.stderr.read()}")
-            time.sleep(0.05)
-        counter = SpanCounter(sock)
+        counter = SpanCounter(workdir / "agent.sock")
         counter.start()
         time.sleep(1.0)
         idle_cpu0 = cpu_seconds(agent.pid)

@@ -57,6 +57,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import bpfobj  # noqa: E402
 from bench_agent_http import SpanCounter, cpu_seconds, free_port, stop, wrk  # noqa: E402
+from bench_agent_http import start_agent as start_http_agent  # noqa: E402
 from bpfobj._consts import ProgType  # noqa: E402
 from bpfobj._insn import exit_insn, mov64_imm  # noqa: E402
 
@@ -130,14 +131,7 @@ def foreign_uprobes(libssl: str, own: set[int]) -> int:
 
 
 def start_agent(sock: Path, *args: str) -> tuple[subprocess.Popen, SpanCounter]:
-    agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--socket", str(sock),
-                              "--stats-interval", "0.5", *args],
-                             cwd=REPO, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not sock.exists():
-        if agent.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"agent did not start: {agent.stderr.read()}")
-        time.sleep(0.05)
+    agent = start_http_agent(sock, *args, timeout=30)
     counter = SpanCounter(sock)
     counter.start()
     return agent, counter

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,12 +63,14 @@ def wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = 20) -> 
 
 
 def collect_spans(sub, want: int, *, settle: float = 1.5, limit: float = 30,
-                  protocols: tuple[str, ...] | None = None, stats: list | None = None) -> list[dict]:
+                  protocols: tuple[str, ...] | None = None, stats: list | None = None,
+                  keep: Callable[[dict], bool] | None = None) -> list[dict]:
     """Spans from ``sub`` until ``want`` arrived and nothing more came for ``settle`` seconds.
 
     Gives up after ``limit`` seconds or when the agent closes the stream.  With
-    ``protocols``, only spans of those protocols are kept (and counted); stats
-    messages are appended to ``stats`` if given.
+    ``protocols``, only spans of those protocols are kept (and counted), with
+    ``keep`` only spans it says yes to; stats messages are appended to
+    ``stats`` if given.
     """
     spans = []
     deadline = time.monotonic() + limit
@@ -84,7 +87,7 @@ def collect_spans(sub, want: int, *, settle: float = 1.5, limit: float = 30,
         if msg is None:
             break
         if msg["type"] == "span":
-            if protocols is None or msg["protocol"] in protocols:
+            if (protocols is None or msg["protocol"] in protocols) and (keep is None or keep(msg)):
                 spans.append(msg)
         elif msg["type"] == "stats" and stats is not None:
             stats.append(msg)

@@ -76,27 +76,10 @@ def wait_for_stats(sub, predicate, *, timeout: float = 20, spans: list | None = 
     raise AssertionError(f"no stats message as expected within {timeout}s; last: {json.dumps(last)[:3000]}")
 
 
-def collect_port_spans(sub, want: int, port: int, *, settle: float = 1.5, limit: float = 30) -> list[dict]:
-    """Spans of connections to server port ``port``: ``want`` of them, then nothing more
-    for ``settle`` seconds.  Processes traced by name may belong to other work on
-    the machine; only this test's server port counts."""
-    spans: list[dict] = []
-    deadline = time.monotonic() + limit
-    quiet_until = None
-    while time.monotonic() < deadline:
-        if len(spans) >= want:
-            quiet_until = quiet_until or time.monotonic() + settle
-            if time.monotonic() > quiet_until:
-                break
-        try:
-            msg = sub.receive()
-        except TimeoutError:
-            continue
-        if msg is None:
-            break
-        if msg["type"] == "span" and msg["attributes"].get("server.port") == port:
-            spans.append(msg)
-    return spans
+def to_port(port: int):
+    """Spans of connections to server port ``port``.  Processes traced by name may
+    belong to other work on the machine; only this test's server counts."""
+    return lambda span: span["attributes"].get("server.port") == port
 
 
 def tls_library(stats: dict, path_part: str) -> dict | None:
@@ -186,7 +169,7 @@ def test_nginx_and_curl_over_https_keep_alive(tmp_path, certificate):
                              stdout=subprocess.PIPE, text=True) as client:
                     lines = client.stdout.read().split("\n")
                     assert client.wait(20) == 0
-                spans = collect_port_spans(sub, 2 * REQUESTS, port)
+                spans = collect_spans(sub, 2 * REQUESTS, keep=to_port(port))
                 stats = wait_for_stats(sub, lambda s: True)
             assert stop(agent_proc) == 0, agent_proc.stderr.read()
 
@@ -416,7 +399,8 @@ def test_postgresql_with_ssl_psycopg_and_psql_sslmode_require(tmp_path, certific
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as psql_proc:
                         out = psql_proc.stdout.read()
                         assert psql_proc.wait(20) == 0, psql_proc.stderr.read()
-                    spans = collect_port_spans(sub, 2 * (len(POSTGRES_EXPECTED) + len(PSQL_EXPECTED)), pg.port)
+                    spans = collect_spans(sub, 2 * (len(POSTGRES_EXPECTED) + len(PSQL_EXPECTED)),
+                                          keep=to_port(pg.port))
                 assert stop(agent_proc) == 0, agent_proc.stderr.read()
 
     assert out.strip() == "1"
@@ -457,7 +441,7 @@ def test_redis_tls_port_and_redis_cli_tls(tmp_path, certificate):
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True) as client:
                     out, err = client.communicate(REDIS_COMMANDS, timeout=20)
-                spans = collect_port_spans(sub, 2 * len(REDIS_EXPECTED), port)
+                spans = collect_spans(sub, 2 * len(REDIS_EXPECTED), keep=to_port(port))
             assert stop(agent_proc) == 0, agent_proc.stderr.read()
 
     assert out.split("\n")[:2] == ["OK", "secret-value"], (out, err)
