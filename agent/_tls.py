@@ -37,10 +37,11 @@ ENTRY_PROGRAMS = {
     "SSL_read_ex": "st_tls_read_ex",
     "SSL_write": "st_tls_write",
     "SSL_write_ex": "st_tls_write_ex",
+    "SSL_do_handshake": "st_tls_handshake",
     "SSL_free": "st_tls_free",
 }
 RETURN_PROGRAM = "st_tls_return"
-WITH_RETURN = ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex")
+WITH_RETURN = ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex", "SSL_do_handshake")
 REQUIRED = ("SSL_read", "SSL_write")
 
 # File names of TLS libraries.  OpenSSL's are probed by their symbols; the

@@ -292,15 +292,20 @@ TRACER_OBJ = Path(__file__).resolve().parents[2] / "bpfobj" / "bpf" / "sidetrace
 
 
 def test_tracer_object_loads_and_attaches_with_one_core_pass() -> None:
-    """The project's tracing object: every program loads and attaches; the
-    loader's single combined CO-RE pass gives exactly the per-program result."""
+    """The project's tracing object: every program loads, and every one whose
+    section names its target attaches (the TLS uprobes name none: the agent
+    places them on the libraries it finds); the loader's single combined
+    CO-RE pass gives exactly the per-program result."""
     from bpfobj._core import apply_core_relocations
     from bpfobj._kernel_btf import kernel_btf
 
     spec = load_object_spec(arch_object(TRACER_OBJ))
+    placed_later = {name for name, prog in spec.programs.items() if prog.section in ("uprobe", "uretprobe")}
+    assert {"st_tls_read", "st_tls_write", "st_tls_return"} <= placed_later
     with Collection(spec) as coll:
         links = coll.attach_all()
-        assert len(links) == len(spec.programs) > 1
+        assert len(links) == len(spec.programs) - len(placed_later) > 1
+        assert {link.program for link in links}.isdisjoint(placed_later)
         target = kernel_btf()
         for prog in spec.programs.values():
             if prog.core_relocations:

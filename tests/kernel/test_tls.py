@@ -92,9 +92,11 @@ def assert_exchanges(spans: list[dict], expected: dict[str, int], *, server_pid:
     and each server span's parent the client span of its request, linked exact."""
     for span in spans:
         validate(span)
+    pathless = [s for s in spans if "url.path" not in s["attributes"]]
+    assert not pathless, json.dumps(pathless, default=repr)
     servers = [s for s in spans if s["kind"] == "server"]
     clients = [s for s in spans if s["kind"] == "client"]
-    by_path = lambda group: sorted(s["attributes"].get("url.path") for s in group)  # noqa: E731
+    by_path = lambda group: sorted(s["attributes"]["url.path"] for s in group)  # noqa: E731
     assert by_path(servers) == sorted(expected), spans
     assert by_path(clients) == sorted(expected), spans
     if server_pid is not None:

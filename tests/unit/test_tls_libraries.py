@@ -20,7 +20,7 @@ MAPS = """\
 7ffd00000000-7ffd00001000 r-xp 00000000 00:00 0                          [vdso]
 """
 
-OPENSSL = ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex", "SSL_free")
+OPENSSL = ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex", "SSL_do_handshake", "SSL_free")
 
 
 def test_executable_mappings_by_device_and_inode():
@@ -83,7 +83,8 @@ def _resolver(tables: dict[str, tuple[str, ...]], calls: list):
 
 
 def _programs(attached, fail=False):
-    names = ("st_tls_read", "st_tls_read_ex", "st_tls_write", "st_tls_write_ex", "st_tls_free", "st_tls_return")
+    names = ("st_tls_read", "st_tls_read_ex", "st_tls_write", "st_tls_write_ex", "st_tls_handshake", "st_tls_free",
+             "st_tls_return")
     return {n: FakeProgram(n, attached, fail) for n in names}
 
 
@@ -97,16 +98,16 @@ def test_openssl_attached_once_per_file_for_every_process(tmp_path):
     ssl = new[0]
     assert ssl.status == ATTACHED and ssl.pids == {10, 11}
     assert ssl.functions == OPENSSL
-    # four entries with their returns, and SSL_free's entry: once, not per process
-    assert len(attached) == 9
-    assert sum(1 for *_, ret in attached if ret) == 4
+    # five entries with their returns, and SSL_free's entry: once, not per process
+    assert len(attached) == 11
+    assert sum(1 for *_, ret in attached if ret) == 5
     assert all(path == f"{proc}/10/root/usr/lib/x86_64-linux-gnu/libssl.so.3" for _, path, *_ in attached)
     gnutls = new[1]
     assert gnutls.status == UNSUPPORTED and "GnuTLS is not supported" in gnutls.reason
     # python3.11 was looked at once and forgotten; nothing is read again on a rescan
     reads = len(calls)
     assert libs.scan([10, 11]) == []
-    assert len(calls) == reads and len(attached) == 9
+    assert len(calls) == reads and len(attached) == 11
     # a process that exited drops out of the count
     libs.scan([10])
     assert ssl.pids == {10}

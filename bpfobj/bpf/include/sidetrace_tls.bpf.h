@@ -8,14 +8,19 @@
  *
  *   st_tls_read / st_tls_read_ex     entry of SSL_read / SSL_read_ex
  *   st_tls_write / st_tls_write_ex   entry of SSL_write / SSL_write_ex
- *   st_tls_return                    return of all four
+ *   st_tls_handshake                 entry of SSL_do_handshake (SSL_accept and
+ *                                    SSL_connect run it too)
+ *   st_tls_return                    return of all five
  *   st_tls_free                      entry of SSL_free
  *
  * Which socket.  The entry notes the call in the thread's tls_threads entry;
  * a socket syscall the thread makes while the call runs (OpenSSL's socket
  * BIO, or a library's own BIO calling send/recv) names the socket: the
- * call's SSL * is bound to it in tls_ssl.  Plaintext returned with no socket
- * call inside (served from OpenSSL's buffer) uses that binding.  A library
+ * call's SSL * is bound to it in tls_ssl.  The handshake is such a call
+ * too, so the binding exists before the first plaintext: a server that
+ * reads ahead (nginx) may have read the first request during the handshake
+ * and return it from its buffer with no socket call inside SSL_read.
+ * Plaintext returned with no socket call inside uses that binding.  A library
  * that does its socket I/O outside its calls (node: memory BIOs, the
  * event loop reads the ciphertext before SSL_read and writes it after
  * SSL_write) is bound from the thread's adjacent I/O instead: a read
@@ -50,6 +55,7 @@
 
 #define ST_TLS_CALL_READ 1
 #define ST_TLS_CALL_WRITE 2
+#define ST_TLS_CALL_HANDSHAKE 3
 #define ST_TLS_RECS 8              /* records remembered per direction: a power of two */
 #define ST_TLS_SCAN 8              /* record headers walked per socket call */
 #define ST_TLS_MAX_FRAGMENT 16384  /* plaintext bytes per record */
@@ -545,7 +551,44 @@ int st_tls_write_ex(struct pt_regs *ctx)
 	return tls_enter(ctx, ST_TLS_CALL_WRITE, true);
 }
 
-/* Return of SSL_read, SSL_read_ex, SSL_write and SSL_write_ex. */
+SEC("uprobe")
+int st_tls_handshake(struct pt_regs *ctx)
+{
+	return tls_enter(ctx, ST_TLS_CALL_HANDSHAKE, false);
+}
+
+/* The return of a handshake: bind its SSL * to the socket it used. */
+static __always_inline int tls_handshake_return(struct st_tls_thread *t, __u64 pid_tgid)
+{
+	struct st_tls_ssl_key key = {};
+	struct st_tls_ssl *s;
+	struct st_tls_conn *tc;
+	struct st_conn *c;
+
+	if (!t->ino)
+		return 0;
+	key.ssl = t->ssl;
+	key.tgid = pid_tgid >> 32;
+	s = bpf_map_lookup_elem(&tls_ssl, &key);
+	if (!s) {
+		struct st_tls_ssl fresh = {};
+
+		bpf_map_update_elem(&tls_ssl, &key, &fresh, BPF_NOEXIST);
+		s = bpf_map_lookup_elem(&tls_ssl, &key);
+		if (!s)
+			return 0;
+	}
+	tls_bind(s, t->ino, t->fd, false);
+	c = bpf_map_lookup_elem(&conns, &t->ino);
+	if (c)
+		c->flags |= ST_CONN_TLS | ST_CONN_TLS_LIB;
+	tc = bpf_map_lookup_elem(&tls_conns, &t->ino);
+	if (tc)
+		tc->ssl = key.ssl;
+	return 0;
+}
+
+/* Return of SSL_read, SSL_read_ex, SSL_write, SSL_write_ex and SSL_do_handshake. */
 SEC("uretprobe")
 int st_tls_return(struct pt_regs *ctx)
 {
@@ -566,6 +609,10 @@ int st_tls_return(struct pt_regs *ctx)
 		return 0;
 	}
 	write = t->call == ST_TLS_CALL_WRITE;
+	if (t->call == ST_TLS_CALL_HANDSHAKE) {
+		t->call = 0;
+		return tls_handshake_return(t, pid_tgid);
+	}
 	t->call = 0;
 	tls_count(ST_TLS_CNT_CALLS);
 	ret = (int)PT_REGS_RC(ctx);
