@@ -143,12 +143,19 @@ def check_running_pid(value: int) -> int:
     return value
 
 
+def _nonempty_bytes(value: str, what: str) -> bytes:
+    """``value`` as the bytes the kernel will see (argv may hold bytes that are not UTF-8)."""
+    raw = os.fsencode(value)
+    if not raw:
+        raise ValueError(f"{what} cannot be empty")
+    return raw
+
+
 def check_comm(value: str) -> str:
-    size = len(os.fsencode(value))
-    if size == 0:
-        raise ValueError("a process name cannot be empty")
+    raw = _nonempty_bytes(value, "a process name")
+    size = len(raw)
     if size > COMM_MAX_BYTES:
-        cut = os.fsencode(value)[:COMM_MAX_BYTES].decode("utf-8", "replace")
+        cut = raw[:COMM_MAX_BYTES].decode("utf-8", "replace")
         raise ValueError(f"'{value}' is {size} bytes; the kernel keeps {COMM_MAX_BYTES} bytes of a "
                          f"process name, so give the name as the kernel shows it ('{cut}')")
     return value
@@ -207,9 +214,7 @@ def _fs_type(path: str) -> str | None:
 
 
 def _check_socket_text(value: str) -> str:
-    size = len(os.fsencode(value))
-    if size == 0:
-        raise ValueError("a socket path cannot be empty")
+    size = len(_nonempty_bytes(value, "a socket path"))
     if size > SOCKET_PATH_MAX_BYTES:
         raise ValueError(f"'{value}' is {size} bytes; a Unix socket path holds at most "
                          f"{SOCKET_PATH_MAX_BYTES}")

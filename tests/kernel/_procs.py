@@ -92,3 +92,18 @@ def collect_spans(sub, want: int, *, settle: float = 1.5, limit: float = 30,
         elif msg["type"] == "stats" and stats is not None:
             stats.append(msg)
     return spans
+
+
+def wait_for_stats(sub, accept, what: str, limit: float = 30) -> dict:
+    """The first stats message from ``sub`` that ``accept`` takes; fails after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            msg = sub.receive()
+        except TimeoutError:
+            continue
+        if msg is None:
+            break
+        if msg["type"] == "stats" and accept(msg):
+            return msg
+    raise AssertionError(f"no stats message showed {what} within {limit}s")

@@ -27,7 +27,7 @@ import pytest
 
 from wire import BlockingSubscriber, is_terminal_safe
 
-from ._procs import REPO, agent, wait_for_socket
+from ._procs import REPO, agent, wait_for_socket, wait_for_stats
 
 pytestmark = pytest.mark.kernel
 
@@ -51,14 +51,6 @@ def as_nobody(*options: str) -> list[str]:
 
 def run_as(prefix: list[str], *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([*prefix, *argv], cwd=REPO, capture_output=True, text=True, timeout=60)
-
-
-def subscriber_counts(path) -> dict:
-    with BlockingSubscriber(path, timeout=10) as sub:
-        while True:
-            msg = sub.receive()
-            if msg["type"] == "stats":
-                return msg["subscriber_counts"]
 
 
 @pytest.fixture
@@ -91,7 +83,8 @@ def test_the_socket_group_decides_who_subscribes(socket_dir):
         assert len(lines) == 1 and "not allowed to connect" in lines[0], stranger.stderr
         assert is_terminal_safe(lines[0]) and "Traceback" not in stranger.stderr
 
-        counts = subscriber_counts(path)
+        with BlockingSubscriber(path, timeout=10) as sub:
+            counts = wait_for_stats(sub, lambda msg: True, "stats")["subscriber_counts"]
         assert counts["refused_peer"] == 1
         assert counts["accepted"] >= 2  # the member, and this subscriber
         assert agent_proc.poll() is None

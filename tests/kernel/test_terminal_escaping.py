@@ -20,7 +20,7 @@ import pytest
 
 from wire import BlockingSubscriber, is_terminal_safe
 
-from ._procs import APPS, REPO, agent, started, stop, wait_for_socket
+from ._procs import APPS, REPO, agent, started, stop, wait_for_socket, wait_for_stats
 
 pytestmark = pytest.mark.kernel
 
@@ -45,19 +45,6 @@ def request(port: int, target: bytes) -> None:
             pass
 
 
-def subscribers_now(sub: BlockingSubscriber, want: int, limit: float = 30) -> None:
-    """Wait until the agent's stats say ``want`` subscribers are connected."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            msg = sub.receive()
-        except TimeoutError:
-            continue
-        if msg and msg["type"] == "stats" and msg["subscribers"] >= want:
-            return
-    raise AssertionError(f"fewer than {want} subscribers after {limit}s")
-
-
 def test_hostile_names_and_targets_reach_tail_escaped(tmp_path):
     sock = tmp_path / "agent.sock"
     with started([sys.executable, "-c", RENAMED_SERVER, str(APPS / "http_server.py")],
@@ -72,7 +59,8 @@ def test_hostile_names_and_targets_reach_tail_escaped(tmp_path):
                                           "--format", fmt, "--count", "1"],
                                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 with tails["pretty"] as pretty, tails["tree"] as tree, tails["jsonl"] as jsonl:
-                    subscribers_now(sub, 1 + len(FORMATS))
+                    wait_for_stats(sub, lambda msg: msg["subscribers"] >= 1 + len(FORMATS),
+                                   "every tail subscribed")
                     request(port, TARGET)
                     request(port, b"/plain")
                     outputs = {}

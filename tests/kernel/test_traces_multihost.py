@@ -29,7 +29,7 @@ from pyroute2 import IPRoute, NetNS, netns
 
 from wire import BlockingSubscriber, validate
 
-from ._procs import APPS, REPO, agent, started, wait_for_socket
+from ._procs import APPS, REPO, agent, started, wait_for_socket, wait_for_stats
 from .apps.tier_rig import ground_truth, identify, subscribe
 
 pytestmark = pytest.mark.kernel
@@ -97,17 +97,11 @@ def collect(sub: BlockingSubscriber, want: int, settle: float = 2.0, limit: floa
 
 def wait_until_assembling(sub: BlockingSubscriber, agents: int, limit: float = 15) -> None:
     """Until the assembler's stats say it is subscribed to every agent."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            msg = sub.receive()
-        except TimeoutError:
-            continue
-        if msg is not None and msg["type"] == "stats":
-            upstreams = msg.get("upstreams", [])
-            if len(upstreams) == agents and all(u["connected"] for u in upstreams):
-                return
-    raise AssertionError("the assembler did not subscribe to every agent")
+    def assembling(msg: dict) -> bool:
+        upstreams = msg.get("upstreams", [])
+        return len(upstreams) == agents and all(u["connected"] for u in upstreams)
+
+    wait_for_stats(sub, assembling, "the assembler subscribed to every agent", limit)
 
 
 def test_assemble_joins_the_spans_of_two_hosts_into_one_trace_per_request():
