@@ -141,23 +141,28 @@ class _Budget:
         self.left = elements
 
 
-def decode_document(data: bytes | memoryview, pos: int = 0, *,
-                    max_elements: int = MAX_ELEMENTS) -> tuple[Document, int]:
+def decode_document(data: bytes | memoryview, pos: int = 0, *, max_elements: int = MAX_ELEMENTS,
+                    descend: frozenset[str] | None = None,
+                    skip: frozenset[str] = frozenset()) -> tuple[Document, int]:
     """The document at ``data[pos:]`` and the offset just past its declared end.
 
     The end may lie beyond ``len(data)`` when the capture cut the document.
-    Raises BsonError when the bytes are malformed, or when not even the
-    4-byte length is there.
+    With ``descend``, only the top-level documents and arrays under those
+    keys are decoded; the others are stepped over by their length and read
+    as Other("document") or Other("array") (a reply's batch of documents
+    costs nothing).  ``skip`` steps over those under its keys the same way.  Raises BsonError when the bytes are malformed, or when
+    not even the 4-byte length is there.
     """
     length = document_length(data, pos)
     if length is None:
         raise BsonError("no document length")
-    doc = _decode(data, pos, length, False, 0, _Budget(max_elements))
+    doc = _decode(data, pos, length, False, 0, _Budget(max_elements), descend, skip)
     return doc, pos + length
 
 
 def _decode(data: bytes | memoryview, pos: int, length: int, array: bool, depth: int,
-            budget: _Budget) -> Document:
+            budget: _Budget, descend: frozenset[str] | None = None,
+            skip: frozenset[str] = frozenset()) -> Document:
     doc = Document(array, length)
     end = pos + length          # declared end: the terminating NUL is at end - 1
     have = len(data)
@@ -188,7 +193,9 @@ def _decode(data: bytes | memoryview, pos: int, length: int, array: bool, depth:
         key_bytes = bytes(data[at + 1:min(key_end, at + 1 + MAX_KEY)])
         key = key_bytes.decode("utf-8", "replace")
         at = key_end + 1
-        value, at = _value(data, kind, at, end, have, depth, budget)
+        value, at = _value(data, kind, at, end, have,
+                           MAX_DEPTH if (descend is not None and key not in descend) or key in skip
+                           else depth, budget)
         if value is _CUT:
             doc.complete = False
             return doc

@@ -41,6 +41,8 @@ HEADER_SIZE: Final = 16
 MAX_MESSAGE: Final = 48_000_000     # maxMessageSizeBytes of every MongoDB release
 MAX_INFLATED: Final = 64 * 1024     # bytes of a zlib body inflated
 MAX_SECTIONS: Final = 64
+# Driver plumbing a command carries: its nested documents are stepped over, not read.
+SESSION_KEYS: Final = frozenset({"lsid", "$clusterTime", "$readPreference", "signature"})
 
 OP_REPLY: Final = 1
 OP_UPDATE: Final = 2001
@@ -127,8 +129,12 @@ class Message:
         return self.opcode == OP_MSG and bool(self.flags & EXHAUST_ALLOWED)
 
 
-def parse_message(data: bytes | memoryview) -> Message:
-    """One message from its captured prefix ``data`` (header included)."""
+def parse_message(data: bytes | memoryview, descend: frozenset[str] | None = None) -> Message:
+    """One message from its captured prefix ``data`` (header included).
+
+    ``descend``: decode only the body's nested documents under these keys
+    (see ``decode_document``); a reply needs its error fields, not its batch.
+    """
     header = parse_header(data)
     if header is None:
         raise MongoWireError("no header")
@@ -137,29 +143,30 @@ def parse_message(data: bytes | memoryview) -> Message:
     have = min(len(data), end)
     if len(data) < end:
         msg.complete = False
-    body = memoryview(data)[HEADER_SIZE:have]
-    _read_body(msg, header.opcode, body, end - HEADER_SIZE)
+    body = bytes(data[HEADER_SIZE:have])   # bytes: its find() looks for NULs in C
+    _read_body(msg, header.opcode, body, end - HEADER_SIZE, descend)
     return msg
 
 
-def _read_body(msg: Message, opcode: int, body: memoryview, size: int) -> None:
+def _read_body(msg: Message, opcode: int, body: memoryview, size: int,
+               descend: frozenset[str] | None) -> None:
     """Read an opCode's body; ``size`` is its declared size, ``body`` what was captured."""
     try:
         if opcode == OP_MSG:
-            _op_msg(msg, body, size)
+            _op_msg(msg, body, size, descend)
         elif opcode == OP_QUERY:
-            _op_query(msg, body, size)
+            _op_query(msg, body, size, descend)
         elif opcode == OP_REPLY:
-            _op_reply(msg, body, size)
+            _op_reply(msg, body, size, descend)
         elif opcode == OP_COMPRESSED:
-            _op_compressed(msg, body, size)
+            _op_compressed(msg, body, size, descend)
         elif len(body) < size:
             msg.complete = False
     except BsonError as exc:
         raise MongoWireError(f"{OPCODE_NAMES.get(opcode, opcode)}: {exc}") from None
 
 
-def _op_msg(msg: Message, body: memoryview, size: int) -> None:
+def _op_msg(msg: Message, body: memoryview, size: int, descend: frozenset[str] | None) -> None:
     if len(body) < 4:
         msg.complete = False
         return
@@ -187,7 +194,7 @@ def _op_msg(msg: Message, body: memoryview, size: int) -> None:
                 return
             if at + length > end:
                 raise MongoWireError("OP_MSG body past the message")
-            doc, at = decode_document(body, at)
+            doc, at = decode_document(body, at, descend=descend, skip=SESSION_KEYS)
             msg.body = doc
             if not doc.complete:
                 msg.complete = False
@@ -237,14 +244,16 @@ def _sequence(msg: Message, body: memoryview, at: int, end: int) -> int:
     return stop
 
 
-def _nul(body: memoryview, start: int, stop: int) -> int:
+def _nul(body: bytes | memoryview, start: int, stop: int) -> int:
+    if isinstance(body, bytes):
+        return body.find(b"\0", start, stop)
     for i in range(start, stop):
         if body[i] == 0:
             return i
     return -1
 
 
-def _op_query(msg: Message, body: memoryview, size: int) -> None:
+def _op_query(msg: Message, body: memoryview, size: int, descend: frozenset[str] | None) -> None:
     if len(body) < 4:
         msg.complete = False
         return
@@ -263,12 +272,12 @@ def _op_query(msg: Message, body: memoryview, size: int) -> None:
         return
     if at + length > size:
         raise MongoWireError("OP_QUERY query past the message")
-    msg.body, after = decode_document(body, at)
+    msg.body, after = decode_document(body, at, descend=descend, skip=SESSION_KEYS)
     if not msg.body.complete or len(body) < size:
         msg.complete = False
 
 
-def _op_reply(msg: Message, body: memoryview, size: int) -> None:
+def _op_reply(msg: Message, body: memoryview, size: int, descend: frozenset[str] | None) -> None:
     if len(body) < 20:
         msg.complete = False
         return
@@ -286,12 +295,12 @@ def _op_reply(msg: Message, body: memoryview, size: int) -> None:
         return
     if 20 + length > size:
         raise MongoWireError("OP_REPLY document past the message")
-    msg.body, _ = decode_document(body, 20)
+    msg.body, _ = decode_document(body, 20, descend=descend, skip=SESSION_KEYS)
     if not msg.body.complete or len(body) < size:
         msg.complete = False
 
 
-def _op_compressed(msg: Message, body: memoryview, size: int) -> None:
+def _op_compressed(msg: Message, body: memoryview, size: int, descend: frozenset[str] | None) -> None:
     if len(body) < 9:
         msg.complete = False
         return
@@ -311,12 +320,12 @@ def _op_compressed(msg: Message, body: memoryview, size: int) -> None:
     elif compressor == 2:
         inflater = zlib.decompressobj()
         try:
-            inner = memoryview(inflater.decompress(bytes(payload), min(uncompressed, MAX_INFLATED)))
+            inner = inflater.decompress(bytes(payload), min(uncompressed, MAX_INFLATED))
         except zlib.error as exc:
             raise MongoWireError(f"zlib: {exc}") from None
     else:
         msg.complete = False
         return
-    _read_body(msg, original, inner, uncompressed)
+    _read_body(msg, original, inner, uncompressed, descend)
     if len(body) < size:
         msg.complete = False

@@ -51,6 +51,8 @@ _PLUMBING: Final = frozenset({"$db", "lsid", "$clusterTime", "txnNumber", "$read
                               "autocommit", "startTransaction", "apiVersion", "apiStrict",
                               "apiDeprecationErrors", "$audit", "signature"})
 _REQUEST_OPCODES: Final = frozenset({OP_MSG, OP_QUERY, OP_COMPRESSED})
+# What a reply is read for: its nested documents elsewhere (a batch of results) are stepped over.
+_REPLY_KEYS: Final = frozenset({"writeErrors", "writeConcernError"})
 _BARE_KEY = re.compile(r"[A-Za-z_$][A-Za-z0-9_$.]{0,63}")
 _SECRETS_IN_MESSAGE = re.compile(r"\{[^{}]*\}|\"(?:[^\"\\]|\\.)*\"")
 
@@ -208,7 +210,7 @@ class MongoHandler(FramedHandler):
 
     def _frame(self, carries_requests: bool, frame: Frame) -> None:
         try:
-            msg = parse_message(frame.data)
+            msg = parse_message(frame.data, None if carries_requests else _REPLY_KEYS)
         except MongoWireError:
             self.rejected += 1
             return
