@@ -26,7 +26,7 @@ import struct
 from typing import Any, Final
 
 __all__ = ["MAX_DEPTH", "MAX_ELEMENTS", "MAX_STRING", "BsonError", "Document", "Other",
-           "decode_document", "document_length"]
+           "decode_document", "document_length", "find_nul"]
 
 MAX_DEPTH: Final = 16          # nesting kept; deeper documents become Other("document")
 MAX_ELEMENTS: Final = 512      # elements kept per decode_document call, all depths together
@@ -184,7 +184,7 @@ def _decode(data: bytes | memoryview, pos: int, length: int, array: bool, depth:
             doc.complete = False          # a bound, not the capture: the rest is skipped
             return doc
         # key: a cstring
-        key_end = _find_nul(data, at + 1, stop)
+        key_end = find_nul(data, at + 1, stop)
         if key_end < 0:
             if stop < end - 1:
                 doc.complete = False      # the capture ends inside the key
@@ -210,7 +210,8 @@ class _Cut:
 _CUT: Final = _Cut()
 
 
-def _find_nul(data: bytes | memoryview, start: int, stop: int) -> int:
+def find_nul(data: bytes | memoryview, start: int, stop: int) -> int:
+    """The offset of the first NUL in ``data[start:stop]``, or -1."""
     if isinstance(data, bytes):
         return data.find(b"\0", start, stop)
     for i in range(start, stop):
@@ -266,12 +267,12 @@ def _value(data: bytes | memoryview, kind: int, at: int, end: int, have: int, de
             raise BsonError("binary length")
         return Other("binary"), after
     if kind == 0x0B:  # regex: two cstrings
-        first = _find_nul(data, at, min(end - 1, have))
+        first = find_nul(data, at, min(end - 1, have))
         if first < 0:
             if have < end - 1:
                 return _CUT, at
             raise BsonError("regex without NUL")
-        second = _find_nul(data, first + 1, min(end - 1, have))
+        second = find_nul(data, first + 1, min(end - 1, have))
         if second < 0:
             if have < end - 1:
                 return _CUT, at

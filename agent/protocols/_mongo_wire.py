@@ -32,7 +32,7 @@ import struct
 import zlib
 from typing import Final
 
-from ._bson import BsonError, Document, decode_document, document_length
+from ._bson import BsonError, Document, decode_document, document_length, find_nul
 
 __all__ = ["HEADER_SIZE", "MAX_MESSAGE", "OPCODE_NAMES", "OP_COMPRESSED", "OP_MSG", "OP_QUERY",
            "OP_REPLY", "Header", "Message", "MongoWireError", "parse_header", "parse_message"]
@@ -219,7 +219,7 @@ def _sequence(msg: Message, body: memoryview, at: int, end: int) -> int:
     stop = at + length
     if length < 5 or stop > end:
         raise MongoWireError("OP_MSG document sequence length")
-    name_end = _nul(body, at + 4, min(stop, len(body)))
+    name_end = find_nul(body, at + 4, min(stop, len(body)))
     if name_end < 0:
         if len(body) < stop:
             msg.complete = False
@@ -244,21 +244,12 @@ def _sequence(msg: Message, body: memoryview, at: int, end: int) -> int:
     return stop
 
 
-def _nul(body: bytes | memoryview, start: int, stop: int) -> int:
-    if isinstance(body, bytes):
-        return body.find(b"\0", start, stop)
-    for i in range(start, stop):
-        if body[i] == 0:
-            return i
-    return -1
-
-
 def _op_query(msg: Message, body: memoryview, size: int, descend: frozenset[str] | None) -> None:
     if len(body) < 4:
         msg.complete = False
         return
     msg.flags = _I32(body, 0)[0]
-    name_end = _nul(body, 4, min(len(body), size, 4 + 512))
+    name_end = find_nul(body, 4, min(len(body), size, 4 + 512))
     if name_end < 0:
         if len(body) < size and len(body) < 4 + 512:
             msg.complete = False

@@ -24,6 +24,8 @@ from agent.protocols.mongodb import MongoHandler, query_shape, redact_message
 from tests._recording import RecordingProxy
 from tests._servers import free_port, mongodb_server_args, running, unavailable
 
+from ._replay import IN, OUT, per_message, replay, resplit
+
 try:
     import bson
     import pymongo
@@ -32,23 +34,6 @@ try:
     from pymongo.compression_support import ZlibContext
 except ImportError:  # the fixtures that need it say so (and fail in CI)
     pymongo = None
-
-IN, OUT = "ingress", "egress"
-
-
-def replay(handler, steps, *, capture=None, flip=False):
-    seq = {IN: 1000, OUT: 9000}
-    out = []
-    for direction, data, ts in steps:
-        total = len(data)
-        if flip:
-            direction = OUT if direction == IN else IN
-        out += handler.feed(direction, data[:capture] if capture else data, total, ts, seq[direction])
-        seq[direction] = (seq[direction] + total) & 0xFFFFFFFF
-    out += handler.close(steps[-1][2] + 1 if steps else None)
-    assert handler.internal_errors == 0
-    return out
-
 
 def summary(facts):
     return [(f.name, f.status, f.attributes.get("db.query.text"), f.attributes.get("error.type"))
@@ -151,26 +136,13 @@ def test_client_side_and_unknown_role_agree(recorded):
     assert summary(replay(unknown, recorded)) == as_server and unknown.role == "server"
 
 
-def per_message(steps):
-    """The recorded chunks cut at message boundaries: one write per message, as the server does.
-
-    (The proxy's reads merge the server's writes; a capture cut short in a
-    merged read would hide the next message's header, which one write per
-    message never does.)
-    """
-    out = []
-    for direction, chunk, ts in steps:
-        at = 0
-        while at < len(chunk):
-            size = struct.unpack_from("<i", chunk, at)[0] if len(chunk) - at >= 4 else len(chunk) - at
-            out.append((direction, chunk[at:at + size], ts))
-            at += size
-    return out
+def _size(chunk, at):
+    return struct.unpack_from("<i", chunk, at)[0] if len(chunk) - at >= 4 else None
 
 
 @pytest.mark.parametrize("capture", [4096, 512, 100])
 def test_truncated_captures_keep_every_command_its_reply(recorded, capture):
-    steps = per_message(recorded)
+    steps = per_message(recorded, _size)
     full = replay(MongoHandler("server"), steps)
     assert summary(full) == summary(replay(MongoHandler("server"), recorded))
     handler = MongoHandler("server")
@@ -193,12 +165,8 @@ def test_detection_of_first_payloads(recorded):
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_any_resplit_of_the_syscalls_gives_the_same_facts(recorded, data):
-    resplit = []
-    for direction, chunk, ts in recorded:
-        cuts = sorted(data.draw(st.lists(st.integers(0, len(chunk)), max_size=4)))
-        bounds = [0, *cuts, len(chunk)]
-        resplit += [(direction, chunk[a:b], ts) for a, b in zip(bounds, bounds[1:]) if b > a]
-    assert summary(replay(MongoHandler("server"), resplit)) == summary(replay(MongoHandler("server"), recorded))
+    steps = resplit(recorded, data.draw, st.integers, st.lists)
+    assert summary(replay(MongoHandler("server"), steps)) == summary(replay(MongoHandler("server"), recorded))
 
 
 @settings(max_examples=40, deadline=None, database=None,  # recordings differ from run to run
