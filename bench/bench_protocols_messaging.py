@@ -72,12 +72,16 @@ def mongodb(workdir: Path):
 def kafka(workdir: Path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+        from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+        from kafka.admin import NewTopic
     port = free_port()
     proxy = RecordingProxy(port)
     try:
         with running(kafka_broker_args(port, proxy.port), port, workdir):
             bootstrap = f"127.0.0.1:{proxy.port}"
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+            admin.create_topics([NewTopic("bench", 1, 1)])
+            admin.close()
             producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
             for i in range(ROUNDS * 3):
                 producer.send("bench", b"v%d" % i).get(10)
@@ -88,7 +92,7 @@ def kafka(workdir: Path):
             if sum(1 for _ in consumer) != ROUNDS * 3:
                 raise RuntimeError("the consumer did not get every record back")
             consumer.close()
-            conversations = _conversations(proxy, 2)
+            conversations = _conversations(proxy, 3)
     finally:
         proxy.close()
     return {"all connections of 60 produce + fetch": [step for conv in conversations for step in conv]}
