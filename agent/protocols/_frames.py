@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Final
 
 from ._base import Context, Handler
 
-__all__ = ["Frame", "FrameReader", "FramedHandler"]
+__all__ = ["Frame", "FrameReader", "FramedHandler", "messaging_kind"]
 
 _SEQ_MASK: Final = 0xFFFFFFFF
 
@@ -174,6 +174,15 @@ class FrameReader:
                       self.start_ns if ts is None else ts, self.seq)
         self._reset()
         return frame
+
+
+def messaging_kind(server_side: bool, kind: str | None) -> str | None:
+    """A span's kind given the client side's: a broker's spans are server spans, except a
+    message it pushes to a consumer, which it produces (so that no link makes the broker's
+    span the consumer's child: the linker links server spans under client-side ones)."""
+    if not server_side:
+        return kind
+    return "producer" if kind == "consumer" else None
 
 
 class FramedHandler(Handler):

@@ -11,7 +11,7 @@ make no span.
   basic.return before that (unroutable, ``mandatory``) makes it an error;
   otherwise it ends with its last body frame.
 - ``basic.deliver`` (pushed by the broker to a consumer): a ``process``
-  span, kind ``consumer`` on the client, ending with the client's
+  span, kind ``consumer`` on the client (``producer`` on the broker), ending with the client's
   basic.ack/nack/reject of its delivery tag, or with its content when the
   consumer acknowledges nothing (``no_ack``).
 - ``basic.get``: a ``receive`` span (a pull: kind ``client``) ending with
@@ -41,6 +41,7 @@ from ._amqp_wire import (FRAME_BODY, FRAME_HEADER, FRAME_METHOD, PROTOCOL_HEADER
                          Method, frame_size, parse_method, reply_code_name)
 from ._base import BY_ID, ConnectionHints, Context, SpanFacts
 from ._frames import Frame, FramedHandler
+from ._frames import messaging_kind as _kind
 
 __all__ = ["AMQP_PORTS", "AmqpHandler"]
 
@@ -362,7 +363,7 @@ class AmqpHandler(FramedHandler):
             name=name, start_ns=exchange.start_ns, end_ns=max(exchange.end_ns, exchange.start_ns),
             server_side=self.server_side, attributes=attrs, status=status, status_message=message,
             request_seq=exchange.seq, response_seq=exchange.reply_seq,
-            kind=None if self.server_side else kind,
+            kind=_kind(self.server_side, kind),
         ))
 
 

@@ -19,7 +19,7 @@ Exchanges and their spans:
   filter when there is one), an error when a filter was refused (0x80 and up).
 - PINGREQ / PINGRESP: ``ping``.
 
-A broker's spans are server spans.  ``messaging.system=mqtt``,
+A broker's spans are server spans, except the deliveries it pushes (producer).  ``messaging.system=mqtt``,
 ``messaging.destination.name`` (the topic; v5 topic aliases are followed),
 ``messaging.client.id`` (CONNECT's), ``messaging.message.id`` (the packet
 id), ``sidetrace.mqtt.qos``, ``sidetrace.mqtt.reason_code``.  Payloads, user
@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Final
 
 from ._base import BY_ID, ConnectionHints, Context, SpanFacts
 from ._frames import Frame, FramedHandler
+from ._frames import messaging_kind as _kind
 from ._mqtt_wire import (CONNACK, CONNECT, PINGREQ, PINGRESP, PUBACK, PUBCOMP, PUBLISH, PUBREC,
                          PUBREL, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE, MqttWireError, Packet,
                          fixed_header, parse_packet)
@@ -278,5 +279,5 @@ class MqttHandler(FramedHandler):
             name=name, start_ns=flow.start_ns, end_ns=max(flow.end_ns, flow.start_ns),
             server_side=self.server_side, attributes=attrs, status=status, status_message=message,
             request_seq=flow.seq, response_seq=flow.reply_seq,
-            kind=None if self.server_side else span_kind,
+            kind=_kind(self.server_side, span_kind),
         ))
