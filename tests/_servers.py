@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -133,6 +134,24 @@ def mosquitto_args(port: int, workdir: Path) -> list[str]:
     return [need_binary("mosquitto"), "-c", str(config)]
 
 
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (a script's server process, its helpers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
 @contextmanager
 def rabbitmq(workdir: Path):
     """A RabbitMQ node of its own (name, ports, data, cookie, epmd) until the block ends.
@@ -178,6 +197,13 @@ def rabbitmq(workdir: Path):
             wait_for_port(amqp_port, node, timeout=120)
             yield amqp_port, node
         finally:
+            below = descendants(node.pid)[1:]
             stop(node, timeout=60)
+            for pid in below:  # the script stops the node; should it not have, by their pids
+                try:  # still the node's (its command line names this node's home), not a reused pid
+                    if str(home).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        os.kill(pid, signal.SIGKILL)
+                except (OSError, ProcessLookupError):
+                    pass
     finally:
         stop(epmd_proc)

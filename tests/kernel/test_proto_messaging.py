@@ -19,29 +19,11 @@ import pytest
 
 from wire import BlockingSubscriber, validate
 
-from .._servers import (free_port, kafka_broker_args, mongodb_server_args, mosquitto_args, rabbitmq,
-                        wait_for_port)
+from .._servers import (descendants, free_port, kafka_broker_args, mongodb_server_args,
+                        mosquitto_args, rabbitmq, wait_for_port)
 from ._procs import agent, collect_spans, started, stop, wait_for_socket
 
 pytestmark = pytest.mark.kernel
-
-
-def _descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (a script's server process, its helpers)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
-    return out
 
 
 def _traced(sock: Path, server_pids: list[int], client_script: str, *args: str, want: int,
@@ -302,7 +284,7 @@ def test_amqp_publish_deliver_get_one_span_per_side(tmp_path):
     pytest.importorskip("pika")
     (tmp_path / "rabbitmq").mkdir()
     with rabbitmq(tmp_path / "rabbitmq") as (port, node):
-        node_pids = _descendants(node.pid)
+        node_pids = descendants(node.pid)
         spans, _, client = _traced(tmp_path / "agent.sock", node_pids, AMQP_CLIENT, str(port),
                                    want=2 * len(AMQP_EXPECTED), protocol="amqp")
     servers, clients = _sides(spans, node_pids, client.pid)
