@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.protocols import REGISTRY, ConnectionHints
-from agent.protocols._kafka_wire import KafkaWireError, parse_request_header
+from agent.protocols._kafka_wire import (KafkaWireError, parse_fetch_request, parse_produce_request,
+                                         parse_request_header, parse_response_errors)
 from agent.protocols.kafka import KafkaHandler
 from tests._recording import RecordingProxy
 from tests._servers import free_port, kafka_broker_args, running, unavailable
@@ -224,5 +225,21 @@ def test_random_bytes_never_raise(chunks, role):
 def test_request_headers_raise_only_wire_errors(data):
     try:
         parse_request_header(data)
+    except KafkaWireError:
+        pass
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from([0, 1, 3, 10, 11, 18, 19, 20, 22, 36, 60]), st.integers(0, 17),
+       st.binary(max_size=200))
+def test_bodies_raise_only_wire_errors(api_key, version, body):
+    """Random bodies read as each API's request and response: typed errors or cut readings only."""
+    for parse in (parse_produce_request, parse_fetch_request):
+        try:
+            parse(body, version)
+        except KafkaWireError:
+            pass
+    try:
+        parse_response_errors(api_key, version, body)
     except KafkaWireError:
         pass

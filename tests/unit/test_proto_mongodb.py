@@ -316,3 +316,13 @@ def test_bson_random_bytes_raise_only_bson_errors(data):
         decode_document(data)
     except BsonError:
         pass
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from([1, 2004, 2012, 2013]), st.binary(max_size=300), st.booleans())
+def test_message_bodies_raise_only_wire_errors(opcode, body, reply):
+    data = struct.pack("<iiii", 16 + len(body), 1, 0, opcode) + body
+    try:
+        parse_message(data, frozenset({"writeErrors"}) if reply else None)
+    except MongoWireError:
+        pass
