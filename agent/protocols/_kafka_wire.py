@@ -13,8 +13,9 @@ An API version is flexible (compact strings and arrays, tagged fields) from
 the version in ``FLEXIBLE_FROM``.  Bodies read here: Produce (topics,
 partitions, acks, records counted from RecordBatch v2 headers), Fetch
 (topics, by name or, from v13, by topic id), their responses' error codes,
-Metadata responses (topic ids to names, per-topic errors), and the first
-error code of the other APIs where it has a fixed place.
+Metadata responses (topic ids to names, per-topic errors), ListOffsets and
+OffsetCommit responses (per-partition errors), and the first error code of
+the other APIs where it has a fixed place.
 
 Readers take the captured prefix of a body: a field the capture did not
 reach ends the reading (``complete`` False), with what was read kept.
@@ -570,6 +571,25 @@ def parse_response_errors(api_key: int, version: int, body: bytes | memoryview,
             if version >= throttle_from:
                 r.int32()
             out.add(None, r.int16())
+            return out
+        if api_key in (2, 8):                      # ListOffsets, OffsetCommit: per partition
+            if (api_key == 2 and version >= 2) or (api_key == 8 and version >= 3):
+                r.int32()
+            for _ in range(_bounded(r.array())):
+                where = r.uuid() if api_key == 8 and version >= 10 else _topic_name(r)
+                for _ in range(_bounded(r.array())):
+                    r.int32()                      # partition
+                    out.add(where, r.int16())
+                    if api_key == 2:
+                        if version == 0:
+                            r.skip(8 * _bounded(r.array()))
+                        else:
+                            r.int64()              # timestamp
+                            r.int64()              # offset
+                        if version >= 4:
+                            r.int32()              # leader epoch
+                    r.tagged_fields()
+                r.tagged_fields()
             return out
         if api_key in (19, 20):                    # CreateTopics, DeleteTopics: per topic
             if (api_key == 19 and version >= 2) or (api_key == 20 and version >= 1):

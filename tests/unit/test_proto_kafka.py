@@ -131,6 +131,8 @@ def test_produce_fetch_and_other_apis(recorded):
                             ("CreateTopics", "error", "TOPIC_ALREADY_EXISTS", None)]
     assert create[1].attributes["sidetrace.kafka.error_code"] == 36
     assert create[1].status_message == "TOPIC_ALREADY_EXISTS (orders)"
+    assert [f for f in facts if f.status == "error"] == [create[1]]   # ListOffsets & co read clean
+    assert any(f.name == "ListOffsets" for f in facts)
     names = {f.name for f in facts}
     assert {"ApiVersions", "Metadata"} <= names
     for f in facts:
