@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +45,7 @@ MAX_GAP_NS = 1_000_000
 
 _THREAD_HEAD = struct.Struct("<IIIIQ")           # tid, tgid, seq, head, exit_ns
 _MARK = struct.Struct(layout.MON_MARK_FORMAT)    # ts, oncpu, wait, iowait
-_MARK_TS = struct.Struct("<Q")
+_MARK_WORDS = _MARK.size // 8                     # u64 words per mark; ts_ns is the first
 _TCP = struct.Struct(layout.MON_TCP_FORMAT)
 _TCP_SEQ_AT = 40 + 8                               # key, tgid, srtt_us, then seq
 _SRTT = struct.Struct("<I")
@@ -111,43 +112,52 @@ class ThreadMarks:
         if off is None:
             return None
         buf = self.buf
+        marks_at = off + _THREAD_HEAD.size
         for _ in range(_READ_TRIES):
             owner, _, seq, head, _ = _THREAD_HEAD.unpack_from(buf, off)
             if seq & 1:
                 continue
-            marks = bytes(buf[off + _THREAD_HEAD.size: off + _THREAD_HEAD.size + MARKS * _MARK.size])
+            # The ring's timestamps as a strided view of u64 words: the
+            # binary searches read a few of them, and only the two marks
+            # found are unpacked.
+            times = memoryview(buf)[marks_at:marks_at + MARKS * _MARK.size].cast("Q")[::_MARK_WORDS]
+            found = _bounds(times, head, start_ns, end_ns)
+            ends = None if found is None else [_MARK.unpack_from(buf, marks_at + i * _MARK.size) for i in found]
             if _THREAD_HEAD.unpack_from(buf, off)[2] != seq or owner != tid:
                 continue
-            return _window(marks, head, start_ns, end_ns)
+            return None if ends is None else _window(ends, start_ns, end_ns)
         return None
 
 
-def _value_at(marks: bytes, first: int, head: int, t: int) -> tuple[int, int, int] | None:
-    """Cumulative (oncpu, wait, iowait) at ``t`` from checkpoints first..head-1 (by sequence)."""
-    lo, hi = first, head - 1
-    if hi < lo or _MARK_TS.unpack_from(marks, (lo % MARKS) * _MARK.size)[0] > t:
-        return None  # the ring no longer (or not yet) covers t
-    while lo < hi:  # the last checkpoint with ts <= t
-        mid = (lo + hi + 1) // 2
-        if _MARK_TS.unpack_from(marks, (mid % MARKS) * _MARK.size)[0] <= t:
-            lo = mid
+def _bounds(times, head: int, start_ns: int, end_ns: int) -> tuple[int, int] | None:
+    """Ring positions of the last checkpoint at or before each end.
+
+    ``times`` is indexable by ring position.  Once the ring has wrapped, the
+    marks from position head % MARKS on are older than those before it.
+    """
+    first = head % MARKS if head > MARKS else 0
+    out = []
+    for t in (start_ns, end_ns):
+        if head <= MARKS:
+            i = bisect_right(times, t, 0, head) - 1
+        elif t >= times[0]:
+            i = bisect_right(times, t, 0, first) - 1 if first else bisect_right(times, t) - 1
         else:
-            hi = mid - 1
-    ts, oncpu, wait, iowait = _MARK.unpack_from(marks, (lo % MARKS) * _MARK.size)
-    if t - ts > MAX_GAP_NS:
-        return None
-    return oncpu + t - ts, wait, iowait
+            i = bisect_right(times, t, first, MARKS) - 1
+            if i < first:
+                i = -1
+        if i < 0:
+            return None  # the ring no longer (or not yet) covers t
+        out.append(i)
+    return out[0], out[1]
 
 
-def _window(marks: bytes, head: int, start_ns: int, end_ns: int) -> tuple[int, int, int] | None:
-    first = max(0, head - MARKS)
-    at_start = _value_at(marks, first, head, start_ns)
-    if at_start is None:
-        return None
-    at_end = _value_at(marks, first, head, end_ns)
-    if at_end is None:
-        return None
-    return at_end[0] - at_start[0], at_end[1] - at_start[1], at_end[2] - at_start[2]
+def _window(ends: list[tuple[int, ...]], start_ns: int, end_ns: int) -> tuple[int, int, int] | None:
+    """Times between the two moments, from the checkpoint at or before each."""
+    (ts0, c0, w0, i0), (ts1, c1, w1, i1) = ends
+    if start_ns - ts0 > MAX_GAP_NS or end_ns - ts1 > MAX_GAP_NS:
+        return None  # not the call that made the span's end: another thread's
+    return (c1 + end_ns - ts1) - (c0 + start_ns - ts0), w1 - w0, i1 - i0
 
 
 class TcpSlots:

@@ -173,3 +173,15 @@ def test_a_reused_slot_is_looked_up_again():
     s = span()
     stage(s)
     assert "sidetrace.tcp.rtt_us" not in s["attributes"]
+
+
+def test_a_ring_that_wrapped_many_times_is_searched_in_both_halves():
+    written = 3 * res.MARKS + 10  # the oldest mark still held sits at position 10
+    marks = [(100 * (n + 1), 10 * n, n, 0) for n in range(written)]
+    threads = ThreadMarks(thread_buffer(5, marks), THREAD_STRIDE, THREAD_SLOTS)
+    oldest, newest = written - res.MARKS, written - 1
+    # both ends in the older half (positions 10..MARKS-1), in the newer half, and across
+    for a, b in ((oldest, oldest + 3), (newest - 4, newest), (oldest + 2, newest - 1)):
+        start, end = 100 * (a + 1) + 7, 100 * (b + 1) + 9
+        assert threads.window(5, start, end) == ((10 * b + 9) - (10 * a + 7), b - a, 0)
+    assert threads.window(5, 100 * oldest, 100 * (newest + 1)) is None  # just before the oldest held
