@@ -13,18 +13,16 @@ link carry them.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from pyroute2 import IPRoute, NetNS, netns
 
 from wire import BlockingSubscriber, validate
 
+from ._netns import joined_namespaces
 from ._procs import APPS, agent, started, wait_for_socket
 
 pytestmark = pytest.mark.kernel
@@ -35,33 +33,9 @@ LINK = dict(rate="40mbit", burst=16384, latency="20ms")
 REQUESTS, SIZE = 40, 200_000
 
 
-@contextmanager
 def lossy_link():
     """Namespaces (client, server) joined by a veth pair that drops what overflows its short queues."""
-    tag = f"{os.getpid() % 1_000_000}"
-    names = (f"st-net-{tag}-c", f"st-net-{tag}-s")
-    ends = (f"stn{tag}c", f"stn{tag}s")
-    created = []
-    try:
-        for name in names:
-            netns.create(name)
-            created.append(name)
-        with IPRoute() as ipr:
-            ipr.link("add", ifname=ends[0], kind="veth", peer=ends[1])
-            for end, name in zip(ends, names):
-                ipr.link("set", index=ipr.link_lookup(ifname=end)[0], net_ns_fd=name)
-        for name, end, address in zip(names, ends, (CLIENT_ADDR, SERVER_ADDR)):
-            with NetNS(name) as ns:
-                for ifname in (end, "lo"):
-                    index = ns.link_lookup(ifname=ifname)[0]
-                    if ifname == end:
-                        ns.addr("add", index=index, address=address, prefixlen=24)
-                        ns.tc("add", "tbf", index=index, handle="1:", **LINK)
-                    ns.link("set", index=index, state="up")
-        yield names
-    finally:
-        for name in created:
-            netns.remove(name)
+    return joined_namespaces("stnet", (CLIENT_ADDR, SERVER_ADDR), qdisc={"kind": "tbf", **LINK})
 
 
 def retrans_segs(namespace: str) -> int:

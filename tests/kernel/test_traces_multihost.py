@@ -15,20 +15,19 @@ request-id ledgers say.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from pyroute2 import IPRoute, NetNS, netns
 
 from wire import BlockingSubscriber, validate
 
+from ._netns import joined_namespaces
 from ._procs import APPS, REPO, agent, started, wait_for_socket, wait_for_stats
 from .apps.tier_rig import ground_truth, identify, subscribe
 
@@ -42,32 +41,9 @@ EDGES = {"service.server": ("load.client", True), "service.client": ("service.se
          "stock.server": ("service.client", True)}
 
 
-@contextmanager
 def two_hosts():
     """Two network namespaces joined by a veth pair; removed (with the pair) on exit."""
-    tag = f"{os.getpid() % 1_000_000}"
-    names = (f"sidetrace-{tag}-a", f"sidetrace-{tag}-b")
-    ends = (f"st{tag}a", f"st{tag}b")
-    created = []
-    try:
-        for name in names:
-            netns.create(name)
-            created.append(name)
-        with IPRoute() as ipr:
-            ipr.link("add", ifname=ends[0], kind="veth", peer=ends[1])
-            for end, name in zip(ends, names):
-                ipr.link("set", index=ipr.link_lookup(ifname=end)[0], net_ns_fd=name)
-        for name, end, address in zip(names, ends, (HOST_A, HOST_B)):
-            with NetNS(name) as ns:
-                for ifname in (end, "lo"):
-                    index = ns.link_lookup(ifname=ifname)[0]
-                    if ifname == end:
-                        ns.addr("add", index=index, address=address, prefixlen=24)
-                    ns.link("set", index=index, state="up")
-        yield names
-    finally:
-        for name in created:
-            netns.remove(name)
+    return joined_namespaces("sidetrace", (HOST_A, HOST_B))
 
 
 def in_host(host: str, app: str, *args: str):
