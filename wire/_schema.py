@@ -37,7 +37,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-# Compatible additions within SCHEMA_VERSION; 1: the `metrics` message.
+# Compatible additions within SCHEMA_VERSION; 1: the `metrics` message, 2: the
+# producer and consumer span kinds.
 SCHEMA_MINOR = 2
 DEFAULT_SOCKET_PATH = "/run/sidetrace/sidetrace.sock"
 
