@@ -160,9 +160,6 @@ def _find(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseExc
 
 def run_assemble(args: argparse.Namespace) -> int:
     log_to_stderr(args.verbose)
-    if args.hold <= 0:
-        error("--hold must be positive")
-        return 2
     try:
         trio.run(serve, args)
     except Exception as exc:  # noqa: BLE001 - reported in plain words below, or re-raised

@@ -13,6 +13,7 @@ import sys
 
 from wire import DEFAULT_SOCKET_PATH
 
+from . import _options as opt
 from ._resource import ServiceRuleError, parse_service_rule
 from .export import missing_package_message
 
@@ -56,7 +57,7 @@ def add_export_parsers(sub: argparse._SubParsersAction) -> dict[tuple[str, ...],
     kinds = export.add_subparsers(dest="exporter", required=True, metavar="EXPORTER")
 
     otlp = kinds.add_parser("otlp", help="send spans to an OpenTelemetry receiver (OTLP)")
-    otlp.add_argument("--socket", default=DEFAULT_SOCKET_PATH, help="agent socket (default: %(default)s)")
+    otlp.add_argument("--socket", type=opt.CONNECT_SOCKET, default=DEFAULT_SOCKET_PATH, help="agent socket (default: %(default)s)")
     otlp.add_argument("--endpoint", required=True, metavar="URL",
                       help="receiver, http[s]://HOST[:PORT][/PATH] (HTTP path default /v1/traces)")
     otlp.add_argument("--protocol", choices=("grpc", "http/protobuf"), default="http/protobuf",
@@ -83,7 +84,7 @@ def add_export_parsers(sub: argparse._SubParsersAction) -> dict[tuple[str, ...],
     otlp.add_argument("-v", "--verbose", action="store_true", help="log connections, retries and counters")
 
     prom = kinds.add_parser("prometheus", help="serve RED metrics and agent stats to Prometheus")
-    prom.add_argument("--socket", default=DEFAULT_SOCKET_PATH, help="agent socket (default: %(default)s)")
+    prom.add_argument("--socket", type=opt.CONNECT_SOCKET, default=DEFAULT_SOCKET_PATH, help="agent socket (default: %(default)s)")
     prom.add_argument("--listen", required=True, metavar="HOST:PORT",
                       help="where to serve /metrics, e.g. 127.0.0.1:9464 or :9464")
     prom.add_argument("--max-series", type=_bounded(int, 1, 1_000_000), default=2000,

@@ -84,6 +84,17 @@ def test_a_bad_value_is_one_error_line_naming_its_option(argv, option, why):
     assert not any("Traceback" in line for line in lines)
 
 
+@pytest.mark.parametrize("exporter, extra", [("otlp", ["--endpoint", "http://127.0.0.1:4318"]),
+                                               ("prometheus", ["--listen", "127.0.0.1:9464"])])
+def test_an_exporters_socket_is_checked_like_every_subscribers(exporter, extra):
+    for value, why in (("", "cannot be empty"), ("/tmp/" + "s" * 103, "at most 107")):
+        error = parse_error(["export", exporter, *extra, "--socket", value]).splitlines()[-1]
+        assert error.startswith(f"sidetrace export {exporter}: error: argument --socket"), error
+        assert why in error
+    args = _build_parser().parse_args(["export", exporter, *extra, "--socket", "/tmp/" + "s" * 102])
+    assert len(args.socket) == 107
+
+
 def test_a_pid_nobody_has_is_refused_by_run_but_fine_as_a_tail_filter():
     free = next(pid for pid in range(opt.pid_max(), 1, -1) if not os.path.exists(f"/proc/{pid}"))
     assert "no process has pid" in parse_error(["run", "--pid", str(free)])
