@@ -168,22 +168,30 @@ class Monitor:
 
     # -- attaching ---------------------------------------------------------------
 
-    def attach(self) -> None:
-        """Attach every loaded program; a failure disables that program only."""
+    def attach(self, *, log_off: bool = True) -> None:
+        """Attach every loaded program; a failure disables that program only (logged unless not ``log_off``)."""
         if self.collection is None:
             return
         for group in sorted(self.groups):
             for entry in GROUPS[group]:
                 self._attach_one(entry if isinstance(entry, tuple) else (entry,))
         self._attach_one(COMMON_PROGRAMS)
+        if log_off:
+            for name, why in self.off().items():
+                log.warning("monitor: %s off (%s %s)", PROGRAM_ROLES.get(name, name), name, why)
+        self.collection.release_kernel_btf()
+
+    def off(self) -> dict[str, str]:
+        """Programs that are not running, with why (one whose hook another program serves is not off)."""
+        out: dict[str, str] = {}
         for name, why in sorted(self.problems.items()):
             if name in self.attached:
                 continue
             alternatives = [e for g in GROUPS.values() for e in g if isinstance(e, tuple) and name in e]
             if alternatives and any(a in self.attached for a in alternatives[0]):
-                continue  # another program serves that hook
-            log.warning("monitor: %s off (%s %s)", PROGRAM_ROLES.get(name, name), name, why)
-        self.collection.release_kernel_btf()
+                continue
+            out[name] = why
+        return out
 
     def _attach_one(self, alternatives: tuple[str, ...]) -> None:
         assert self.collection is not None

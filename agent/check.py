@@ -1,8 +1,9 @@
 """``sidetrace check``: what this kernel offers, and whether the agent can run here.
 
 Prints the kernel version, kernel BTF, tracefs/bpffs (mounting them when
-missing, and saying so), the process's capabilities, and which program types,
-map types and attach kinds really work (each probed by doing it).  Exits 0
+missing, and saying so), the process's capabilities, which program types,
+map types and attach kinds really work (each probed by doing it), the TLS
+libraries that would be read, and which monitor groups can run.  Exits 0
 when the agent can run, 1 with a plain explanation when it cannot.  Whether
 the privileges suffice is decided by ``check_privileges``, the same function
 ``sidetrace run`` asks before it loads anything.
@@ -18,6 +19,7 @@ from bpfobj import BpfError, features
 from bpfobj._fs import ensure_bpffs, ensure_tracefs
 from wire import terminal_text
 
+from ._monitor_check import monitor_report
 from ._privileges import check_privileges
 from ._tls_check import tls_report
 
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None, out=None) -> int:
             problems.append("programs cannot use global data (.rodata); needs Linux 5.2+")
 
     tls_notes = tls_report(say)
+    monitor_notes = monitor_report(say) if basics["bpf syscall"] else []
 
     say()
     if problems:
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None, out=None) -> int:
             say(f"  - {p}")
         return 1
     say("the agent can run here.")
-    for note in tls_notes:
+    for note in tls_notes + monitor_notes:
         say(f"note: {note}")
     if not attach["fentry"]:
         say("note: fentry/fexit are refused by this kernel; syscall tracepoints are used instead.")

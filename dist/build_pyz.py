@@ -58,7 +58,7 @@ def tracer_objects_on_disk():
     agent._monitor.MONITOR_OBJECT = target / agent._monitor.MONITOR_OBJECT.name
 
 
-if "run" in sys.argv[1:]:
+if {"run", "check"} & set(sys.argv[1:]):  # check loads the monitor object too
     tracer_objects_on_disk()
 
 from agent.cli import main

@@ -53,6 +53,7 @@ def test_the_zipapp_has_no_compiled_code_and_runs_check(pyz, tmp_path):
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
     assert "the agent can run here." in out
+    assert "monitor (metrics groups" in out and "the monitor cannot load" not in out
 
 
 def test_zipapp_run_tail_and_export_trace_the_http_workload(pyz, tmp_path):

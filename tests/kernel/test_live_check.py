@@ -30,6 +30,9 @@ def test_check_passes_as_root() -> None:
         assert any(l.strip().startswith(line.strip()) and l.rstrip().endswith("yes")
                    for l in text.splitlines()), line
     assert "the agent can run here." in text
+    # The monitor's programs were attached for real: on this kernel every group runs.
+    section = text.split("monitor (metrics groups", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    assert [line.split() for line in section] == [[group, "yes"] for group in ("cpu", "memory", "disk", "net")]
 
 
 def test_probes_are_cached_and_consistent() -> None:

@@ -14,6 +14,7 @@ import pytest
 
 import bpfobj
 from agent._monitor import GROUPS, MONITOR_OBJECT, Monitor
+from agent._monitor_check import monitor_report
 from wire import BlockingSubscriber, validate
 
 from ._procs import REPO, agent, app, started, wait_for_socket
@@ -124,3 +125,11 @@ def test_a_missing_tracepoint_disables_its_program_only(caplog):
         assert {"on_block_rq_issue", "on_block_rq_complete", "on_sched_switch"} <= mon.attached
         assert mon.stats()["off"] == {"on_block_io_start": mon.problems["on_block_io_start"]}
     assert any("disk bytes per process off" in r.getMessage() for r in caplog.records)
+    # `sidetrace check` says the same, in its monitor section and a note.
+    lines: list[str] = []
+    notes = monitor_report(lines.append, obj=spec)
+    assert [line.split()[:3] for line in lines[2:6]] == [
+        ["cpu", "yes"], ["memory", "yes"], ["disk", "yes,", "in"], ["net", "yes"]]
+    assert lines[6].startswith("  on_block_io_start: disk bytes per process: not loaded:")
+    assert "no_such_tracepoint" in lines[6]
+    assert notes == ["metrics group disk runs without: disk bytes per process"]
