@@ -11,6 +11,12 @@ A subscriber of the agent's socket that serves, in Prometheus text format on
 * the agent's latest ``stats``: events, lost events per CPU, spans, this
   subscriber's dropped messages, subscribers, map fill, kernel errors, parse
   errors and whatever else the agent counts at top level;
+* the host's figures from the agent's latest ``metrics`` message (when its
+  monitor runs): CPU time and utilization, memory, disk and network I/O, TCP
+  retransmissions, ..., named as OpenTelemetry names map to Prometheus
+  (``system.cpu.time`` in seconds -> ``system_cpu_time_seconds_total``).
+  Per-process series are left out: the agent sends a process only when its
+  figures moved, so the latest message does not hold them all;
 * the exporter's own state: connected, spans seen, series overflow.
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -25,12 +32,12 @@ from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ._follow import AgentFeed
 
-__all__ = ["AgentStatsCollector", "SpanMetrics", "parse_listen", "run_prometheus", "serve_prometheus"]
+__all__ = ["AgentStatsCollector", "HostMetricsCollector", "SpanMetrics", "parse_listen", "run_prometheus", "serve_prometheus"]
 
 log = logging.getLogger("sidetrace.export")
 
@@ -138,6 +145,87 @@ class AgentStatsCollector(Collector):
                              "Errors counted by the kernel programs", "error", stats.get("kernel_errors"))
 
 
+# OpenTelemetry units -> Prometheus name suffixes (annotations such as {packet} add none).
+_UNIT_SUFFIXES = {"s": "seconds", "By": "bytes", "1": "ratio"}
+_NOT_NAME = re.compile(r"[^a-zA-Z0-9_]+")
+_MAX_HOST_POINTS = 10_000
+
+
+def prometheus_name(name: str, unit: str) -> str:
+    """``system.cpu.time`` with unit ``s`` -> ``system_cpu_time_seconds`` (a counter adds ``_total``)."""
+    base = _NOT_NAME.sub("_", name).strip("_")[:MAX_LABEL_LENGTH]
+    if not base or base[0].isdigit():
+        base = f"metric_{base}"
+    suffix = _UNIT_SUFFIXES.get(unit)
+    return f"{base}_{suffix}" if suffix and not base.endswith(f"_{suffix}") else base
+
+
+class HostMetricsCollector(Collector):
+    """The host-wide points (no ``process.pid``) of the agent's latest ``metrics`` message."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, Any] | None = None
+
+    def take(self, msg: dict[str, Any]) -> None:
+        self.last = msg
+
+    def collect(self) -> Iterator[Metric]:
+        msg = self.last
+        records = msg.get("metrics") if msg else None
+        if not isinstance(records, list):
+            return
+        points_left = _MAX_HOST_POINTS
+        seen: set[str] = set()
+        for record in records:
+            family = _host_family(record, seen) if isinstance(record, dict) and points_left > 0 else None
+            if family is not None:
+                points_left -= len(family.samples)
+                yield family
+
+
+def _host_family(record: dict[str, Any], seen: set[str]) -> Metric | None:
+    """One metric record's host points as a family, or None (nothing host-wide, or malformed)."""
+    name, unit, kind, points = (record.get(k) for k in ("name", "unit", "kind", "points"))
+    if not (isinstance(name, str) and isinstance(unit, str) and isinstance(points, list)):
+        return None
+    host = [p for p in points if isinstance(p, dict) and isinstance(p.get("attributes"), dict)
+            and "process.pid" not in p["attributes"]]
+    metric = prometheus_name(name, unit)
+    if not host or metric in seen:
+        return None
+    seen.add(metric)
+    keys = sorted({key for p in host for key in p["attributes"] if isinstance(key, str)})
+    label_names = [prometheus_name(key, "") for key in keys]
+    if len(set(label_names)) != len(label_names) or (kind == "histogram" and "le" in label_names):
+        return None
+    help_text = f"{name} ({unit}) from the agent's monitor"
+    if kind == "histogram":
+        bounds = record.get("explicit_bounds")
+        if not isinstance(bounds, list) or not all(_number(b) for b in bounds):
+            return None
+        family = HistogramMetricFamily(metric, help_text, labels=label_names)
+    elif kind in ("sum", "gauge"):
+        family = (CounterMetricFamily if kind == "sum" else GaugeMetricFamily)(metric, help_text, labels=label_names)
+    else:
+        return None
+    for point in host:
+        labels = [_text(point["attributes"].get(key, "")) for key in keys]
+        if kind != "histogram":
+            if _number(point.get("value")):
+                family.add_metric(labels, point["value"])
+            continue
+        counts, total = point.get("bucket_counts"), point.get("sum")
+        if not (isinstance(counts, list) and len(counts) == len(bounds) + 1 and all(_number(c) for c in counts)
+                and _number(total)):
+            continue
+        cumulative, buckets = 0, []
+        for bound, count in zip([*map(str, bounds), "+Inf"], counts):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        family.add_metric(labels, buckets, total)
+    return family
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -157,10 +245,14 @@ class PrometheusExporter:
         self.spans = SpanMetrics(self.registry, max_series)
         self.feed = AgentFeed(socket_path, self.take)
         self.registry.register(AgentStatsCollector(self.feed))
+        self.host = HostMetricsCollector()
+        self.registry.register(self.host)
 
     def take(self, msg: dict[str, Any]) -> None:
         if msg.get("type") == "span":
             self.spans.observe(msg)
+        elif msg.get("type") == "metrics":
+            self.host.take(msg)
 
 
 async def serve_prometheus(exporter: PrometheusExporter, listen: tuple[str, int], *,

@@ -178,6 +178,10 @@ def test_exporters_on_the_http_acceptance_workload(tmp_path):
                     method = "POST" if path.startswith("/post") else "GET"
                     assert counts[("server", f"{method} {path}")] == 1
                     assert counts[("client", f"{method} {path}")] == 1
+                # The host's figures from the agent's monitor (a metrics message every 5 s).
+                host = wait_until(lambda: {labels: value for (name, labels), value in scrape(prom_port).items()
+                                           if name == "system_cpu_time_seconds_total"}, "host metrics")
+                assert {dict(labels)["cpu_mode"] for labels in host} >= {"user", "system", "idle"}
 
                 # The receivers go away; spans wait in the queues and arrive when they are back.
                 grpc_rx.stop()

@@ -89,6 +89,57 @@ async def test_red_metrics_per_service_and_endpoint_and_agent_stats(tmp_path):
     assert got[("sidetrace_agent_up", ())] == 1
 
 
+async def test_host_metrics_from_the_agents_metrics_message(tmp_path):
+    sock = str(tmp_path / "agent.sock")
+    exporter = PrometheusExporter(sock)
+    bounds = [0.001, 0.01]
+    metrics = [
+        {"name": "system.cpu.time", "unit": "s", "kind": "sum",
+         "points": [{"attributes": {"cpu.mode": "user"}, "value": 12.5},
+                    {"attributes": {"cpu.mode": "idle"}, "value": 80.0}]},
+        {"name": "system.memory.usage", "unit": "By", "kind": "gauge",
+         "points": [{"attributes": {"system.memory.state": "used"}, "value": 1 << 30}]},
+        {"name": "system.cpu.utilization", "unit": "1", "kind": "gauge",
+         "points": [{"attributes": {"cpu.mode": "user"}, "value": 0.25}]},
+        {"name": "sidetrace.tcp.retransmits", "unit": "{segment}", "kind": "sum",
+         "points": [{"attributes": {}, "value": 7}]},
+        {"name": "sidetrace.disk.operation.duration", "unit": "s", "kind": "histogram", "explicit_bounds": bounds,
+         "points": [{"attributes": {"system.device": "vda", "disk.io.direction": "read"}, "count": 6,
+                     "sum": 0.04, "bucket_counts": [1, 3, 2]}]},
+        # per process: left out (the agent sends a process only when it moved)
+        {"name": "process.cpu.time", "unit": "s", "kind": "sum",
+         "points": [{"attributes": {"process.pid": 42}, "value": 1.0}]},
+        # malformed: no effect on the rest
+        {"name": "bad.kind", "unit": "1", "kind": "summary", "points": [{"attributes": {}, "value": 1}]},
+        {"name": "bad.histogram", "unit": "s", "kind": "histogram", "explicit_bounds": bounds,
+         "points": [{"attributes": {}, "count": 1, "sum": 1.0, "bucket_counts": [1]}]},
+        {"name": "bad.value", "unit": "1", "kind": "gauge", "points": [{"attributes": {}, "value": "x"}, 5]},
+        "not a record",
+    ]
+    async with trio.open_nursery() as nursery:
+        server = wire.SpanServer(sock, agent_version="1")
+        await nursery.start(server.serve)
+        port = await nursery.start(serve_prometheus, exporter, ("127.0.0.1", 0))
+        await _wait(lambda: server.subscriber_count == 1)
+        server.publish(wire.make_metrics(time_unix_nano=2, start_time_unix_nano=1, groups=["cpu"],
+                                         metrics=metrics))
+        await _wait(lambda: exporter.host.last is not None)
+        got = await _scrape(port)
+        nursery.cancel_scope.cancel()
+
+    assert got[("system_cpu_time_seconds_total", (("cpu_mode", "user"),))] == 12.5
+    assert got[("system_cpu_time_seconds_total", (("cpu_mode", "idle"),))] == 80.0
+    assert got[("system_memory_usage_bytes", (("system_memory_state", "used"),))] == 1 << 30
+    assert got[("system_cpu_utilization_ratio", (("cpu_mode", "user"),))] == 0.25
+    assert got[("sidetrace_tcp_retransmits_total", ())] == 7
+    disk = (("disk_io_direction", "read"), ("system_device", "vda"))
+    assert [got[("sidetrace_disk_operation_duration_seconds_bucket", tuple(sorted((*disk, ("le", le)))))]
+            for le in ("0.001", "0.01", "+Inf")] == [1, 4, 6]
+    assert got[("sidetrace_disk_operation_duration_seconds_count", disk)] == 6
+    assert got[("sidetrace_disk_operation_duration_seconds_sum", disk)] == pytest.approx(0.04)
+    assert not [key for key in got if key[0].startswith(("process_", "bad_"))]
+
+
 def test_listen_addresses():
     assert parse_listen(":9464") == ("0.0.0.0", 9464)
     assert parse_listen("127.0.0.1:1") == ("127.0.0.1", 1)
