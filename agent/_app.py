@@ -168,7 +168,8 @@ class Agent:
 
     def __init__(self, collection: bpfobj.Collection, rings: bpfobj.PerfEventArray,
                  server: SpanServer, selection: TargetSelection, max_connections: int,
-                 flushers: CpuFlushers | None = None, resources: ProcessResources | None = None) -> None:
+                 flushers: CpuFlushers | None = None, resources: ProcessResources | None = None,
+                 keep_query_values: bool = False) -> None:
         self.collection = collection
         self.server = server
         self.clock = WallClock()
@@ -177,7 +178,8 @@ class Agent:
         self.linker = SpanLinker(server.publish, peer_traced=endpoints.traced)
         self.resources = resources if resources is not None else ProcessResources()
         self.pipeline = Pipeline(self.resources.attaching(self.linker.add), clock=self.clock,
-                                 max_connections=max_connections, endpoints=endpoints)
+                                 max_connections=max_connections, endpoints=endpoints,
+                                 keep_query_values=keep_query_values)
         # Batching is on exactly when flushers run (see serve).
         self.flushers = flushers
         self.intake = Intake(rings, self.pipeline.handle, by_flush=flushers is not None)
@@ -400,7 +402,8 @@ async def _serve_loaded(args: argparse.Namespace, spec, selection: TargetSelecti
             server = SpanServer(args.socket, stats_interval=args.stats_interval, socket_group=args.socket_group)
             agent = Agent(collection, rings, server, selection, args.max_connections,
                           flushers if flushers.running else None,
-                          ProcessResources(args.service, command_args=args.command_args))
+                          ProcessResources(args.service, command_args=args.command_args),
+                          keep_query_values=args.keep_query_values)
             server.stats_source = agent.stats
             agent.load_comms()
             agent.targets.rescan()

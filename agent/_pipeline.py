@@ -137,12 +137,14 @@ class Pipeline:
     ``publish(span_dict)`` is called for every span; it must not block.
     ``endpoints`` is kept up to date with the client ends of the traced TCP
     connections (for whoever else reads it: the linker).
+    ``keep_query_values``: URL query values reach spans as sent instead of ``?``.
     """
 
     def __init__(self, publish: Callable[[dict[str, Any]], None], *,
                  clock: WallClock | None = None, max_connections: int = 65536,
                  protocols: tuple[type[Handler], ...] = REGISTRY,
-                 endpoints: TracedEndpoints | None = None) -> None:
+                 endpoints: TracedEndpoints | None = None,
+                 keep_query_values: bool = False) -> None:
         self.publish = publish
         self.protocols = protocols
         # app_proto value -> the handler to try first (only those in `protocols`)
@@ -152,8 +154,8 @@ class Pipeline:
         self.connections: BoundedTable[int, Connection] = BoundedTable(max_connections)
         self._peek = self.connections.peek
         self.endpoints = endpoints if endpoints is not None else TracedEndpoints()
-        # Shared by every handler: counters they add to.
-        self.context = Context()
+        # Shared by every handler: the options they follow, counters they add to.
+        self.context = Context(keep_query_values=keep_query_values)
         self.events = 0
         self.spans = 0
         self.unrecognised = 0

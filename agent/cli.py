@@ -49,6 +49,7 @@ def _build_parser(commands: dict[tuple[str, ...], argparse.ArgumentParser] | Non
     run.add_argument("--metrics-interval", type=opt.METRICS_INTERVAL, default=5.0,
                      help=f"seconds between metrics messages, {opt.STATS_INTERVAL_MIN:g} to "
                           f"{opt.STATS_INTERVAL_MAX:g} (default: %(default)s)")
+    run.add_argument("--keep-query-values", action="store_true", help="URL query values in spans as sent (default: ?)")
     run.add_argument("-v", "--verbose", action="store_true", help="log each lifecycle step to stderr")
     add_resource_options(run)
 

@@ -46,6 +46,7 @@ they buffer.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -94,13 +95,27 @@ class SpanFacts:
 
 
 class Context:
-    """What every handler of one pipeline shares: counters it adds to."""
+    """What every handler of one pipeline shares: the options it was given, counters it adds to."""
 
-    __slots__ = ("internal_errors",)
+    __slots__ = ("keep_query_values", "internal_errors")
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_query_values: bool = False) -> None:
+        # Query values (``?password=...``) leave the host only when asked for.
+        self.keep_query_values = keep_query_values
         # Exceptions caught from protocol code: always a bug, the connection given up.
         self.internal_errors = 0
+
+
+_QUERY_VALUE = re.compile(r"=[^&]*")
+
+
+def query_text(query: str, keep_values: bool) -> str:
+    """A URL query as spans show it: keys kept, each value ``?`` unless ``keep_values``.
+
+    ``password=S3CRET&x=1`` -> ``password=?&x=?``; a key without a value stays.
+    Every request target or query a span carries goes through here.
+    """
+    return query if keep_values else _QUERY_VALUE.sub("=?", query)
 
 
 class Request:

@@ -27,7 +27,7 @@ import re
 import types
 from typing import Any, Final
 
-from ._base import EGRESS, INGRESS, ConnectionHints, Context, Handler, Request, SpanFacts
+from ._base import EGRESS, INGRESS, ConnectionHints, Context, Handler, Request, SpanFacts, query_text
 
 __all__ = [
     "Exchange",
@@ -447,9 +447,10 @@ class Exchange:
                 f"start_ns={self.start_ns}, end_ns={self.end_ns}, flags={self.flags!r})")
 
 
-def describe(ex: Exchange, server_side: bool, head_fields: list[Any] | None = None) -> SpanFacts:
+def describe(ex: Exchange, server_side: bool, head_fields: list[Any] | None = None,
+             keep_query_values: bool = False) -> SpanFacts:
     """An exchange as span facts (see ``_describe``)."""
-    return _describe(ex._req, ex._resp, ex._flags, server_side, head_fields)
+    return _describe(ex._req, ex._resp, ex._flags, server_side, head_fields, keep_query_values)
 
 
 _HOST = b"\nhost:"
@@ -457,13 +458,14 @@ _USER_AGENT = b"\nuser-agent:"
 
 
 def _describe(req: _Message | None, resp: _Message | None, flags: int, server_side: bool,
-              head_fields: list[Any] | None) -> SpanFacts:
+              head_fields: list[Any] | None, keep_query_values: bool) -> SpanFacts:
     """A request and its response (either may be missing) as span facts.
 
     ``flags`` are the exchange's (the messages' own are added).  ``head_fields``
     is a connection's memory of the last request head described, as [head,
     Host, User-Agent]: a head that repeats byte for byte (a keep-alive client
-    sends the same fields every time) skips both look-ups.
+    sends the same fields every time) skips both look-ups.  The query's values
+    are redacted unless ``keep_query_values``; the span name has the path only.
     """
     method = path = None
     if req is not None:
@@ -482,7 +484,7 @@ def _describe(req: _Message | None, resp: _Message | None, flags: int, server_si
             if path is not None:
                 attrs["url.path"] = path
         if query:
-            attrs["url.query"] = query
+            attrs["url.query"] = query_text(query, keep_query_values)
     else:
         attrs = {"network.protocol.name": "http"}
     status = 0
@@ -1242,7 +1244,8 @@ class Http1Handler(Handler):
         self._respond(request, None, _F.RESPONSE_MISSING)
 
     def _respond(self, request: _Message | None, response: _Message | None, flags: int = 0) -> None:
-        self._emit(_describe(request, response, flags, self.role == "server", self._head_fields))
+        self._emit(_describe(request, response, flags, self.role == "server", self._head_fields,
+                             self.context.keep_query_values))
 
 
 class Http1Connection(Http1Handler):

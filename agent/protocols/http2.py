@@ -59,7 +59,8 @@ from urllib.parse import unquote_to_bytes
 from hpack.exceptions import HPACKDecodingError
 from hpack.huffman_table import decode_huffman as _decode_huffman
 
-from ._base import BY_ID, EGRESS, INGRESS, ConnectionHints, Context, Handler, SpanFacts, opposite
+from ._base import (BY_ID, EGRESS, INGRESS, ConnectionHints, Context, Handler, SpanFacts, opposite,
+                    query_text)
 
 __all__ = ["Http2Handler", "HeaderDecoder", "PREFACE", "looks_like_http2"]
 
@@ -847,7 +848,7 @@ class Http2Handler(Handler):
         request_direction = self.request_direction or self._guess_any(stream)
         if request_direction is None:
             return  # cannot tell request from response: nothing worth reporting
-        self._emit(describe(stream, request_direction, ts))
+        self._emit(describe(stream, request_direction, ts, self.context.keep_query_values))
 
     def _unanswered(self, stream: _Stream, ts_ns: int | None) -> None:
         self._finish(stream, ts_ns)
@@ -864,8 +865,9 @@ def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("latin-1")
 
 
-def describe(stream: _Stream, request_direction: str, ts: int | None) -> SpanFacts:
-    """A finished (or abandoned) stream as span facts."""
+def describe(stream: _Stream, request_direction: str, ts: int | None,
+             keep_query_values: bool = False) -> SpanFacts:
+    """A finished (or abandoned) stream as span facts (query values redacted unless kept)."""
     request = stream.halves.get(request_direction)
     response = stream.halves.get(opposite(request_direction))
     server_side = request_direction == INGRESS
@@ -882,7 +884,7 @@ def describe(stream: _Stream, request_direction: str, ts: int | None) -> SpanFac
         path, question, query = target.partition("?")
         attrs["url.path"] = path
         if question:
-            attrs["url.query"] = query
+            attrs["url.query"] = query_text(query, keep_query_values)
     if agent := _text(req_fields.get(b"user-agent")):
         attrs["user_agent.original"] = agent
     status = response.status if response is not None else None

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.protocols import ConnectionHints
+from agent.protocols import ConnectionHints, Context
 from agent.protocols.http2 import (MAX_OPEN_STREAMS, PREFACE, STATIC_TABLE, HeaderDecoder,
                                    Http2Handler, looks_like_http2)
 from tests._recording import RecordingProxy
@@ -298,7 +298,7 @@ def test_joined_mid_connection_reports_only_what_is_certain(grpc_recording):
 def test_plain_http2_from_an_h2_client(plain_recording):
     chunks, results = plain_recording
     for role in ("server", "client"):
-        facts, _ = replay(chunks, role)
+        facts, _ = replay(chunks, role, handler=Http2Handler(role, Context(keep_query_values=True)))
         assert len(facts) == len(results)
         seen = {(f.attributes["http.request.method"],
                  f.attributes["url.path"] + ("?" + f.attributes["url.query"]
@@ -337,6 +337,14 @@ def test_plain_http2_from_curl(plain_recording):
     assert fact.attributes["http.response.status_code"] == 500
     assert fact.attributes["user_agent.original"].startswith("curl/")
     assert fact.status == "error"
+
+
+def test_query_values_are_redacted_by_default(plain_recording):
+    chunks, _ = plain_recording
+    facts, _ = replay(chunks)
+    hello = next(f for f in facts if f.attributes["url.path"] == "/hello")
+    assert hello.attributes["url.query"] == "name=?" and hello.name == "GET /hello"
+    assert all("h2" not in f.attributes.get("url.query", "") for f in facts)
 
 
 # --- synthetic conversations from the h2 library ------------------------------------------
