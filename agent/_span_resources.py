@@ -254,6 +254,14 @@ class SpanResources:
         off = offsets[0]
         if off is None or not tcp.holds(off, local):
             off = offsets[0] = tcp.find(local)
+        if off is None and peer is not None:
+            # Messaging spans (producer/consumer) do not say by their kind which
+            # end is this process's: a broker's pushed delivery is a producer
+            # span on the server end.  The end the kernel holds is the local one.
+            off = tcp.find(peer)
+            if off is not None:
+                keys[0], keys[1] = local, peer = peer, local
+                offsets[0], offsets[1] = off, None
         if off is None:
             self.tcp_missing += 1
             return
@@ -282,8 +290,8 @@ class SpanResources:
         if (local is not None and remote is not None and local[0] == remote[0]
                 and isinstance(lport, int) and isinstance(rport, int)):
             family = local[0]
-            keys = (tcp_key(family, local[1], lport, remote[1], rport),
-                    tcp_key(family, remote[1], rport, local[1], lport), [None, None])
+            keys = [tcp_key(family, local[1], lport, remote[1], rport),
+                    tcp_key(family, remote[1], rport, local[1], lport), [None, None]]
         if conn_id is not None:
             if len(self._keys) >= _KEY_CACHE:
                 del self._keys[next(iter(self._keys))]

@@ -185,3 +185,20 @@ def test_a_ring_that_wrapped_many_times_is_searched_in_both_halves():
         start, end = 100 * (a + 1) + 7, 100 * (b + 1) + 9
         assert threads.window(5, start, end) == ((10 * b + 9) - (10 * a + 7), b - a, 0)
     assert threads.window(5, 100 * oldest, 100 * (newest + 1)) is None  # just before the oldest held
+
+
+def test_a_messaging_span_finds_its_own_end_whatever_its_kind_suggests():
+    # A broker's pushed delivery: a producer span whose local end is the server's.
+    mine, peer = keys_of("server")
+    buf = tcp_buffer([(mine, 77, [(2000, 1)], 2)])
+    stage = SpanResources(Clock(), None, TcpSlots(buf, TCP_STRIDE, TCP_SLOTS, shared(2000)))
+    s = span("server")
+    s["kind"] = "producer"
+    stage(s)
+    assert s["attributes"]["sidetrace.tcp.rtt_us"] == 77
+    assert s["attributes"]["sidetrace.tcp.retransmits"] == 1
+    assert stage.tcp_missing == 0
+    again = span("server")
+    again["kind"] = "producer"
+    stage(again)
+    assert again["attributes"]["sidetrace.tcp.rtt_us"] == 77
