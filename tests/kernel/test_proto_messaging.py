@@ -33,7 +33,7 @@ def _traced(sock: Path, server_pids: list[int], client_script: str, *args: str, 
                  stdout=subprocess.PIPE, text=True) as client:
         pids = [*server_pids, client.pid]
         with agent(sock, *[a for pid in pids for a in ("--pid", str(pid))]) as agent_proc:
-            wait_for_socket(sock, agent_proc, timeout=60)
+            wait_for_socket(sock, agent_proc)
             with BlockingSubscriber(sock, timeout=0.5) as sub:
                 client.stdin.write("go\n")
                 client.stdin.flush()

@@ -99,7 +99,7 @@ def test_the_count_sees_bpf_calls():
 
 def test_a_second_run_on_a_served_socket_refuses_before_loading_anything(open_dir):
     path = open_dir / "st.sock"
-    with agent(path) as first:
+    with agent(path, "--comm", "st-nothing") as first:
         wait_for_socket(path, first)
         status, lines, calls = counted_run([], "run", "--socket", str(path))
         assert status == 2
@@ -141,7 +141,7 @@ def serves(prefix: list[str], path: Path, *argv: str) -> None:
     with started([*prefix, sys.executable, "-m", "agent.cli", "run", "--socket", str(path),
                   "--comm", "st-nothing", *argv],
                  cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
-        wait_for_socket(path, proc, timeout=60)
+        wait_for_socket(path, proc)
         with BlockingSubscriber(path, timeout=10) as sub:
             assert sub.hello["type"] == "hello"
 

@@ -24,7 +24,7 @@ import pytest
 from wire import BlockingSubscriber, validate
 
 from .._servers import free_port, need_binary, unavailable, wait_for_port
-from ._procs import APPS, REPO, agent, app, collect_spans, started, stop, wait_for_socket
+from ._procs import APPS, REPO, agent, app, collect_spans, held, release, started, stop, wait_for_socket
 
 pytestmark = pytest.mark.kernel
 
@@ -157,20 +157,25 @@ def test_nginx_and_curl_over_https_keep_alive(tmp_path, certificate):
     expected = {f"/{'missing' if i % 7 == 3 else 'item'}/{i}": 404 if i % 7 == 3 else 200
                 for i in range(REQUESTS)}
     sock = tmp_path / "agent.sock"
-    with started([nginx, "-c", str(conf), "-p", str(tmp_path)], stdout=subprocess.DEVNULL,
-                 stderr=subprocess.PIPE, text=True) as server:
-        wait_for_port(port, server)
-        with agent(sock, "--comm", "nginx", "--comm", "curl") as agent_proc:
+    urls = [f"https://127.0.0.1:{port}{path}" for path in expected]
+    outputs = [arg for _ in urls for arg in ("-o", "/dev/null")]
+    # Only this test's nginx and curl are traced (by the pids they will have),
+    # from their first instruction: other work on the machine may run nginx too.
+    with held([nginx, "-c", str(conf), "-p", str(tmp_path)], stdout=subprocess.DEVNULL,
+              stderr=subprocess.PIPE) as server, \
+            held([curl, "-sk", "--http1.1", *urls, *outputs, "-w", "%{http_code} %{num_connects}\n"],
+                 stdout=subprocess.PIPE) as client:
+        with agent(sock, "--pid", str(server.pid), "--pid", str(client.pid)) as agent_proc:
             wait_for_socket(sock, agent_proc)
+            release(server)
+            wait_for_port(port, server)
             with BlockingSubscriber(sock, timeout=0.5) as sub:
+                # nginx's master and worker map libssl.so.3 now.
                 wait_for_stats(sub, lambda s: (lib := tls_library(s, "libssl.so")) is not None
-                               and lib["status"] == "attached")
-                urls = [f"https://127.0.0.1:{port}{path}" for path in expected]
-                outputs = [arg for _ in urls for arg in ("-o", "/dev/null")]
-                with started([curl, "-sk", "--http1.1", *urls, *outputs, "-w", "%{http_code} %{num_connects}\n"],
-                             stdout=subprocess.PIPE, text=True) as client:
-                    lines = client.stdout.read().split("\n")
-                    assert client.wait(20) == 0
+                               and lib["status"] == "attached" and lib["processes"] >= 2)
+                release(client)
+                lines = client.stdout.read().split("\n")
+                assert client.wait(20) == 0
                 spans = collect_spans(sub, 2 * REQUESTS, keep=to_port(port))
                 stats = wait_for_stats(sub, lambda s: True)
             assert stop(agent_proc) == 0, agent_proc.stderr.read()
