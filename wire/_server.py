@@ -459,6 +459,9 @@ class SpanServer:
                     await sub.wake.wait()
                     continue
                 parts = []
+                if sub.queue and sub.queue[0] is self._hello:
+                    # Stats published before this first write wait behind the hello.
+                    parts.append(sub.queue.popleft())
                 if sub.pending_stats is not None:
                     parts.append(encode_item({**sub.pending_stats, "dropped": sub.dropped,
                                               "subscribers": len(self._subscribers)}))

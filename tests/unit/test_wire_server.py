@@ -97,6 +97,26 @@ async def test_hello_comes_first(sock_path):
         server.close()
 
 
+async def test_hello_comes_first_when_stats_were_published_before_the_first_write(sock_path, monkeypatch):
+    # Under load a subscriber's task may first run after the next stats
+    # message was published for it: that message still comes after hello.
+    serve_subscriber = SpanServer._serve_subscriber
+
+    async def first_run_late(self, sub):
+        self.publish_stats(events=7)
+        await serve_subscriber(self, sub)
+
+    monkeypatch.setattr(SpanServer, "_serve_subscriber", first_run_late)
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery, sock_path)
+        sub = await RawSubscriber.connect(sock_path)
+        assert (await sub.receive())["type"] == "hello"
+        stats = await sub.receive()
+        assert stats["type"] == "stats" and stats["events"] == 7
+        await sub.aclose()
+        server.close()
+
+
 async def test_socket_created_with_parent_and_mode_and_removed_on_close(sock_path):
     assert not os.path.exists(os.path.dirname(sock_path))
     async with trio.open_nursery() as nursery:
