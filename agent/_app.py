@@ -175,7 +175,7 @@ class Agent:
         self.clock = WallClock()
         # The pipeline records the traced connections' ends; the linker reads them.
         endpoints = TracedEndpoints()
-        self.linker = SpanLinker(server.publish, peer_traced=endpoints.traced)
+        self.linker = SpanLinker(server.publish, peer_traced=endpoints.traced, clock=self.event_time_unix_ns)
         self.resources = resources if resources is not None else ProcessResources()
         self.pipeline = Pipeline(self.resources.attaching(self.linker.add), clock=self.clock,
                                  max_connections=max_connections, endpoints=endpoints,
@@ -190,6 +190,19 @@ class Agent:
         self.selection = selection
         self.targets = TargetTracker(selection, add=self._trace_pid, remove=lambda tgid: pids.delete(tgid))
         self.tls = TlsLibraries(collection.programs, collection.maps.get("tls_counters"))
+
+    def event_time_unix_ns(self) -> int:
+        """Wall-clock time up to which the kernel's events have all been read.
+
+        The linker's waits (for a span's other end, for the spans around a
+        client call) run on this clock, not on the wall clock: an agent that
+        falls behind on a loaded machine must not give up on a span's other
+        end before it has read the events that make it.  Keeping up, it is a
+        few milliseconds behind now.
+        """
+        now = time.time_ns()
+        complete = self.intake.complete_until_ns()
+        return min(now, self.clock.to_unix_ns(complete)) if complete else now
 
     def traced_pids(self) -> list[int]:
         """Every process traced now: the kernel's `pids` map (children and
@@ -321,7 +334,7 @@ async def _housekeeping(agent: Agent) -> None:
             log.warning("target rescan failed: %s", exc)
         agent.scan_tls()
         agent.pipeline.expire_idle(time.monotonic_ns())
-        agent.linker.tick(time.time_ns())
+        agent.linker.tick(agent.event_time_unix_ns())
         if time.monotonic() - last_clock > CLOCK_REFRESH_SECONDS:
             agent.clock.refresh()
             last_clock = time.monotonic()

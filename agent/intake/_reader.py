@@ -106,6 +106,10 @@ class Intake:
         for ev in merger.pop_ready():
             deliver(ev)
 
+    def complete_until_ns(self) -> int:
+        """Monotonic time before which every event has been delivered (0 until every CPU reported)."""
+        return max(0, self.merger.horizon())
+
     def forget(self, cpu: int) -> None:
         """Stop waiting for ``cpu`` (its flusher stopped: nothing sends its batches)."""
         self.merger.forget(cpu)
