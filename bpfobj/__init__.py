@@ -23,6 +23,7 @@ from ._errors import (
 )
 from ._elfsym import FunctionSymbol, FunctionTable, function_offset, read_functions
 from ._fs import MountStatus, ensure_bpffs, ensure_tracefs
+from ._kernel_btf import return_free_memory
 from ._loader import Collection, LoadedObject, load
 from ._maps import Map
 from ._parse import load_object_spec, parse_object
@@ -33,6 +34,7 @@ from ._perf import (
     WalkResult,
     online_cpus,
     possible_cpus,
+    records_within,
     walk_ring,
 )
 from ._programs import (
@@ -68,7 +70,8 @@ __all__ = [
     "arch_object",
     "open_software_event", "PERF_COUNT_SW_PAGE_FAULTS_MIN", "PERF_COUNT_SW_PAGE_FAULTS_MAJ",
     # perf rings
-    "PerfEventArray", "PerfRing", "WalkResult", "walk_ring", "online_cpus", "possible_cpus",
+    "PerfEventArray", "PerfRing", "WalkResult", "walk_ring", "records_within", "online_cpus",
+    "possible_cpus",
     # environment
-    "features", "MountStatus", "ensure_bpffs", "ensure_tracefs",
+    "features", "MountStatus", "ensure_bpffs", "ensure_tracefs", "return_free_memory",
 ]

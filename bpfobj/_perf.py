@@ -34,7 +34,7 @@ from ._errors import BpfError, SyscallError
 from ._fd import FdOwner
 
 __all__ = [
-    "RingCorruptError", "WalkResult", "walk_ring", "PerfRing", "PerfEventArray",
+    "RingCorruptError", "WalkResult", "walk_ring", "records_within", "PerfRing", "PerfEventArray",
     "online_cpus", "possible_cpus",
 ]
 
@@ -136,6 +136,28 @@ def walk_ring(ring: bytes | bytearray | memoryview, head: int, tail: int) -> Wal
         first = size - start
         data = view[start:].tobytes() + view[:n - first].tobytes()
     return _walk_linear(memoryview(data), n)
+
+
+def records_within(ring: bytes | bytearray | memoryview, start: int, pending: int, limit: int) -> int:
+    """How many of the ``pending`` bytes from ``start`` (a position in the
+    data area ``ring``) are whole records that fit in ``limit`` bytes: at
+    least the first record, at most ``pending``.
+
+    Records are 8-byte aligned and the area's size is a multiple of 8, so a
+    record header never wraps.  Raises :class:`RingCorruptError` for a size
+    that cannot be right.
+    """
+    size = len(ring)
+    unpack = _HDR8.unpack_from
+    off = 0
+    while off < pending:
+        rsize = unpack(ring, (start + off) % size)[2]
+        if rsize < 8 or rsize & 7 or off + rsize > pending:
+            raise RingCorruptError(f"record at offset {off} claims size {rsize} ({pending - off} bytes pending)")
+        if off and off + rsize > limit:
+            break
+        off += rsize
+    return off
 
 
 def _parse_cpu_list(text: str) -> list[int]:
@@ -243,8 +265,14 @@ class PerfRing(FdOwner):
         head, tail = struct.unpack_from("<QQ", mm, _OFF_DATA_HEAD)
         return head - tail
 
-    def read(self) -> WalkResult:
-        """Consume everything pending; returns the samples and the lost count."""
+    def read(self, max_bytes: int | None = None) -> WalkResult:
+        """Consume what is pending; returns the samples and the lost count.
+
+        ``max_bytes`` bounds one read to the whole records that fit in it (at
+        least one record): a reader that wants to let other work run between
+        parts of a full ring, and not to copy it all at once, reads again
+        while :meth:`pending` is not zero.
+        """
         mm = self._mm
         if mm is None:
             raise BpfError(f"{self._label()} is closed")
@@ -257,6 +285,9 @@ class PerfRing(FdOwner):
             raise RingCorruptError(f"cpu {self.cpu}: data_head {head}, data_tail {tail}")
         start = tail % size
         data = self._data
+        if max_bytes is not None and n > max_bytes:
+            n = records_within(data, start, n, max_bytes)
+            head = tail + n
         if start + n <= size:
             copy = data[start:start + n].tobytes()
         else:

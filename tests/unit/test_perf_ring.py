@@ -136,3 +136,28 @@ def test_corrupt_error_is_a_bpf_error() -> None:
     from bpfobj._errors import BpfError
 
     assert issubclass(RingCorruptError, BpfError)
+
+
+def test_a_bounded_read_takes_whole_records_that_fit_and_always_one() -> None:
+    from bpfobj import records_within
+
+    recs = sample(b"A" * 20) + sample(b"B" * 100) + sample(b"C" * 20)
+    sizes = [len(sample(b"A" * 20)), len(sample(b"B" * 100)), len(sample(b"C" * 20))]
+    # Starting near the end of the area, so the second record wraps around it.
+    ring, head, tail = ring_with(recs, 256, 256 - 40)
+    start, pending = tail % 256, head - tail
+    assert records_within(ring, start, pending, 10_000) == pending
+    assert records_within(ring, start, pending, sizes[0] + sizes[1]) == sizes[0] + sizes[1]
+    assert records_within(ring, start, pending, sizes[0] + sizes[1] - 1) == sizes[0]
+    assert records_within(ring, start, pending, 1) == sizes[0]     # never nothing
+    # What it says fits is exactly what a walk of that many bytes returns.
+    n = records_within(ring, start, pending, sizes[0] + sizes[1])
+    assert payloads(walk_ring(ring, tail + n, tail)) == [b"A" * 20, b"B" * 100]
+
+
+def test_a_bounded_read_of_a_corrupt_size_raises() -> None:
+    from bpfobj import records_within
+
+    ring, head, tail = ring_with(sample(b"A" * 20) + other(12), 4096, 0)
+    with pytest.raises(RingCorruptError):
+        records_within(ring, 0, head - tail, 10_000)
