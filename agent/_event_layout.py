@@ -5,18 +5,31 @@ changing a declaration; tests/unit/test_event_layout.py fails while this
 file is stale.  The running agent imports this instead of construct.
 """
 
-EVENT_HEADER_FORMAT = "<LQQqQQLLlLLHBBHHHBB16s16s16sHBB"
-EVENT_HEADER_SIZE = 128
+EVENT_HEADER_FORMAT = "<LQQqQQLLlLLHBBHHHBB16s16s16sHBBLHH"
+EVENT_HEADER_SIZE = 136
 EVENT_HEADER_NAMES = (
     "kind", "ts_ns", "conn_id", "ret", "bytes_tx", "bytes_rx", "tgid", "tid", "fd", "tcp_seq",
     "payload_len", "syscall", "direction", "role", "family", "sport", "dport", "l4_proto",
-    "flags", "saddr", "daddr", "comm", "app_proto", "tls", "tls_version",
+    "flags", "saddr", "daddr", "comm", "app_proto", "tls", "tls_version", "shed", "xflags",
+    "reserved",
 )
 
 BATCH_HEADER_FORMAT = "<LQHH"
 BATCH_HEADER_SIZE = 16
 BATCH_HEADER_NAMES = (
     "kind", "flush_ns", "count", "reason",
+)
+
+BUDGET_FORMAT = "<QQLLQQ"
+BUDGET_SIZE = 40
+BUDGET_NAMES = (
+    "interval_ns", "burst_ns", "level", "pad", "tat_ns", "blocked_ns",
+)
+
+SHED_PROC_FORMAT = "<QQ"
+SHED_PROC_SIZE = 16
+SHED_PROC_NAMES = (
+    "exchanges", "connections",
 )
 
 MON_MARK_FORMAT = "<QQQQ"

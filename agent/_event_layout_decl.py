@@ -39,8 +39,11 @@ EVENT_HEADER = cs.Struct(
     "app_proto" / cs.Int16ul,
     "tls" / cs.Int8ul,
     "tls_version" / cs.Int8ul,
+    "shed" / cs.Int32ul,
+    "xflags" / cs.Int16ul,
+    "reserved" / cs.Int16ul,
 )
-EVENT_HEADER.__doc__ = """struct st_event (bpfobj/bpf/include/sidetrace_events.h), 128 bytes, packed to 4:
+EVENT_HEADER.__doc__ = """struct st_event (bpfobj/bpf/include/sidetrace_events.h), 136 bytes, packed to 4:
 
     struct st_event {
         __u32 kind;            st_u64 ts_ns;      st_u64 conn_id;
@@ -52,6 +55,7 @@ EVENT_HEADER.__doc__ = """struct st_event (bpfobj/bpf/include/sidetrace_events.h
         __u8 l4_proto;         __u8 flags;
         __u8 saddr[16];        __u8 daddr[16];    char comm[16];
         __u16 app_proto;       __u8 tls;          __u8 tls_version;
+        __u32 shed;            __u16 xflags;      __u16 reserved;
     } __attribute__((aligned(4)));
 
 followed by ``payload_len`` payload bytes.
@@ -75,16 +79,38 @@ BATCH_HEADER.__doc__ = """struct st_batch_hdr (bpfobj/bpf/include/sidetrace_even
 followed by ``count`` events, each an st_event and its payload padded to 8 bytes.
 """
 
+BUDGET = cs.Struct(
+    "interval_ns" / cs.Int64ul,
+    "burst_ns" / cs.Int64ul,
+    "level" / cs.Int32ul,
+    "pad" / cs.Int32ul,
+    "tat_ns" / cs.Int64ul,
+    "blocked_ns" / cs.Int64ul,
+)
+BUDGET.__doc__ = """struct st_budget: the `budget` map's one value, written by the agent (load
+shedding: at most one unit per interval_ns, burst_ns ahead; level: enum st_budget_level;
+tat_ns and blocked_ns are the kernel's, written as 0)."""
+
+SHED_PROC = cs.Struct(
+    "exchanges" / cs.Int64ul,
+    "connections" / cs.Int64ul,
+)
+SHED_PROC.__doc__ = "struct st_shed_proc: the `shed_procs` map's value (key: tgid): what was shed of a process."
+
 # Every declaration the generated module carries, under the prefix of its
 # constants there (EVENT_HEADER_FORMAT, EVENT_HEADER_NAMES, EVENT_HEADER_SIZE).
 DECLARATIONS: dict[str, cs.Struct] = {
     "EVENT_HEADER": EVENT_HEADER,
     "BATCH_HEADER": BATCH_HEADER,
+    "BUDGET": BUDGET,
+    "SHED_PROC": SHED_PROC,
 }
 # The C struct each declaration mirrors, as named in the object's BTF.
 C_STRUCTS: dict[str, str] = {
     "EVENT_HEADER": "st_event",
     "BATCH_HEADER": "st_batch_hdr",
+    "BUDGET": "st_budget",
+    "SHED_PROC": "st_shed_proc",
 }
 
 # --- the monitor's maps (bpfobj/bpf/include/monitor_maps.h) -------------------

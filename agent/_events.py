@@ -20,7 +20,7 @@ from . import _event_layout
 from ._fastdecode import RecordLayout
 
 HEADER = RecordLayout(_event_layout.EVENT_HEADER_FORMAT, _event_layout.EVENT_HEADER_NAMES)
-HEADER_SIZE = HEADER.size  # 128
+HEADER_SIZE = HEADER.size  # 136
 
 
 def __getattr__(name: str):
@@ -84,6 +84,14 @@ class Flag(enum.IntFlag):
     OPAQUE = 1 << 7
 
 
+class XFlag(enum.IntFlag):
+    """enum st_event_xflags (st_event.xflags): load shedding around this event."""
+
+    RESUMED = 1 << 0     # the first event after ``shed`` exchanges of this connection were shed
+    SHED_START = 1 << 1  # the connection is shed after this event until it closes (its bytes: not parsed)
+    SHED = 1 << 2        # CONN_CLOSE of a connection that was being shed
+
+
 class TlsFlag(enum.IntFlag):
     """enum st_tls_flags (st_event.tls): where a TLS plaintext event comes from."""
 
@@ -120,6 +128,9 @@ COUNTER_NAMES = (
     "user_read_failed", "not_socket", "not_inet", "truncated", "no_scratch", "connections",
     "bad_fd", "proto_known", "proto_opaque", "opaque_data",
 )
+# Slots 18.. of the same map (after the batch counters, see agent.intake): load shedding.
+SHED_COUNTER_FIRST_SLOT = 18
+SHED_COUNTER_NAMES = ("shed_syscalls", "shed_exchanges", "shed_connections", "admitted", "resumed")
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
@@ -153,7 +164,10 @@ class Event(NamedTuple):
     app_proto: int
     tls: int
     tls_version: int
-    payload: bytes
+    shed: int = 0
+    xflags: int = 0
+    reserved: int = 0
+    payload: bytes = b""
 
 
 assert Event._fields[:-1] == HEADER.names, "Event must mirror EVENT_HEADER"

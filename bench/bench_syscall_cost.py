@@ -24,7 +24,7 @@ median ns per call over ROUNDS rounds.  The same loop runs under:
   opaque      traced, but the messages are 'x' bytes: after ST_PROTO_TRIES
               events the connection is OPAQUE and its calls are dropped in the
               kernel (drop_opaque = 1, the default): no copy, no record
-  opaque-hdr  the same with drop_opaque = 0: a 128-byte header-only record per
+  opaque-hdr  the same with drop_opaque = 0: a 136-byte header-only record per
               call (no payload copy, no TCP sequence read)
 
 Conditions are interleaved over REPS repetitions and the median is kept, as

@@ -134,6 +134,22 @@ struct {
 	__type(value, __u64); /* enum st_counter */
 } counters SEC(".maps");
 
+/* The agent's budget for traced units (see "Overload" below). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct st_budget);
+} budget SEC(".maps");
+
+/* What was shed, per process (key: tgid).  Written only while shedding. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct st_shed_proc);
+} shed_procs SEC(".maps");
+
 struct st_iovec {
 	__u64 base;
 	__u64 len;
@@ -436,6 +452,13 @@ static __always_inline void count_n(__u32 slot, __u64 n)
 		*v += n;
 }
 
+static __always_inline struct st_budget *budget_get(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&budget, &zero);
+}
+
 /* Send the batch (or, when it is empty, a heartbeat: the header alone) and
  * empty it.  flush_ns is taken here, after every event in the batch was
  * stamped; the programs of one CPU never interleave (syscall tracepoints run
@@ -456,8 +479,13 @@ static __always_inline void batch_flush(void *ctx, struct st_batch *b, __u16 rea
 	b->hdr.flush_ns = bpf_ktime_get_ns();
 	b->hdr.reason = reason;
 	if (bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, &b->hdr, sizeof(b->hdr) + used)) {
+		struct st_budget *bg = budget_get();
+
 		count(ST_CNT_PERF_FAIL);
 		count_n(ST_CNT_LOST_EVENTS, n);
+		/* the ring is full: no new unit until the agent has caught up a little */
+		if (bg)
+			bg->blocked_ns = b->hdr.flush_ns + ST_LOSS_BLOCK_NS;
 	} else if (n) {
 		count_n(ST_CNT_EVENTS, n);
 		count(ST_CNT_BATCHES);
@@ -534,6 +562,9 @@ static __always_inline void fill_header(struct st_event *e, struct task_struct *
 	e->app_proto = 0;
 	e->tls = 0;
 	e->tls_version = 0;
+	e->shed = 0;
+	e->xflags = 0;
+	e->reserved = 0;
 	if (c) {
 		e->conn_id = c->conn_id;
 		e->bytes_tx = c->bytes_tx;
@@ -884,6 +915,94 @@ static __always_inline __u16 classify(const __u8 *payload, __u32 got, __u64 tota
 	return ST_PROTO_UNKNOWN;
 }
 
+/* ---- overload: shedding whole units ----
+ *
+ * When the agent cannot keep up (its CPU budget, its rings filling), it sets
+ * a budget (the `budget` map: at most one unit per interval_ns, bursts of
+ * burst_ns) and the kernel stops sending whole units instead of losing
+ * events at random:
+ *
+ *   - an HTTP/1 exchange, on a connection whose role is known and whose
+ *     messages start one per syscall: from a request's first syscall to the
+ *     next request's.  The decision is taken where a request starts while no
+ *     request is waiting for its response (the kernel counts the syscalls
+ *     that start a request and a response: "GET ..." and "HTTP/1.x"), so a
+ *     shed stretch holds whole exchanges and nothing of a kept one.  A
+ *     connection where that count goes wrong (pipelining, 1xx responses,
+ *     requests sharing a syscall) is marked MIXED and never shed by the
+ *     exchange; while shed it stays shed until it closes.
+ *   - any other connection whole, decided at its first syscall with bytes
+ *     (the one its protocol is recognised from); at level HARD also a traced
+ *     one, at a turn of direction, until it closes.
+ *
+ * A batch the ring had no room for blocks new units for ST_LOSS_BLOCK_NS
+ * whatever the level: the kernel sheds before the agent has noticed.
+ *
+ * Shed syscalls cost the lookups that find their connection and, on HTTP/1,
+ * a read of the first 8 bytes: no payload copy, no record.  The agent learns
+ * of shed stretches from the first event after one (ST_X_RESUMED with the
+ * number of exchanges), from the last event before one (ST_X_SHED_START),
+ * or from the connection's CONN_CLOSE (ST_X_SHED); per-process counts are in
+ * `shed_procs`, totals in `counters`.  The decisions are two global
+ * functions (frame_step, shed_step): the verifier checks each once per
+ * program instead of along every path of the caller, which would multiply
+ * the data programs' verification time.
+ */
+
+/* One unit from the budget (a generic cell rate algorithm): admitted when
+ * the budget's clock is at most burst_ns ahead of now.  Two CPUs deciding at
+ * the same instant may both be admitted: the budget is a rate, not a lock. */
+static __always_inline bool budget_admit(struct st_budget *bg)
+{
+	__u64 interval = bg->interval_ns, now, tat;
+
+	if (!interval && !bg->blocked_ns)
+		return true;
+	now = bpf_ktime_get_ns();
+	if (now < bg->blocked_ns)
+		return false;
+	if (!interval)
+		return true;
+	tat = bg->tat_ns;
+	if (tat < now)
+		tat = now;
+	else if (tat - now > bg->burst_ns)
+		return false;
+	bg->tat_ns = tat + interval;
+	count(ST_CNT_ADMITTED);
+	return true;
+}
+
+static __always_inline void shed_proc_count(__u32 tgid, bool exchange)
+{
+	struct st_shed_proc *p = bpf_map_lookup_elem(&shed_procs, &tgid);
+
+	if (!p) {
+		struct st_shed_proc zero = {};
+
+		bpf_map_update_elem(&shed_procs, &tgid, &zero, BPF_NOEXIST);
+		p = bpf_map_lookup_elem(&shed_procs, &tgid);
+		if (!p)
+			return;
+	}
+	if (exchange)
+		__sync_fetch_and_add(&p->exchanges, 1);
+	else
+		__sync_fetch_and_add(&p->connections, 1);
+}
+
+static __always_inline void shed_unit(struct st_conn *c, __u32 tgid, __u8 how)
+{
+	if (how == ST_SHED_EXCHANGE) {
+		c->shed_units++;
+		count(ST_CNT_SHED_EXCHANGES);
+	} else {
+		count(ST_CNT_SHED_CONNS);
+	}
+	c->shed = how;
+	shed_proc_count(tgid, how == ST_SHED_EXCHANGE);
+}
+
 #include "sidetrace_tls.bpf.h"
 
 /* Sticky per-connection protocol from one payload (see the header). */
@@ -905,6 +1024,152 @@ static __always_inline void infer_proto(struct st_event *e, struct st_conn *c, _
 	count(proto == ST_PROTO_OPAQUE ? ST_CNT_PROTO_OPAQUE : ST_CNT_PROTO_KNOWN);
 }
 
+
+static __always_inline bool http1_request_start(__u64 w)
+{
+	__u32 h = (__u32)w;
+
+	return h == S4("GET ") || h == S4("PUT ") || h == S4("POST") || h == S4("HEAD") ||
+	       h == S4("OPTI") || h == S4("PATC") || h == S4("CONN") || h == S4("TRAC") ||
+	       LO(w, 7) == S7("DELETE ");
+}
+
+static __always_inline bool http1_response_start(__u64 w)
+{
+	return LO(w, 7) == S7("HTTP/1.");
+}
+
+enum st_step {
+	ST_STEP_KEEP = 0,   /* send the event */
+	ST_STEP_SHED = 1,   /* this syscall starts a shed unit: send nothing */
+};
+
+/* Exchange boundaries of an HTTP/1 connection of known role, from the first
+ * word of one syscall's data (`egress`: its direction); true at a request
+ * start where no request is waiting for a response: the point where an
+ * exchange may be shed or resumed. */
+static __always_inline bool http1_boundary(struct st_conn *c, __u64 w, bool egress)
+{
+	bool request_dir = egress == (c->role == ST_ROLE_CLIENT);
+	bool boundary = false;
+
+	if (request_dir) {
+		if (http1_request_start(w)) {
+			if (c->outstanding)
+				c->frame |= ST_FRAME_MIXED;  /* pipelined */
+			else
+				boundary = !(c->frame & ST_FRAME_MIXED);
+			if (c->outstanding < 255)
+				c->outstanding++;
+		}
+	} else if (http1_response_start(w)) {
+		if (c->outstanding)
+			c->outstanding--;
+		else
+			c->frame |= ST_FRAME_MIXED;  /* 1xx, or requests that shared a syscall */
+	}
+	return boundary;
+}
+
+static __always_inline bool framed(const struct st_conn *c)
+{
+	return c->app_proto == ST_PROTO_HTTP1 && c->role != ST_ROLE_UNKNOWN;
+}
+
+/* A traced connection's syscall that moved bytes, its event `e` built
+ * (`w`: the first 8 bytes of its data, of which `got` are real): keep it,
+ * or start shedding here.  Marks `e` when it resumes the connection
+ * (`resumed`, decided by shed_step) or is the last one sent before shedding
+ * it to its close.  A global function: the verifier checks it once, not once
+ * per path of its caller. */
+__noinline int frame_step(struct st_conn *c, struct st_event *e, __u64 w, __u32 got, __u32 resumed)
+{
+	struct st_budget *bg;
+	bool boundary = false, first, turn, egress;
+	__u8 frame;
+
+	if (!c || !e)
+		return ST_STEP_KEEP;
+	if (resumed) {
+		e->xflags = ST_X_RESUMED;
+		e->shed = c->shed_units;
+		c->shed_units = 0;
+	}
+	if (c->app_proto == ST_PROTO_OPAQUE)
+		return ST_STEP_KEEP;
+	egress = e->direction == ST_DIR_EGRESS;
+	frame = c->frame;
+	first = !(frame & ST_FRAME_SEEN);
+	turn = !first && !!(frame & ST_FRAME_LAST_EGRESS) != egress;
+	if (got && framed(c) && !resumed)
+		boundary = http1_boundary(c, got < 8 ? LO(w, got) : w, egress);
+	/* (http1_boundary may have marked it MIXED) */
+	c->frame = (c->frame & ~ST_FRAME_LAST_EGRESS) | ST_FRAME_SEEN | (egress ? ST_FRAME_LAST_EGRESS : 0);
+	if (!boundary && !first && !turn)
+		return ST_STEP_KEEP;
+	bg = budget_get();
+	if (!bg || (bg->level == ST_BUDGET_OFF && !bg->blocked_ns))
+		return ST_STEP_KEEP;
+	if (framed(c)) {
+		if (!boundary || budget_admit(bg))
+			return ST_STEP_KEEP;
+		shed_unit(c, e->tgid, ST_SHED_EXCHANGE);
+		return ST_STEP_SHED;
+	}
+	if (first) {
+		if (budget_admit(bg))
+			return ST_STEP_KEEP;
+		shed_unit(c, e->tgid, ST_SHED_CONN);
+		return ST_STEP_SHED;
+	}
+	if (turn && bg->level >= ST_BUDGET_HARD && !budget_admit(bg)) {
+		/* sent, marked: the agent drops what the connection holds */
+		shed_unit(c, e->tgid, ST_SHED_CONN);
+		e->xflags = ST_X_SHED_START;
+	}
+	return ST_STEP_KEEP;
+}
+
+/* A syscall of a shed connection: 1 when it resumes the connection (a shed
+ * HTTP/1 exchange is followed by a request the budget admits), else 0: it
+ * is dropped.  `sys_ret`: the syscall (enum st_syscall) << 32 | the bytes it
+ * moved (0 for an error); `arg2`, `arg3`: its second and third arguments;
+ * `flags`: its MSG_* flags.  Only on a shed exchange are the first bytes read
+ * (a peeked read is read again: not those).  A global function, like
+ * frame_step. */
+__noinline int shed_step(struct st_conn *c, __u64 sys_ret, __u64 arg2, __u64 arg3, __u64 flags)
+{
+	int sys = sys_ret >> 32;
+	__u32 moved = (__u32)sys_ret, n;
+	bool egress = sys >= ST_SYS_WRITE;
+	struct st_budget *bg;
+	__u64 w = 0, len = 0, buf;
+
+	if (!c)
+		return 0;
+	count(ST_CNT_SHED_SYSCALLS);
+	if (c->shed != ST_SHED_EXCHANGE || !moved || (flags & MSG_PEEK))
+		return 0;
+	n = moved < 8 ? moved : 8;
+	buf = first_buf_of(sys, arg2, arg3, &len);
+	if (len < n)
+		n = len;
+	if (!buf || !n || bpf_probe_read_user(&w, sizeof(w), (const void *)buf))
+		return 0;
+	if (n < 8)
+		w = LO(w, n);
+	c->frame = (c->frame & ~ST_FRAME_LAST_EGRESS) | ST_FRAME_SEEN | (egress ? ST_FRAME_LAST_EGRESS : 0);
+	if (!http1_boundary(c, w, egress))
+		return 0;
+	bg = budget_get();
+	if (!bg || budget_admit(bg)) {
+		c->shed = ST_SHED_NONE;
+		count(ST_CNT_RESUMED);
+		return 1;
+	}
+	shed_unit(c, bpf_get_current_pid_tgid() >> 32, ST_SHED_EXCHANGE);
+	return 0;
+}
 
 /* ---- data syscalls (sys_exit only) ---- */
 static __always_inline bool reportable(__s64 ret)
@@ -977,6 +1242,26 @@ static __always_inline void on_agent_write(void *ctx)
 		batch_flush(ctx, b, ST_FLUSH_AGENT);
 }
 
+/* The MSG_* flags of a receive call (0 for the others). */
+static __always_inline __u64 call_flags(const int sys, struct pt_regs *regs)
+{
+	if (sys == ST_SYS_RECVFROM || sys == ST_SYS_RECVMMSG)
+		return PT_REGS_SYSCALL_ARG4(regs);
+	if (sys == ST_SYS_RECVMSG)
+		return PT_REGS_SYSCALL_ARG3(regs);
+	return 0;
+}
+
+/* The connection's stream offsets move past a call's bytes (a peeked read is
+ * read again: it moves nothing). */
+static __always_inline void advance(struct st_conn *c, bool egress, __u64 flags, __u64 bytes)
+{
+	if (egress)
+		__sync_fetch_and_add(&c->bytes_tx, bytes);
+	else if (!(flags & MSG_PEEK))
+		__sync_fetch_and_add(&c->bytes_rx, bytes);
+}
+
 static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int sys)
 {
 	const bool egress = sys >= ST_SYS_WRITE;
@@ -991,6 +1276,7 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 	__u64 pid_tgid, ino, uaddr = 0, flags = 0, bytes;
 	__u32 tgid, lim, got = 0;
 	__u8 evflags = 0;
+	__u32 resumed = 0;
 	int fd;
 
 	if (!reportable(ret)) {
@@ -1029,6 +1315,17 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 		return 0;
 	if (c->app_proto == ST_PROTO_OPAQUE)
 		return on_opaque_data(ctx, sys, task, regs, pid_tgid, fd, ret, c, ino, evflags);
+	if (c->shed) {
+		__u64 cflags = call_flags(sys, regs);
+
+		if (!shed_step(c, (__u64)sys << 32 | (ret > 0 ? (__u32)ret : 0), PT_REGS_SYSCALL_ARG2(regs),
+			       PT_REGS_SYSCALL_ARG3(regs), cflags)) {
+			if (ret > 0 && sys != ST_SYS_RECVMMSG && sys != ST_SYS_SENDMMSG)
+				advance(c, egress, cflags, ret);
+			return 0;
+		}
+		resumed = 1;
+	}
 	b = batch_get(ctx);
 	if (!b)
 		return 0;
@@ -1117,6 +1414,13 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 		return 0;
 	}
 
+	/* stale buffer bytes past `got` are cleared in frame_step */
+	if (frame_step(c, e, *(const __u64 *)payload, got, resumed) == ST_STEP_SHED) {
+		count(ST_CNT_SHED_SYSCALLS);
+		advance(c, egress, flags, bytes);
+		return 0;  /* not committed: the slot is reused */
+	}
+
 	if (c->l4_proto == IPPROTO_UDP && uaddr)
 		peer_from_sockaddr(e, uaddr);
 
@@ -1146,13 +1450,7 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 		count(ST_CNT_TRUNCATED);
 	}
 	e->payload_len = got;
-	/* a peeked read is read again: don't advance the stream offset */
-	if (!(flags & MSG_PEEK) || egress) {
-		if (egress)
-			__sync_fetch_and_add(&c->bytes_tx, bytes);
-		else
-			__sync_fetch_and_add(&c->bytes_rx, bytes);
-	}
+	advance(c, egress, flags, bytes);
 	batch_commit(ctx, b, e, got);
 	return 0;
 }
@@ -1307,6 +1605,8 @@ int st_enter_close(struct st_sys_enter_ctx *ctx)
 		if (b) {
 			e = batch_slot(b);
 			fill_header(e, task, ST_EV_CONN_CLOSE, ST_SYS_CLOSE, ST_DIR_NONE, pid_tgid, fd, 0, c);
+			if (c->shed)
+				e->xflags = ST_X_SHED;
 			batch_commit(ctx, b, e, 0);
 		}
 	}

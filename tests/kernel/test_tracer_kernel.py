@@ -33,13 +33,13 @@ pytestmark = pytest.mark.kernel
 
 OBJ = arch_object(Path(__file__).resolve().parents[2] / "bpfobj" / "bpf" / "sidetrace.bpf.o")
 
-# struct st_event (bpfobj/bpf/include/sidetrace_events.h), 128 bytes, then payload.
+# struct st_event (bpfobj/bpf/include/sidetrace_events.h), 136 bytes, then payload.
 from agent.intake import FlushReason, split_batch  # noqa: E402
 from agent._events import HEADER as _EVENT_HEADER  # noqa: E402
 # The one declaration of the layout, shared with the agent.
 HDR = _EVENT_HEADER.struct
 FIELDS = list(_EVENT_HEADER.names)
-assert HDR.size == 128
+assert HDR.size == 136
 
 EV_DATA, EV_OPEN, EV_CLOSE, EV_FORK, EV_EXIT = 1, 2, 3, 4, 5
 SYS = dict(read=1, readv=2, recvfrom=3, recvmsg=4, recvmmsg=5, write=6, writev=7, sendto=8,
@@ -85,6 +85,9 @@ class Ev:
     app_proto: int
     tls: int
     tls_version: int
+    shed: int
+    xflags: int
+    reserved: int
     payload: bytes
 
 

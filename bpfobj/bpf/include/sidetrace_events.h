@@ -3,7 +3,7 @@
  * Every record (perf raw sample) the tracer writes to the `events` perf
  * buffer is one BATCH: a `struct st_batch_hdr` (16 bytes, see below), then
  * `count` events back to back.  Each event is one `struct st_event` header
- * (ST_EVENT_HDR_SIZE = 128 bytes) immediately followed by `payload_len`
+ * (ST_EVENT_HDR_SIZE = 136 bytes) immediately followed by `payload_len`
  * payload bytes, then zero to seven bytes of padding up to the next multiple
  * of 8 (so the next event's header keeps the alignment described below).
  * After the last event comes nothing but the up to 7 bytes of padding perf
@@ -70,7 +70,11 @@
  *                        through a TLS library (syscall ST_SYS_TLS_*)
  *  127   1  tls_version  low byte of the negotiated TLS version (0x01..0x04
  *                        for TLS 1.0..1.3) where the library told it; else 0
- *  128   -  payload      first payload_len bytes of the data (DATA only)
+ *  128   4  shed         with ST_X_RESUMED: exchanges of this connection shed
+ *                        (not sent) since its previous event; else 0
+ *  132   2  xflags       ST_X_* bits (load shedding, see below)
+ *  134   2  reserved     0
+ *  136   -  payload      first payload_len bytes of the data (DATA only)
  *
  * s = local end and d = remote end of the socket, whatever the direction.
  *
@@ -94,6 +98,18 @@
  * of the TLS record that carries the first plaintext byte, the same number
  * at both ends of the connection.  Once a socket is seen through the
  * library its ciphertext syscalls send nothing.  See sidetrace_tls.bpf.h.
+ *
+ * Load shedding (see "Overload" in sidetrace.bpf.c): when the agent sets a
+ * budget (the `budget` map), the kernel stops sending whole units, never
+ * single events: a connection from its first syscall, or, on an HTTP/1
+ * connection whose messages start at syscall boundaries one at a time, an
+ * exchange from its request's first syscall to the next request's.  A
+ * connection resumed after shed exchanges says so on its first event
+ * (ST_X_RESUMED, `shed` = the exchanges left out): what the agent held of
+ * it before is not to be completed.  The last event of a connection that
+ * stops being traced mid-stream carries ST_X_SHED_START (its bytes are not
+ * to be parsed), and a CONN_CLOSE of a connection being shed carries
+ * ST_X_SHED.
  *
  * Connection ids: unique per loaded object (and boot): ((cpu + 1) << 48) | n,
  * n counting per CPU.  A connection is one socket (identified in the kernel by
@@ -201,6 +217,13 @@ enum st_event_flags {
 	ST_F_OPAQUE = 1 << 7,        /* OPAQUE connection: header only, no payload, no tcp_seq */
 };
 
+/* st_event.xflags */
+enum st_event_xflags {
+	ST_X_RESUMED = 1 << 0,    /* first event after `shed` exchanges of this connection were shed */
+	ST_X_SHED_START = 1 << 1, /* the connection is shed after this event, to its close */
+	ST_X_SHED = 1 << 2,       /* CONN_CLOSE of a connection that was being shed */
+};
+
 /* st_event.app_proto / st_conn.app_proto. */
 enum st_app_proto {
 	ST_PROTO_UNKNOWN = 0,   /* not classified yet */
@@ -241,6 +264,11 @@ enum st_counter {
 	ST_CNT_LOST_EVENTS = 15,    /* events in batches whose output failed */
 	ST_CNT_BATCHES = 16,        /* batches with events sent */
 	ST_CNT_HEARTBEATS = 17,     /* empty batches sent (agent flush, nothing pending) */
+	ST_CNT_SHED_SYSCALLS = 18,  /* data syscalls of shed units (nothing sent) */
+	ST_CNT_SHED_EXCHANGES = 19, /* HTTP/1 exchanges shed */
+	ST_CNT_SHED_CONNS = 20,     /* connections shed (from their start, or from mid-stream) */
+	ST_CNT_ADMITTED = 21,       /* units the budget admitted (exchanges and connections) */
+	ST_CNT_RESUMED = 22,        /* connections resumed after shed exchanges */
 	ST_CNT_MAX = 24,
 };
 
@@ -284,9 +312,12 @@ struct st_event {
 	__u16 app_proto;
 	__u8 tls;
 	__u8 tls_version;
+	__u32 shed;
+	__u16 xflags;
+	__u16 reserved;
 } __attribute__((aligned(4)));
 
-#define ST_EVENT_HDR_SIZE 128
+#define ST_EVENT_HDR_SIZE 136
 
 _Static_assert(sizeof(struct st_event) == ST_EVENT_HDR_SIZE, "st_event size");
 _Static_assert(__builtin_offsetof(struct st_event, kind) == 0, "kind");
@@ -314,6 +345,8 @@ _Static_assert(__builtin_offsetof(struct st_event, comm) == 108, "comm");
 _Static_assert(__builtin_offsetof(struct st_event, app_proto) == 124, "app_proto");
 _Static_assert(__builtin_offsetof(struct st_event, tls) == 126, "tls");
 _Static_assert(__builtin_offsetof(struct st_event, tls_version) == 127, "tls_version");
+_Static_assert(__builtin_offsetof(struct st_event, shed) == 128, "shed");
+_Static_assert(__builtin_offsetof(struct st_event, xflags) == 132, "xflags");
 
 struct st_batch_hdr {
 	__u32 kind;
@@ -344,6 +377,58 @@ struct st_conn {
 	__u8 proto_tries; /* payloads classified without a match (< ST_PROTO_TRIES) */
 	__u8 saddr[16];
 	__u8 daddr[16];
+	__u8 shed;        /* enum st_shed: what is left out now */
+	__u8 frame;       /* ST_FRAME_* bits: how its messages line up with syscalls */
+	__u8 outstanding; /* HTTP/1: requests started that no response has started for (saturating) */
+	__u8 pad;
+	__u32 shed_units; /* exchanges shed since the last event sent */
+};
+
+/* st_conn.shed */
+enum st_shed {
+	ST_SHED_NONE = 0,     /* traced */
+	ST_SHED_EXCHANGE = 1, /* the current HTTP/1 exchange is shed; the next request may resume it */
+	ST_SHED_CONN = 2,     /* shed until it closes */
+};
+
+/* st_conn.frame */
+enum st_frame_flags {
+	ST_FRAME_SEEN = 1 << 0,     /* a data syscall with bytes was seen */
+	ST_FRAME_LAST_EGRESS = 1 << 1, /* the last one was a send */
+	ST_FRAME_MIXED = 1 << 2,    /* messages do not start one per syscall (pipelining, 1xx,
+				     * coalesced requests): no exchange is shed alone */
+	ST_FRAME_TLS_SEEN = 1 << 3, /* plaintext was seen through its TLS library */
+};
+
+/* Value of the `budget` map (one entry), written by the agent.  Units (an
+ * exchange or a connection) are admitted at most one per interval_ns on
+ * average, up to burst_ns ahead (a generic cell rate algorithm on tat_ns,
+ * which the kernel keeps; the agent writes 0 there).  Whatever the level,
+ * no unit is admitted before blocked_ns: the kernel sets it ST_LOSS_BLOCK_NS
+ * ahead when a batch could not be written (a full ring), so new units stop
+ * at once, before the agent has noticed. */
+struct st_budget {
+	__u64 interval_ns; /* 0: admit every unit */
+	__u64 burst_ns;
+	__u32 level;       /* enum st_budget_level */
+	__u32 pad;
+	__u64 tat_ns;      /* kernel: when the budget next has a unit to give */
+	__u64 blocked_ns;  /* kernel: no unit is admitted before this (bpf_ktime_get_ns) */
+};
+
+#define ST_LOSS_BLOCK_NS 20000000ULL /* 20 ms */
+
+enum st_budget_level {
+	ST_BUDGET_OFF = 0,   /* everything traced; shed exchanges resume at their next request */
+	ST_BUDGET_NEW = 1,   /* new connections and HTTP/1 exchanges pass the budget */
+	ST_BUDGET_HARD = 2,  /* also traced connections of other protocols, at a turn of direction
+			      * (shed until they close: nothing later tells where messages start) */
+};
+
+/* Value of the `shed_procs` map (key: u32 tgid): what was shed of a process. */
+struct st_shed_proc {
+	__u64 exchanges;
+	__u64 connections;
 };
 
 enum st_conn_flags {
@@ -368,6 +453,7 @@ enum st_tls_counter {
 	ST_TLS_CNT_MAX = 12,
 };
 
-_Static_assert(sizeof(struct st_conn) == 80, "st_conn size");
+_Static_assert(sizeof(struct st_conn) == 88, "st_conn size");
+_Static_assert(sizeof(struct st_budget) == 40, "st_budget size");
 
 #endif

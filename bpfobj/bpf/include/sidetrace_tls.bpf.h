@@ -298,8 +298,9 @@ static __always_inline void tls_bind(struct st_tls_ssl *s, __u64 ino, __s32 fd, 
 	s->by_thread = by_thread;
 }
 
-/* The first buffer of a data syscall (what a record walk can read) and its length. */
-static __always_inline __u64 io_first_buf(const int sys, struct pt_regs *regs, __u64 *len)
+/* The first buffer of a data syscall `sys` whose second and third
+ * arguments are `arg2` and `arg3`, and its length (0: none). */
+static __always_inline __u64 first_buf_of(int sys, __u64 arg2, __u64 arg3, __u64 *len)
 {
 	struct st_iovec v;
 
@@ -308,12 +309,11 @@ static __always_inline __u64 io_first_buf(const int sys, struct pt_regs *regs, _
 	case ST_SYS_WRITE:
 	case ST_SYS_RECVFROM:
 	case ST_SYS_SENDTO:
-		*len = PT_REGS_SYSCALL_ARG3(regs);
-		return PT_REGS_SYSCALL_ARG2(regs);
+		*len = arg3;
+		return arg2;
 	case ST_SYS_READV:
 	case ST_SYS_WRITEV:
-		if (!PT_REGS_SYSCALL_ARG3(regs) ||
-		    bpf_probe_read_user(&v, sizeof(v), (const void *)PT_REGS_SYSCALL_ARG2(regs)))
+		if (!arg3 || bpf_probe_read_user(&v, sizeof(v), (const void *)arg2))
 			return 0;
 		*len = v.len;
 		return v.base;
@@ -321,7 +321,7 @@ static __always_inline __u64 io_first_buf(const int sys, struct pt_regs *regs, _
 	case ST_SYS_SENDMSG: {
 		struct st_msghdr_head m;
 
-		if (bpf_probe_read_user(&m, sizeof(m), (const void *)PT_REGS_SYSCALL_ARG2(regs)) || !m.iovlen ||
+		if (bpf_probe_read_user(&m, sizeof(m), (const void *)arg2) || !m.iovlen ||
 		    bpf_probe_read_user(&v, sizeof(v), (const void *)m.iov))
 			return 0;
 		*len = v.len;
@@ -331,7 +331,32 @@ static __always_inline __u64 io_first_buf(const int sys, struct pt_regs *regs, _
 	return 0;
 }
 
+/* The first buffer of a data syscall (what a record walk can read) and its length. */
+static __always_inline __u64 io_first_buf(const int sys, struct pt_regs *regs, __u64 *len)
+{
+	return first_buf_of(sys, PT_REGS_SYSCALL_ARG2(regs), PT_REGS_SYSCALL_ARG3(regs), len);
+}
+
 /* ---- plaintext events ---- */
+
+/* Load shedding for plaintext (see "overload" in sidetrace.bpf.c): a TLS
+ * connection is one unit, decided at its first plaintext; a shed one sends
+ * nothing more until it closes. */
+static __always_inline bool tls_admitted(struct st_conn *c, __u32 tgid)
+{
+	struct st_budget *bg;
+
+	if (c->shed)
+		return false;
+	if (c->frame & ST_FRAME_TLS_SEEN)
+		return true;
+	c->frame |= ST_FRAME_TLS_SEEN;
+	bg = budget_get();
+	if (!bg || (bg->level == ST_BUDGET_OFF && !bg->blocked_ns) || budget_admit(bg))
+		return true;
+	shed_unit(c, tgid, ST_SHED_CONN);
+	return false;
+}
 
 /* Send `len` plaintext bytes of SSL `s` on connection `c`: from the user
  * buffer `ubuf`, or from a deferred write `held`. */
@@ -344,6 +369,8 @@ static __always_inline void tls_emit(void *ctx, struct task_struct *task, __u64 
 	__u8 *payload;
 	__u32 seq = 0, got;
 
+	if (!tls_admitted(c, pid_tgid >> 32))
+		return;
 	b = batch_get(ctx);
 	if (!b)
 		return;
