@@ -36,10 +36,11 @@ import trio
 import bpfobj
 from wire import ServerAlreadyRunning, SpanServer, check_socket_path
 
+from ._budget import CONTROL_PERIOD, BudgetController, LoadShedder
 from ._clock import WallClock
 from ._console import error, log_to_stderr
 from ._endpoints import TracedEndpoints
-from ._events import COUNTER_NAMES
+from ._events import COUNTER_NAMES, SHED_COUNTER_NAMES
 from ._monitoring import monitoring
 from ._options import OptionError, check_run_options
 from ._pipeline import Pipeline
@@ -63,9 +64,10 @@ PID_BY_COMM = 1 << 2
 COMM_SELECTED = 1
 _U32 = struct.Struct("<I")
 # Kernel counters (slots of the `counters` map, in order) and those that count work, not errors.
-KERNEL_COUNTER_NAMES = COUNTER_NAMES + BATCH_COUNTER_NAMES
+KERNEL_COUNTER_NAMES = COUNTER_NAMES + BATCH_COUNTER_NAMES + SHED_COUNTER_NAMES
 _NOT_ERRORS = frozenset({"events", "connections", "truncated", "proto_known", "proto_opaque", "opaque_data",
-                         "batches", "heartbeats"})
+                         "batches", "heartbeats", *SHED_COUNTER_NAMES})
+_SHED_UNITS = ("shed_exchanges", "shed_connections")
 _U64 = struct.Struct("<Q")
 GC_YOUNG_THRESHOLD = 10_000
 # How often each CPU's batch is flushed when nothing else sends it: the
@@ -169,7 +171,8 @@ class Agent:
     def __init__(self, collection: bpfobj.Collection, rings: bpfobj.PerfEventArray,
                  server: SpanServer, selection: TargetSelection, max_connections: int,
                  flushers: CpuFlushers | None = None, resources: ProcessResources | None = None,
-                 keep_query_values: bool = False) -> None:
+                 keep_query_values: bool = False, max_cpu: float = 0.5,
+                 max_memory: int | None = None) -> None:
         self.collection = collection
         self.server = server
         self.clock = WallClock()
@@ -182,7 +185,8 @@ class Agent:
                                  keep_query_values=keep_query_values)
         # Batching is on exactly when flushers run (see serve).
         self.flushers = flushers
-        self.intake = Intake(rings, self.pipeline.handle, by_flush=flushers is not None)
+        self.intake = Intake(rings, self.pipeline.handle, by_flush=flushers is not None,
+                             behind=self._behind)
         self._forgotten = 0
         pids = collection.maps["pids"]
         self.pids_map = pids
@@ -190,6 +194,26 @@ class Agent:
         self.selection = selection
         self.targets = TargetTracker(selection, add=self._trace_pid, remove=lambda tgid: pids.delete(tgid))
         self.tls = TlsLibraries(collection.programs, collection.maps.get("tls_counters"))
+        self.shedder = LoadShedder(collection.maps["budget"], collection.maps["shed_procs"],
+                                   BudgetController(max_cpu, max_memory), self._load)
+
+    def _load(self) -> tuple[int, int, float, int, float]:
+        """What the shedder decides on: spans built, units the kernel shed, the
+        fullest ring, events lost, the least full subscriber queue."""
+        counters = self.collection.maps["counters"]
+        shed = sum(self._counter_total(counters, name) for name in _SHED_UNITS)
+        lost = self._counter_total(counters, "lost_events")
+        return self.pipeline.spans, shed, self.intake.fill(), lost, self.server.backlog()
+
+    def _behind(self) -> None:
+        try:
+            self.shedder.behind()
+        except (OSError, bpfobj.BpfError) as exc:
+            log.warning("load budget not updated: %s", exc)
+
+    @staticmethod
+    def _counter_total(counters: bpfobj.Map, name: str) -> int:
+        return sum(_U64.unpack(v)[0] for v in counters.lookup(KERNEL_COUNTER_NAMES.index(name)) or [])
 
     def event_time_unix_ns(self) -> int:
         """Wall-clock time up to which the kernel's events have all been read.
@@ -305,9 +329,30 @@ class Agent:
             "malformed_batches": self.intake.malformed,
             "corrupt_ring_batches": self.intake.corrupt_batches,
             "parse_errors": self.pipeline.parse_errors,
+            # TCP events that found bytes before them no event carried (events
+            # lost), and the requests then in flight, dropped without a span
+            "stream_gaps": {"gaps": self.pipeline.stream_gaps,
+                            "requests_dropped": self.pipeline.gap_dropped},
             "connections_evicted": self.pipeline.connections.evicted,
             "linker": self.linker.stats(),
             "tls": {**self.tls.stats(), "connections": self.pipeline.tls_connections},
+            "shed": self.shed_stats(errors),
+        }
+
+    def shed_stats(self, counters: dict[str, int]) -> dict[str, Any]:
+        """Load shedding: the budget, what the kernel left out (in all and per
+        process), and what was in flight at a shed boundary (dropped, no span)."""
+        pipeline = self.pipeline
+        return {
+            **self.shedder.stats(),
+            "exchanges": counters.get("shed_exchanges", 0),
+            "connections": counters.get("shed_connections", 0),
+            "syscalls": counters.get("shed_syscalls", 0),
+            "admitted": counters.get("admitted", 0),
+            "resumed": counters.get("resumed", 0),
+            "connections_shed_midstream": pipeline.shed_midstream,
+            "in_flight_dropped": pipeline.shed_dropped,
+            "per_process": {str(pid): counts for pid, counts in sorted(self.shedder.per_process().items())},
         }
 
 
@@ -338,6 +383,16 @@ async def _housekeeping(agent: Agent) -> None:
         if time.monotonic() - last_clock > CLOCK_REFRESH_SECONDS:
             agent.clock.refresh()
             last_clock = time.monotonic()
+
+
+async def _shed_control(agent: Agent) -> None:
+    """Set the kernel's budget from the agent's load, every CONTROL_PERIOD."""
+    while True:
+        await trio.sleep(CONTROL_PERIOD)
+        try:
+            agent.shedder.tick()
+        except (OSError, bpfobj.BpfError) as exc:
+            log.warning("load budget not updated: %s", exc)
 
 
 async def _until_signal(agent: "Agent", cancel_scope: trio.CancelScope) -> None:
@@ -416,7 +471,8 @@ async def _serve_loaded(args: argparse.Namespace, spec, selection: TargetSelecti
             agent = Agent(collection, rings, server, selection, args.max_connections,
                           flushers if flushers.running else None,
                           ProcessResources(args.service, command_args=args.command_args),
-                          keep_query_values=args.keep_query_values)
+                          keep_query_values=args.keep_query_values,
+                          max_cpu=args.max_cpu, max_memory=args.max_memory << 20)
             server.stats_source = agent.stats
             agent.load_comms()
             agent.targets.rescan()
@@ -435,6 +491,7 @@ async def _serve_loaded(args: argparse.Namespace, spec, selection: TargetSelecti
                     for ring in rings:
                         nursery.start_soon(agent.intake.read, ring)
                     nursery.start_soon(_housekeeping, agent)
+                    nursery.start_soon(_shed_control, agent)
                     if metrics is not None:
                         nursery.start_soon(metrics.run)
                     nursery.start_soon(_until_signal, agent, nursery.cancel_scope)

@@ -46,6 +46,12 @@ PAYLOAD_MAX_BYTES = 4096          # ST_MAX_PAYLOAD in sidetrace_events.h
 DEFAULT_RING_PAGES = 1024         # 4 MiB per CPU
 RING_PAGES_MAX = 16384            # 64 MiB per CPU
 MAX_CONNECTIONS_LIMIT = 1 << 20
+MAX_CPU_DEFAULT = 0.5             # of one core
+MAX_CPU_MIN = 0.01
+MAX_CPU_MAX = 64.0
+MAX_MEMORY_DEFAULT = 128          # MiB
+MAX_MEMORY_MIN = 48               # the agent's start-up peak is about this
+MAX_MEMORY_MAX = 1 << 20
 STATS_INTERVAL_MIN = 0.1
 STATS_INTERVAL_MAX = 86400.0
 HOLD_MIN = 0.01
@@ -110,6 +116,16 @@ def _seconds(text: str) -> float:
         raise ValueError(f"'{text}' is not a number of seconds") from None
     if not math.isfinite(value):
         raise ValueError(f"'{text}' is not a finite number of seconds")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"'{text}' is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"'{text}' is not a finite number")
     return value
 
 
@@ -190,6 +206,14 @@ def seconds_range(low: float, high: float) -> Callable[[float], float]:
     def check(value: float) -> float:
         if not (math.isfinite(value) and low <= value <= high):
             raise ValueError(f"{value:g} s is out of range: {low:g} s to {high:g} s")
+        return value
+    return check
+
+
+def fraction_range(low: float, high: float, unit: str) -> Callable[[float], float]:
+    def check(value: float) -> float:
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ValueError(f"{value:g} is out of range: {low:g} to {high:g} {unit}")
         return value
     return check
 
@@ -285,6 +309,9 @@ PROTOCOL = OptionType("protocol", _text, check_protocol, str)
 PAYLOAD_BYTES = OptionType("byte count", _integer, int_range(1, PAYLOAD_MAX_BYTES, " bytes"), int)
 RING_PAGES = OptionType("page count", _integer, power_of_two(1, RING_PAGES_MAX), int)
 MAX_CONNECTIONS = OptionType("count", _integer, int_range(1, MAX_CONNECTIONS_LIMIT), int)
+MAX_CPU = OptionType("fraction of a core", _fraction, fraction_range(MAX_CPU_MIN, MAX_CPU_MAX, "cores"),
+                     (int, float))
+MAX_MEMORY = OptionType("MiB", _integer, int_range(MAX_MEMORY_MIN, MAX_MEMORY_MAX, " MiB"), int)
 STATS_INTERVAL = OptionType("seconds", _seconds, seconds_range(STATS_INTERVAL_MIN, STATS_INTERVAL_MAX),
                             (int, float))
 HOLD = OptionType("seconds", _seconds, seconds_range(HOLD_MIN, HOLD_MAX), (int, float))
@@ -305,6 +332,8 @@ _RUN_CHECKS: dict[str, OptionType] = {
     "ring_pages": RING_PAGES,
     "stats_interval": STATS_INTERVAL,
     "max_connections": MAX_CONNECTIONS,
+    "max_cpu": MAX_CPU,
+    "max_memory": MAX_MEMORY,
     "metrics": METRIC_GROUPS,
     "metrics_interval": METRICS_INTERVAL,
 }

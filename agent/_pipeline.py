@@ -14,8 +14,8 @@ from typing import Any
 
 from ._clock import WallClock
 from ._endpoints import TracedEndpoints
-from ._events import (IPPROTO_TCP, TLS_VERSIONS, AppProto, Direction, Event, Flag, Kind, Role, address_text,
-                      comm_text)
+from ._events import (IPPROTO_TCP, TLS_VERSIONS, AppProto, Direction, Event, Flag, Kind, Role, XFlag,
+                      address_text, comm_text)
 from ._lru import BoundedTable
 from ._spans import build_span
 from .protocols import EGRESS, INGRESS, REGISTRY, ConnectionHints, Context, Handler, SpanFacts
@@ -51,7 +51,11 @@ _F_OPAQUE = int(Flag.OPAQUE)
 # Plain ints: IntFlag's `&` runs Python code, on every event.
 _F_PEER_FROM_ARG = int(Flag.PEER_FROM_ARG)
 _F_SEQ_VALID = int(Flag.SEQ_VALID)
+_F_PEEK = int(Flag.PEEK)
+_F_MULTI_MSG = int(Flag.MULTI_MSG)
+_INGRESS_DIR, _EGRESS_DIR = int(Direction.INGRESS), int(Direction.EGRESS)
 _DATA, _CONN_OPEN, _CONN_CLOSE = int(Kind.DATA), int(Kind.CONN_OPEN), int(Kind.CONN_CLOSE)
+_X_RESUMED, _X_SHED_START, _X_SHED = int(XFlag.RESUMED), int(XFlag.SHED_START), int(XFlag.SHED)
 _SERVER = int(Role.SERVER)
 
 _DIRECTION_NAME = {int(Direction.INGRESS): INGRESS, int(Direction.EGRESS): EGRESS}
@@ -65,7 +69,7 @@ class Connection:
         "conn_id", "tgid", "comm", "family", "l4_proto", "role",
         "local_address", "local_port", "remote_address", "remote_port",
         "protocol", "parser", "detect_left", "tids", "tid", "tid_since", "touched", "events",
-        "net_attrs", "_remote_raw", "tls",
+        "net_attrs", "_remote_raw", "tls", "rx_next", "tx_next", "unseen",
     )
 
     def __init__(self, ev: Event) -> None:
@@ -94,6 +98,12 @@ class Connection:
         self.net_attrs: dict[bool, dict[str, Any]] = {}
         # Seen through its TLS library: the version ("1.3"; "" if unknown); None: not TLS.
         self.tls: str | None = None
+        # The stream offsets (the kernel's bytes_rx / bytes_tx) the next
+        # event of each direction starts at: a TCP event that finds more bytes
+        # before it than the events so far carried follows lost ones.
+        self.rx_next = ev.bytes_rx
+        self.tx_next = ev.bytes_tx
+        self.unseen = ev.bytes_rx + ev.bytes_tx > 0 and ev.l4_proto == IPPROTO_TCP
 
     def set_peer(self, ev: Event) -> None:
         """An unconnected UDP socket: the peer is per datagram (sendto/recvfrom).
@@ -168,6 +178,16 @@ class Pipeline:
         self.opaque_conflicts = 0
         # connections whose plaintext came through their TLS library
         self.tls_connections = 0
+        # Load shedding (the kernel left whole units out): exchanges shed as the
+        # resumed connections reported them, connections shed mid-stream, and
+        # requests in flight at a shed boundary, dropped without a span.
+        self.shed_exchanges = 0
+        self.shed_midstream = 0
+        self.shed_dropped = 0
+        # TCP events that did not start where their direction's last one
+        # ended (events lost in between), and requests dropped because of it.
+        self.stream_gaps = 0
+        self.gap_dropped = 0
 
     # -- events --------------------------------------------------------------
 
@@ -189,13 +209,20 @@ class Pipeline:
             ts = ev.ts_ns
             last = False
             if (conn is not None and conn.parser is not None and not flags & _F_PEER_FROM_ARG
-                    and ev.app_proto != _OPAQUE and ev.ret > 0
+                    and ev.app_proto != _OPAQUE and ev.ret > 0 and not ev.xflags
                     and (not ev.tls or conn.tls is not None)):
                 # The usual event: bytes of a connection already being parsed.
                 if ts - conn.touched > TOUCH_NS:
                     self.connections.get(ev.conn_id, ts)
                     conn.touched = ts
                 conn.events += 1
+                if ev.bytes_rx > conn.rx_next or ev.bytes_tx > conn.tx_next:
+                    self._gap(conn, ev)
+                if ev.direction == _INGRESS_DIR:
+                    if not flags & _F_PEEK:
+                        conn.rx_next = ev.bytes_rx + ev.ret
+                else:
+                    conn.tx_next = ev.bytes_tx + ev.ret
             else:
                 conn = self._prepare(ev, conn)
                 if conn is None:
@@ -221,7 +248,38 @@ class Pipeline:
             conn = self.connections.pop(ev.conn_id)
             if conn is not None:
                 self._unindex(conn)
+                if ev.xflags & _X_SHED and conn.parser is not None:
+                    # Closed while shed: what it held is incomplete.
+                    self.shed_dropped += conn.parser.restart()
                 self._flush(conn, ev.ts_ns)
+
+    def _gap(self, conn: Connection, ev: Event) -> None:
+        """The connection's stream offsets in ``ev`` (the kernel's byte counts
+        of each direction before it) are past what its events so far carried:
+        events in between were lost (a full ring).  What was in flight is
+        dropped without a span, and parsing starts over here.  (Only more
+        bytes than seen count: two threads' calls on one socket may see each
+        other's count a little late.)"""
+        if (conn.l4_proto == IPPROTO_TCP and conn.parser is not None and not ev.xflags & _X_RESUMED
+                and not ev.flags & _F_MULTI_MSG):
+            self.stream_gaps += 1
+            self.gap_dropped += conn.parser.restart()
+        # Both directions go on from here (the caller moves past the event's own bytes).
+        if ev.bytes_rx > conn.rx_next:
+            conn.rx_next = ev.bytes_rx
+        if ev.bytes_tx > conn.tx_next:
+            conn.tx_next = ev.bytes_tx
+
+    def _follow(self, conn: Connection, ev: Event) -> None:
+        """The stream offsets of a DATA event off the usual way: check, then move past it."""
+        if ev.bytes_rx > conn.rx_next or ev.bytes_tx > conn.tx_next:
+            self._gap(conn, ev)
+        if ev.ret > 0:
+            if ev.direction == _INGRESS_DIR:
+                if not ev.flags & _F_PEEK:
+                    conn.rx_next = max(conn.rx_next, ev.bytes_rx + ev.ret)
+            elif ev.direction == _EGRESS_DIR:
+                conn.tx_next = max(conn.tx_next, ev.bytes_tx + ev.ret)
 
     def _connection(self, ev: Event) -> Connection:
         conn = self.connections.get(ev.conn_id, ev.ts_ns)
@@ -246,8 +304,23 @@ class Pipeline:
         if conn is None:
             conn = self._connection(ev)
         conn.events += 1
+        xflags = ev.xflags
+        if xflags:
+            if xflags & _X_SHED_START:
+                # Shed from here until it closes: what it held is incomplete.
+                self.shed_midstream += 1
+                if conn.parser is not None:
+                    self.shed_dropped += conn.parser.restart()
+                    conn.parser = None
+                return None
+            if xflags & _X_RESUMED:
+                # Whole exchanges were left out before this one.
+                self.shed_exchanges += ev.shed
+                if conn.parser is not None:
+                    self.shed_dropped += conn.parser.restart()
         if ev.tls and conn.tls is None:
             self._tls_started(conn, ev)
+        self._follow(conn, ev)
         if ev.flags & _F_PEER_FROM_ARG:
             conn.set_peer(ev)
         if ev.app_proto == _OPAQUE and conn.protocol != "opaque":
@@ -279,6 +352,9 @@ class Pipeline:
         conn.protocol = None
         conn.detect_left = DETECT_ATTEMPTS
         conn.net_attrs = {}
+        conn.rx_next = ev.bytes_rx   # plaintext offsets from here
+        conn.tx_next = ev.bytes_tx
+        conn.unseen = ev.bytes_rx + ev.bytes_tx > 0
         self.tls_connections += 1
 
     def _detect(self, conn: Connection, ev: Event) -> bool:
@@ -314,6 +390,10 @@ class Pipeline:
         if matched:
             conn.protocol = handler.name
             conn.parser = handler(hints.role, self.context)
+            if conn.unseen:
+                # The kernel counted bytes of it before any event the agent got:
+                # those events were lost, so a reply now answers an unseen request.
+                conn.parser.restart()
         return matched
 
     def _emit(self, conn: Connection, facts: SpanFacts, fallback_tid: int) -> None:

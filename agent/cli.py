@@ -43,6 +43,13 @@ def _build_parser(commands: dict[tuple[str, ...], argparse.ArgumentParser] | Non
                           f"{opt.STATS_INTERVAL_MAX:g} (default: %(default)s)")
     run.add_argument("--max-connections", type=opt.MAX_CONNECTIONS, default=65536,
                      help=f"connections tracked at once, 1 to {opt.MAX_CONNECTIONS_LIMIT} (default: %(default)s)")
+    run.add_argument("--max-cpu", metavar="FRACTION", type=opt.MAX_CPU, default=opt.MAX_CPU_DEFAULT,
+                     help="CPU the agent may use, as a fraction of one core; past it (or when its rings "
+                          "fill) the kernel leaves whole connections and HTTP/1 exchanges out, "
+                          "counted in stats (default: %(default)s)")
+    run.add_argument("--max-memory", metavar="MIB", type=opt.MAX_MEMORY, default=opt.MAX_MEMORY_DEFAULT,
+                     help=f"resident memory the agent keeps under by shedding load, {opt.MAX_MEMORY_MIN} to "
+                          f"{opt.MAX_MEMORY_MAX} MiB (default: %(default)s)")
     run.add_argument("--metrics", metavar="GROUPS", type=opt.METRIC_GROUPS, default="all",
                      help="monitor groups to run, comma separated: cpu, memory, disk, net (default: %(default)s)")
     run.add_argument("--no-metrics", action="store_true", help="run no monitor program and send no metrics")

@@ -57,8 +57,10 @@ log = logging.getLogger("sidetrace.wire")
 # Subscribers only send small filter messages; anything bigger is abuse.
 _MAX_SUBSCRIBER_ITEM = 64 * 1024
 _READ_SIZE = 16 * 1024
-# Coalesce queued messages into writes of about this size.
-_WRITE_BATCH = 64 * 1024
+# Coalesce queued messages into writes of up to about this size: everything
+# queued, in the usual case, so that a writer keeps pace with the agent
+# making hundreds of spans between two of its turns.
+_WRITE_BATCH = 1024 * 1024
 # A subscriber dropped for bad input gets this long to receive the error message.
 _ERROR_GRACE_S = 1.0
 # What a dropped subscriber may still send while it reads its error (then it is cut off).
@@ -190,6 +192,16 @@ class SpanServer:
     @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)
+
+    def backlog(self) -> float:
+        """How full the least full subscriber queue is (0 to 1; 0 with no subscriber):
+        past a half, spans are made faster than even the fastest subscriber takes them."""
+        least = None
+        for sub in self._subscribers.values():
+            share = len(sub.queue) / sub.limit
+            if least is None or share < least:
+                least = share
+        return least or 0.0
 
     @property
     def subscribers(self) -> tuple[SubscriberInfo, ...]:

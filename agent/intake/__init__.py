@@ -9,10 +9,10 @@ is complete past them and releases them in timestamp order to the pipeline.
 from ._batches import (BATCH_COUNTER_FIRST_SLOT, BATCH_COUNTER_NAMES, BATCH_HEADER_SIZE, BATCH_KIND,
                        BATCH_LAYOUT, EVENT_ALIGN, Batch, CorruptBatch, FlushReason, split_batch)
 from ._merge import OUTPUT_MARGIN_NS, CpuMerger
-from ._reader import RING_POLL_SECONDS, Intake
+from ._reader import READ_CHUNK_BYTES, RING_POLL_SECONDS, Intake
 
 __all__ = [
     "BATCH_COUNTER_FIRST_SLOT", "BATCH_COUNTER_NAMES", "BATCH_HEADER_SIZE", "BATCH_KIND", "BATCH_LAYOUT",
-    "EVENT_ALIGN", "OUTPUT_MARGIN_NS", "RING_POLL_SECONDS", "Batch", "CorruptBatch", "CpuMerger",
+    "EVENT_ALIGN", "OUTPUT_MARGIN_NS", "READ_CHUNK_BYTES", "RING_POLL_SECONDS", "Batch", "CorruptBatch", "CpuMerger",
     "FlushReason", "Intake", "split_batch",
 ]

@@ -1,12 +1,16 @@
 """Reading the rings: one task per CPU, each drain split into events and merged.
 
 Each reader task waits on its ring's fd (the kernel wakes it at the
-watermark), with a timeout so a quiet ring still drains.  A drain reads every
-pending record, splits each batch into its events (``_batches``), adds them
-to the cross-CPU merge (``_merge``) with the CPU's progress, and hands what
-the merge releases, in timestamp order, to ``deliver``.  Whatever a record
-holds, the reader never raises because of it: corrupt batches and rings are
-counted and skipped.
+watermark), with a timeout so a quiet ring still drains.  A drain reads the
+pending records, at most READ_CHUNK_BYTES at a time, splits each batch into
+its events (``_batches``), adds them to the cross-CPU merge (``_merge``) with
+the CPU's progress, and hands what the merge releases, in timestamp order, to
+``deliver``.  Between two parts of a full ring the task lets the others run:
+the spans one part makes reach the subscribers' writers before the next part
+makes more (a whole ring at once is tens of thousands of spans, more than a
+subscriber's queue holds), and a full ring is never copied out at once.
+Whatever a record holds, the reader never raises because of it: corrupt
+batches and rings are counted and skipped.
 """
 
 from __future__ import annotations
@@ -24,23 +28,30 @@ from .._events import Event
 from ._batches import CorruptBatch, split_batch
 from ._merge import CpuMerger
 
-__all__ = ["Intake", "RING_POLL_SECONDS"]
+__all__ = ["Intake", "READ_CHUNK_BYTES", "RING_POLL_SECONDS"]
 
 log = logging.getLogger("sidetrace")
 
 # A ring is drained at least this often even below its wake-up watermark,
 # which bounds how late a span can be.
 RING_POLL_SECONDS = 0.1
+# Bytes of whole records one read takes from a ring (a few hundred spans).
+READ_CHUNK_BYTES = 128 * 1024
+# A ring found fuller than this share of its size is reported (``behind``).
+BEHIND_FILL = 0.5
 
 
 class Ring(Protocol):
     """What the intake uses of a :class:`bpfobj.PerfRing`."""
 
     cpu: int
+    data_size: int
 
     def fileno(self) -> int: ...
 
-    def read(self) -> WalkResult: ...
+    def read(self, max_bytes: int | None = None) -> WalkResult: ...
+
+    def pending(self) -> int: ...
 
 
 class Intake:
@@ -48,6 +59,8 @@ class Intake:
 
     ``by_flush``: the kernel batches events per CPU and every batch says up
     to when its CPU is complete (see ``_merge``); else each drain does.
+    ``behind()`` is called when a reader wakes to a ring more than
+    BEHIND_FILL full.
     Counters: ``lost_batches`` per CPU (records the kernel could not write,
     the ring being full), ``malformed`` (records that are not a whole batch),
     ``corrupt_batches`` (drains stopped by an impossible ring), ``samples``
@@ -55,9 +68,11 @@ class Intake:
     """
 
     def __init__(self, rings: Iterable[Ring], deliver: Callable[[Event], None], *,
-                 by_flush: bool) -> None:
+                 by_flush: bool, behind: Callable[[], None] | None = None) -> None:
         self.rings = list(rings)
         self.deliver = deliver
+        # Called when a reader wakes to a ring past BEHIND_FILL (the load shedder).
+        self.behind = behind
         self.merger = CpuMerger([ring.cpu for ring in self.rings], by_flush=by_flush)
         self.lost_batches = {ring.cpu: 0 for ring in self.rings}
         self.malformed = 0
@@ -65,22 +80,44 @@ class Intake:
         self.samples = 0
 
     async def read(self, ring: Ring) -> None:
-        """The reader task of one ring: wait, drain, forever."""
+        """The reader task of one ring: wait, drain part by part, forever."""
         fd = ring.fileno()
         while True:
             with trio.move_on_after(RING_POLL_SECONDS):
                 await trio.lowlevel.wait_readable(fd)
-            try:
-                self.drain(ring)
-            except RingCorruptError as exc:
-                # The batch was consumed before walking; count it and carry on.
-                self.corrupt_batches += 1
-                log.warning("cpu %d: %s", ring.cpu, exc)
+            behind = self.behind
+            limit = BEHIND_FILL * ring.data_size
+            while True:
+                if behind is not None and ring.pending() > limit:
+                    behind()
+                try:
+                    # Even an empty ring is drained once: it moves the merge on.
+                    self.drain(ring, READ_CHUNK_BYTES)
+                except RingCorruptError as exc:
+                    # The batch was consumed before walking; count it and carry on.
+                    self.corrupt_batches += 1
+                    log.warning("cpu %d: %s", ring.cpu, exc)
+                if not ring.pending():
+                    break
+                await trio.lowlevel.checkpoint()
 
-    def drain(self, ring: Ring) -> None:
-        """Read what ``ring`` holds and deliver every event the merge releases."""
+    def fill(self) -> float:
+        """The fullest ring's pending bytes, as a share of its size (0 to 1)."""
+        fullest = 0.0
+        for ring in self.rings:
+            try:
+                share = ring.pending() / ring.data_size
+            except BpfError:
+                continue
+            if share > fullest:
+                fullest = share
+        return fullest
+
+    def drain(self, ring: Ring, max_bytes: int | None = None) -> None:
+        """Read what ``ring`` holds (whole records, up to about ``max_bytes``)
+        and deliver every event the merge releases."""
         started = time.monotonic_ns()
-        result = ring.read()
+        result = ring.read(max_bytes)
         if result.lost:
             self.lost_batches[ring.cpu] += result.lost
         merger = self.merger

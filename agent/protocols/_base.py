@@ -38,6 +38,11 @@ A handler is read the same way whatever its protocol:
   shared ``Context``) and give the connection up: nothing else in the agent
   catches exceptions from protocol code.
 * **spans**: ``_emit`` is the one way a span leaves a handler.
+* **shedding and loss**: when the kernel leaves whole exchanges of a
+  connection out (overload), or the connection's stream offsets show bytes
+  that never arrived (lost events), the pipeline calls ``restart`` where
+  it goes on: what was in flight is dropped without a span, and parsing
+  starts over.
 
 Handlers are pure: bytes in, facts out, no I/O, no clock.  They bound what
 they buffer.
@@ -165,7 +170,7 @@ class Handler:
 
     __slots__ = ("role", "request_direction", "context", "internal_errors", "orphan_replies",
                  "absorbed_replies", "_readers", "_out", "_closed", "_stopped", "_pending",
-                 "_open", "_held", "_skip_replies", "_replies_lost_at")
+                 "_open", "_held", "_skip_replies", "_replies_lost_at", "_restarted")
 
     def __init__(self, role: str = "unknown", context: Context | None = None) -> None:
         if role not in ("server", "client", "unknown"):
@@ -186,6 +191,9 @@ class Handler:
         self._held: tuple[Any, Any] | None = None       # a reply we lost track of, paired
         self._skip_replies = 0         # replies owed to requests pushed out of a full FIFO
         self._replies_lost_at = 0
+        # Since ``restart``, until the next request: a reply with no request is
+        # one whose request was left out, not a span to describe.
+        self._restarted = False
 
     # --- what a protocol provides ---------------------------------------------------
 
@@ -276,6 +284,37 @@ class Handler:
         out = self._out
         self._out = []
         return out
+
+    def restart(self) -> int:
+        """Bytes of the connection were left out up to here (shed on purpose,
+        or lost): forget what was in flight, without a span, and read what
+        comes next as the start of a message; replies before the next request
+        are not described (their requests went by unseen).  What the protocol
+        remembers across exchanges (tables, caches) stays.  Returns how many
+        requests were dropped."""
+        if self._closed:
+            return 0
+        dropped = sum(1 for request in self._pending if not request.gap) + len(self._open)
+        if self._held is not None:
+            dropped += 1
+            self._held = None
+        if self._pending:
+            self._pending.clear()
+        if self._open:
+            self._open.clear()
+        self._skip_replies = 0
+        self._replies_lost_at = 0
+        self._out = []
+        self._restarted = True
+        return dropped + self._restart_readers()
+
+    def _restart_readers(self) -> int:
+        """``restart`` for the readers: by default they are made afresh at the
+        next bytes.  Returns the requests in flight they held (paired with a
+        reply under way)."""
+        if not self._stopped:
+            self._readers = {}
+        return 0
 
     def _bug(self) -> None:
         self.internal_errors += 1

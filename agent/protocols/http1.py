@@ -1127,6 +1127,16 @@ class _Parser:
         self.state = _OPAQUE
         self.buf = bytearray()
 
+    def restart(self) -> None:
+        """Read the next bytes as the start of a message (what was in flight was
+        left out); the remembered request line and head stay."""
+        if self.state != _OPAQUE:
+            self.state = _HEAD
+        self.buf = bytearray()
+        self.scan_from = 0
+        self.remaining = 0
+        self.msg = None
+
     def close(self, ts: int | None) -> None:
         if self.state == _HEAD and self.buf and self.msg is not None:
             self.msg.flags |= _F.INCOMPLETE
@@ -1181,6 +1191,14 @@ class Http1Handler(Handler):
     def _new_reader(self, carries_requests: bool) -> _Parser:
         return self._requests if carries_requests else self._responses
 
+    def _restart_readers(self) -> int:
+        self._requests.restart()
+        self._responses.restart()
+        paired = self._paired is not None and self._paired is not _OWED
+        self._paired = None
+        self._interim_seen = False
+        return int(paired)
+
     @property
     def pending_requests(self) -> int:
         return len(self._pending)
@@ -1196,6 +1214,7 @@ class Http1Handler(Handler):
         # the best end we will get for a response we lost track of.
         if self._responses.state == _LOST and not self._pending:
             self._responses.abandon()
+        self._restarted = False
         self._push(msg)
 
     def _answered_method(self) -> bytes | None:
@@ -1211,7 +1230,8 @@ class Http1Handler(Handler):
             return self._answered_method()
         owed = self._skip_replies
         request = self._take(msg.start_ns)
-        self._paired = _OWED if owed else request
+        # After a restart, a response with no request answers one left out.
+        self._paired = _OWED if owed or request is None and self._restarted else request
         return request.method if request is not None else None
 
     def _interim(self) -> None:

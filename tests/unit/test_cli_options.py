@@ -64,6 +64,12 @@ BAD = [
     (["run", "--ring-pages", "3"], "--ring-pages", "not a power of two"),
     (["run", "--ring-pages", "0"], "--ring-pages", "out of range"),
     (["run", "--ring-pages", str(1 << 15)], "--ring-pages", "out of range"),
+    (["run", "--max-cpu", "0"], "--max-cpu", "out of range"),
+    (["run", "--max-cpu", "-0.5"], "--max-cpu", "out of range"),
+    (["run", "--max-cpu", "nan"], "--max-cpu", "not a finite number"),
+    (["run", "--max-cpu", "half"], "--max-cpu", "not a number"),
+    (["run", "--max-memory", "8"], "--max-memory", "out of range"),
+    (["run", "--max-memory", "1.5"], "--max-memory", "not a whole number"),
     (["tail", "--count", "-1"], "--count", "out of range"),
     (["tail", "--pid", "-1"], "--pid", "not a pid"),
     (["tail", "--protocol", ""], "--protocol", "1 to 64 characters"),
@@ -112,6 +118,9 @@ def test_boundary_values_are_accepted():
     assert args.ring_pages == opt.RING_PAGES_MAX and len(args.socket) == 107
     defaults = _build_parser().parse_args(["run"])
     assert defaults.socket == "/run/sidetrace/sidetrace.sock" and defaults.ring_pages == 1024
+    assert (defaults.max_cpu, defaults.max_memory) == (opt.MAX_CPU_DEFAULT, opt.MAX_MEMORY_DEFAULT)
+    limits = _build_parser().parse_args(["run", "--max-cpu", "0.01", "--max-memory", str(opt.MAX_MEMORY_MIN)])
+    assert (limits.max_cpu, limits.max_memory) == (0.01, opt.MAX_MEMORY_MIN)
 
 
 def test_a_socket_path_under_a_directory_still_to_be_made_is_accepted():
@@ -144,6 +153,8 @@ def test_check_run_options_applies_the_same_checks_to_values_from_elsewhere():
     opt.check_run_options(good)
     for dest, value, option in (("stats_interval", 0, "--stats-interval"),
                                 ("max_connections", -1, "--max-connections"),
+                                ("max_cpu", 0.0, "--max-cpu"),
+                                ("max_memory", 1, "--max-memory"),
                                 ("ring_pages", 3, "--ring-pages"),
                                 ("payload_bytes", "4096", "--payload-bytes"),
                                 ("socket", "/proc/x.sock", "--socket"),
