@@ -1,16 +1,19 @@
-"""The 3-tier application of the trace-linking tests and benchmark, and its ground truth.
+"""The applications of the trace-linking tests and benchmark, and their ground truth.
 
-    tier_load --> nginx (one event-loop worker) --> service (threads) --> stock (threads)
+    ThreeTier:     tier_load --> nginx (one event-loop worker) --> service (threads) --> stock (threads)
+    EventLoopTier: tier_load --> Node.js or asyncio service --> stock (threads) and redis-server
+    GrpcTier:      tier_grpc load --> front (grpcio, thread pool) --> back (grpcio)
 
-``ThreeTier`` starts the four programs (every one stopped by pid on exit) and
-knows their pids and ports.  ``ground_truth`` reads the programs' own
-ledgers, keyed by ``X-Request-Id``, and names the true parent of every span;
-``score`` compares the linker's parents with it.  Nothing here is used by
-sidetrace itself: the request id only ever reaches the ledgers.
+Each starts its programs (every one stopped by pid on exit) and knows their
+pids and ports.  ``ground_truth`` reads the programs' own ledgers, keyed by
+request id, and names the true parent of every span; ``score`` compares the
+linker's parents with it.  Nothing here is used by sidetrace itself: the
+request id only ever reaches the ledgers.
 
 A span is matched to its request through its connection (the client and
 server ports in its attributes, which the programs log too) and its order
-among the requests of that connection, checked against the logged times.
+among the requests of that connection, checked against the logged times; or,
+where every call has a method name of its own (gRPC), by that name.
 """
 
 from __future__ import annotations
@@ -176,34 +179,132 @@ class ThreeTier:
         return score(spans, self.truth())
 
 
-# load -> an asyncio service making several calls per request -> stock
-ASYNC_ROLES = ("load.client", "service.server", "service.client", "stock.server")
-ASYNC_EDGES = {
+# load -> an event-loop service (Node.js or asyncio) -> stock (threads) and Redis, at once.
+LOOP_ROLES = ("load.client", "service.server", "service.client>stock", "stock.server",
+              "service.client>redis", "redis.server")
+LOOP_EDGES = {
     "service.server": ("load.client", "cross-process"),
-    "service.client": ("service.server", "event-loop"),
-    "stock.server": ("service.client", "cross-process"),
+    "service.client>stock": ("service.server", "event-loop"),
+    "service.client>redis": ("service.server", "event-loop"),
+    "stock.server": ("service.client>stock", "cross-process"),
+    "redis.server": ("service.client>redis", "cross-process"),
+}
+LOOP_PROGRAMS = {"node": ["node", str(APPS / "tier_node.js")],
+                 "asyncio": [sys.executable, str(APPS / "tier_async.py")]}
+
+
+@dataclasses.dataclass
+class EventLoopTier(ThreeTier):
+    """tier_load --> an event-loop service --> (stock (threads), redis-server), both per request.
+
+    ``runtime`` is "node" (tier_node.js) or "asyncio" (tier_async.py);
+    ``pooled`` reuses kept-alive connections to both services, at most
+    ``max_sockets`` each (None: no limit); ``sequential`` makes the two
+    calls one after the other instead of at once.
+    """
+
+    runtime: str = "node"
+    pooled: bool = False
+    max_sockets: int | None = None
+    sequential: bool = False
+    paths: tuple[str, ...] = ("/api/orders",)
+
+    def __enter__(self) -> EventLoopTier:
+        try:
+            self._service("stock", "--work-ms", str(self.stock_work_ms))
+            self._start_redis()
+            args = [*LOOP_PROGRAMS[self.runtime], "--log", str(self.workdir / "service.jsonl"),
+                    "--stock", f"127.0.0.1:{self.ports['stock']}",
+                    "--redis", f"127.0.0.1:{self.ports['redis']}"]
+            if self.pooled:
+                args.append("--pooled")
+            if self.max_sockets is not None:
+                args += ["--max-sockets", str(self.max_sockets)]
+            if self.sequential:
+                args.append("--sequential")
+            proc = self._start(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            line = proc.stdout.readline()
+            if not line.strip():
+                raise RuntimeError(f"{self.runtime} service did not start")
+            self.ports["service"] = int(line)
+            self.pids["service"] = [proc.pid]
+            self._start_load("service")
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def _start_redis(self) -> None:
+        port = free_port()
+        proc = self._start(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                            "--save", "", "--appendonly", "no"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 10
+        while not _accepts(port):
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {proc.stderr.read()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        self.ports["redis"] = port
+        self.pids["redis"] = [proc.pid]
+
+    @property
+    def spans_per_request(self) -> int:
+        return len(LOOP_ROLES)
+
+    @property
+    def expected_spans(self) -> int:
+        return self.clients * self.requests * self.spans_per_request
+
+    def truth(self) -> GroundTruth:
+        return ground_truth(self.workdir, self.pids, self.ports, front="service",
+                            targets={"stock", "redis"})
+
+    def score(self, spans: list[dict[str, Any]]) -> Score:
+        return score(spans, self.truth(), LOOP_EDGES, LOOP_ROLES, self.spans_per_request)
+
+
+# load (threads, one channel) -> front (grpcio, thread pool) -> back, over one shared channel
+GRPC_ROLES = ("load.client", "front.server", "front.client", "back.server")
+GRPC_EDGES = {
+    "front.server": ("load.client", "cross-process"),
+    "front.client": ("front.server", "worker-pool"),
+    "back.server": ("front.client", "cross-process"),
 }
 
 
 @dataclasses.dataclass
-class AsyncTier(ThreeTier):
-    """tier_load --> tier_async (asyncio, ``calls`` calls per request) --> stock (threads)."""
+class GrpcTier(ThreeTier):
+    """tier_grpc.py load --> front (a pool of ``workers`` threads) --> back: ``calls`` per request."""
 
-    calls: int = 2
-    parallel: bool = False
+    calls: int = 1
+    workers: int = 8
 
-    def __enter__(self) -> AsyncTier:
+    def _grpc(self, name: str, *extra: str) -> subprocess.Popen:
+        proc = self._start([sys.executable, str(APPS / "tier_grpc.py"), name, *extra],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = proc.stdout.readline()
+        if not line.strip():
+            raise RuntimeError(f"tier_grpc.py {name} did not start")
+        self.ports[name] = int(line)
+        self.pids[name] = [proc.pid]
+        return proc
+
+    def __enter__(self) -> GrpcTier:
         try:
-            self._service("stock", "--work-ms", str(self.stock_work_ms))
-            proc = self._start([sys.executable, str(APPS / "tier_async.py"),
-                                "--log", str(self.workdir / "service.jsonl"),
-                                "--downstream", f"127.0.0.1:{self.ports['stock']}",
-                                "--calls", str(self.calls),
-                                *(["--parallel"] if self.parallel else [])],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            self.ports["service"] = int(proc.stdout.readline())
-            self.pids["service"] = [proc.pid]
-            self._start_load("service")
+            self._grpc("back", "--work-ms", str(self.stock_work_ms))
+            self._grpc("front", "--log", str(self.workdir / "front.jsonl"),
+                       "--downstream", f"127.0.0.1:{self.ports['back']}",
+                       "--calls", str(self.calls), "--workers", str(self.workers),
+                       "--work-ms", str(self.service_work_ms))
+            self.load = self._start(
+                [sys.executable, str(APPS / "tier_grpc.py"), "load", "--port",
+                 str(self.ports["front"]), "--log", str(self.workdir / "load.jsonl"),
+                 "--clients", str(self.clients), "--requests", str(self.requests)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            self.pids["load"] = [self.load.pid]
         except BaseException:
             self._stack.close()
             raise
@@ -218,10 +319,18 @@ class AsyncTier(ThreeTier):
         return self.clients * self.requests * self.spans_per_request
 
     def truth(self) -> GroundTruth:
-        return ground_truth(self.workdir, self.pids, self.ports, front="service")
+        by_path: dict[str, str] = {}
+        for rec in _read_ledger(self.workdir / "load.jsonl"):
+            by_path[rec["path"]] = rec["id"]
+        for rec in _read_ledger(self.workdir / "front.jsonl"):
+            for call in rec["calls"]:
+                by_path[call["path"]] = rec["id"]
+        requests = [rec["id"] for rec in _read_ledger(self.workdir / "load.jsonl")
+                    if rec["status"] == 200]
+        return GroundTruth({}, requests, self.pids, self.ports, by_path=by_path)
 
     def score(self, spans: list[dict[str, Any]]) -> Score:
-        return score(spans, self.truth(), ASYNC_EDGES, ASYNC_ROLES, self.spans_per_request)
+        return score(spans, self.truth(), GRPC_EDGES, GRPC_ROLES, self.spans_per_request)
 
 
 def subscribe(path: Path, timeout: float = 0.5, wait: float = 10):
@@ -252,19 +361,32 @@ def _read_ledger(path: Path) -> list[dict[str, Any]]:
 
 @dataclasses.dataclass
 class GroundTruth:
-    """What the programs logged: (client port, server port) -> [(time, request id)]."""
+    """What the programs logged: (client port, server port) -> [(time, request id)].
+
+    ``by_path`` names the request of a span by its method path instead, where
+    every call has a path of its own (gRPC over one shared connection).
+    ``targets`` are the programs whose client spans are told apart by the
+    program they call (roles ``<program>.client><target>``).
+    """
 
     by_connection: dict[tuple[int, int], list[tuple[int, str]]]
     requests: list[str]                    # ids of the requests that succeeded
     pids: dict[str, list[int]]
     ports: dict[str, int]
+    by_path: dict[str, str] = dataclasses.field(default_factory=dict)
+    targets: frozenset[str] = frozenset()
 
     def role_of(self, span: dict[str, Any]) -> str | None:
         for program, pids in self.pids.items():
             if span["pid"] in pids:
-                return f"{program}.{span['kind']}"
+                role = f"{program}.{span['kind']}"
+                if span["kind"] == "client" and self.targets:
+                    port = span["attributes"].get("server.port")
+                    for target in self.targets:
+                        if self.ports.get(target) == port:
+                            return f"{role}>{target}"
+                return role
         return None
-
 
 
 # A log line further than this from a span's first byte is not its request.
@@ -311,8 +433,12 @@ def align(span_times: list[int], logged_times: list[int]) -> dict[int, int]:
 
 
 def ground_truth(workdir: Path, pids: dict[str, list[int]], ports: dict[str, int],
-                 front: str = "nginx") -> GroundTruth:
-    """From the ledgers in ``workdir``; ``front`` is the program the load talks to."""
+                 front: str = "nginx", targets: set[str] | None = None) -> GroundTruth:
+    """From the ledgers in ``workdir``; ``front`` is the program the load talks to.
+
+    The service's calls go to ``stock``, or with ``targets`` to the program
+    each call names.
+    """
     by_connection: dict[tuple[int, int], list[tuple[int, str]]] = defaultdict(list)
     load = _read_ledger(workdir / "load.jsonl")
     for rec in load:
@@ -321,9 +447,10 @@ def ground_truth(workdir: Path, pids: dict[str, list[int]], ports: dict[str, int
     for rec in _read_ledger(workdir / "service.jsonl"):
         by_connection[(rec["peer_port"], ports["service"])].append((rec["received_ns"], rec["id"]))
         for call in rec["calls"]:
-            by_connection[(call["local_port"], ports["stock"])].append((call["sent_ns"], rec["id"]))
+            target = call.get("target", "stock")
+            by_connection[(call["local_port"], ports[target])].append((call["sent_ns"], rec["id"]))
     return GroundTruth(dict(by_connection), [rec["id"] for rec in load if rec["status"] == 200],
-                       pids, ports)
+                       pids, ports, targets=frozenset(targets or ()))
 
 
 @dataclasses.dataclass
@@ -375,16 +502,23 @@ class Score:
 def identify(spans: list[dict[str, Any]], truth: GroundTruth) -> dict[bytes, tuple[str, str]]:
     """span_id -> (request id, role) for every span the logs account for.
 
-    Spans are matched to log lines connection by connection (client port,
-    server port), in order: see ``align``.
+    Spans are matched to log lines by their method path where the logs
+    name every call's path (``truth.by_path``), else connection by
+    connection (client port, server port), in order: see ``align``.
     """
     groups: dict[tuple[str, Any, Any], list[dict[str, Any]]] = defaultdict(list)
+    out = {}
     for span in spans:
         role = truth.role_of(span)
-        if role is not None:
-            attrs = span["attributes"]
-            groups[(role, attrs.get("client.port"), attrs.get("server.port"))].append(span)
-    out = {}
+        if role is None:
+            continue
+        attrs = span["attributes"]
+        if truth.by_path:
+            request_id = truth.by_path.get(attrs.get("url.path"))
+            if request_id is not None:
+                out[span["span_id"]] = (request_id, role)
+            continue
+        groups[(role, attrs.get("client.port"), attrs.get("server.port"))].append(span)
     for (role, client_port, server_port), group in groups.items():
         logged = sorted(truth.by_connection.get((client_port, server_port), ()))
         group.sort(key=lambda s: s["start_time_unix_nano"])
@@ -394,9 +528,11 @@ def identify(spans: list[dict[str, Any]], truth: GroundTruth) -> dict[bytes, tup
     return out
 
 
-def _connection(span: dict[str, Any]) -> tuple[Any, Any]:
+def _connection(span: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """The connection of a span's exchange, and its method path (one call of a
+    multiplexed connection)."""
     attrs = span["attributes"]
-    return attrs.get("client.port"), attrs.get("server.port")
+    return attrs.get("client.port"), attrs.get("server.port"), attrs.get("url.path")
 
 
 def true_parent(span: dict[str, Any], role: str, request: dict[str, list[dict[str, Any]]],
@@ -404,7 +540,9 @@ def true_parent(span: dict[str, Any], role: str, request: dict[str, list[dict[st
     """The span that caused ``span``, among the spans of its request.
 
     Across processes it is the client span at the other end of the same
-    connection; inside a process, the request's one server span there.
+    connection (and the same method path: a connection may carry several
+    calls of one request at once); inside a process, the request's one
+    server span there.
     """
     parent_role, kind = edges[role]
     candidates = request.get(parent_role, [])
@@ -432,7 +570,11 @@ def score(spans: list[dict[str, Any]], truth: GroundTruth,
         if span["span_id"] not in known:
             continue
         request_id, role = known[span["span_id"]]
-        confidence[role][span["attributes"].get("sidetrace.link.confidence", "-")] += 1
+        attrs = span["attributes"]
+        label = attrs.get("sidetrace.link.confidence", "-")
+        if "sidetrace.link.reason" in attrs:
+            label += f"/{attrs['sidetrace.link.reason']}"
+        confidence[role][label] += 1
         if role not in edges:
             false_roots += span["parent_span_id"] is not None
             right[span["span_id"]] = span["parent_span_id"] is None
