@@ -12,28 +12,43 @@ __all__ = ["TracedEndpoints"]
 
 
 class TracedEndpoints:
-    """(local address, local port) -> conn_id of each traced TCP connection that may be a client's.
+    """(local address, local port) -> conn_id(s) of the traced TCP connections that may be a client's.
 
     Accepted sockets all share their listener's port, so the pipeline records
-    only ends that may be a client's.  An end is removed only by the
-    connection that holds it: a newer connection on the same address and
-    port keeps its entry when the older one goes.
+    only ends that may be a client's.  One local end may serve several
+    connections at once (an ephemeral port reused towards different remote
+    ends): the end stays traced until the last of them goes.
     """
 
     __slots__ = ("_conn_ids",)
 
     def __init__(self) -> None:
-        self._conn_ids: dict[tuple[str, int], int] = {}
+        # one conn_id, or a set of them where a local end has several
+        self._conn_ids: dict[tuple[str, int], int | set[int]] = {}
 
     def __len__(self) -> int:
         return len(self._conn_ids)
 
     def add(self, address: str, port: int, conn_id: int) -> None:
-        self._conn_ids[(address, port)] = conn_id
+        key = (address, port)
+        held = self._conn_ids.get(key)
+        if held is None or held == conn_id:
+            self._conn_ids[key] = conn_id
+        elif held.__class__ is set:
+            held.add(conn_id)
+        else:
+            self._conn_ids[key] = {held, conn_id}
 
     def discard(self, address: str, port: int, conn_id: int) -> None:
         key = (address, port)
-        if self._conn_ids.get(key) == conn_id:
+        held = self._conn_ids.get(key)
+        if held is None:
+            return
+        if held.__class__ is set:
+            held.discard(conn_id)
+            if len(held) == 1:
+                self._conn_ids[key] = next(iter(held))
+        elif held == conn_id:
             del self._conn_ids[key]
 
     def traced(self, address: str, port: int) -> bool:

@@ -282,6 +282,19 @@ def test_endpoints_know_the_client_ends_of_traced_connections():
     assert not pipe.endpoints.traced("127.0.0.1", 50000)
 
 
+def test_an_end_stays_traced_while_any_connection_with_it_is_open():
+    # One local port serves connections to two different services at once.
+    pipe, spans = pipeline()
+    pipe.handle(event(conn=1, role=Role.CLIENT, direction=Direction.EGRESS, payload=REQ,
+                      sport=50000, dport=80))
+    pipe.handle(event(conn=2, role=Role.CLIENT, direction=Direction.EGRESS, payload=REQ,
+                      sport=50000, dport=81))
+    pipe.handle(event(kind=Kind.CONN_CLOSE, conn=2, ts=9_000))
+    assert pipe.endpoints.traced("127.0.0.1", 50000)
+    pipe.handle(event(kind=Kind.CONN_CLOSE, conn=1, ts=9_001))
+    assert not pipe.endpoints.traced("127.0.0.1", 50000)
+
+
 def test_endpoints_forget_evicted_and_idle_connections():
     pipe, spans = pipeline()                      # at most 4 connections
     for n in range(5):
