@@ -178,3 +178,9 @@ MON_HOST_NAMES = (
     "tcp_transitions[250]", "tcp_transitions[251]", "tcp_transitions[252]",
     "tcp_transitions[253]", "tcp_transitions[254]", "tcp_transitions[255]",
 )
+
+CTX_EVENT_FORMAT = "<LLLLQQQQ"
+CTX_EVENT_SIZE = 48
+CTX_EVENT_NAMES = (
+    "kind", "tgid", "tid", "aux", "ts_ns", "a", "b", "c",
+)

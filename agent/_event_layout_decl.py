@@ -220,5 +220,31 @@ MONITOR_DECLARATIONS: dict[str, cs.Struct] = {
 }
 MONITOR_C_STRUCTS: dict[str, str] = {prefix: prefix.lower() for prefix in MONITOR_DECLARATIONS}
 
+# --- the runtime-context object's record (bpfobj/bpf/include/sidetrace_context.h) ----
+
+CTX_EVENT = cs.Struct(
+    "kind" / cs.Int32ul,
+    "tgid" / cs.Int32ul,
+    "tid" / cs.Int32ul,
+    "aux" / cs.Int32ul,
+    "ts_ns" / cs.Int64ul,
+    "a" / cs.Int64ul,
+    "b" / cs.Int64ul,
+    "c" / cs.Int64ul,
+)
+CTX_EVENT.__doc__ = """struct st_ctx_event (bpfobj/bpf/include/sidetrace_context.h), 48 bytes:
+
+    struct st_ctx_event {
+        __u32 kind;   __u32 tgid;   __u32 tid;   __u32 aux;
+        __u64 ts_ns;  __u64 a;      __u64 b;     __u64 c;
+    };
+
+one per perf sample of the runtime-context object.
+"""
+
+# The runtime-context object's record (checked against sidetrace_context's BTF).
+CONTEXT_DECLARATIONS: dict[str, cs.Struct] = {"CTX_EVENT": CTX_EVENT}
+CONTEXT_C_STRUCTS: dict[str, str] = {"CTX_EVENT": "st_ctx_event"}
+
 # Everything the generated module carries.
-GENERATED: dict[str, cs.Struct] = {**DECLARATIONS, **MONITOR_DECLARATIONS}
+GENERATED: dict[str, cs.Struct] = {**DECLARATIONS, **MONITOR_DECLARATIONS, **CONTEXT_DECLARATIONS}

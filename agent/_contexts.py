@@ -1,0 +1,391 @@
+"""What traced threads did between their socket calls: loop iterations and asyncio tasks.
+
+The tracer's events say which thread made which socket call.  Where one
+thread serves many requests at once, the linker needs to know more of that
+thread: the runtime-context object (bpfobj/bpf/sidetrace_context.bpf.c)
+reports, for traced processes only,
+
+* every return from an event loop's wait (epoll, poll, select): calls made
+  between two waits ran in the callbacks of one iteration of the loop;
+* CPython asyncio: which task's step runs on a thread, from when to when,
+  and which task was running when another task was created;
+* Node.js: every ``AsyncWrap::AsyncReset`` (a wrap's new async id and the id
+  of what caused it).  Recorded and counted; the linker does not read them
+  yet.
+
+:class:`RuntimeContexts` keeps these per thread for ``HISTORY_NS`` and
+answers the linker's questions (pure: fed records, no kernel);
+:class:`ContextProbes` loads the object next to the tracer, reads its rings
+and places its uprobes on the runtimes that traced processes map.
+Timestamps are the kernel's monotonic clock, as in the tracer's events.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import bpfobj
+
+from . import _event_layout
+
+log = logging.getLogger("sidetrace")
+
+CONTEXT_OBJECT = Path(bpfobj.__file__).parent / "bpf" / "sidetrace_context.bpf.o"
+
+# enum st_ctx_kind
+LOOP_WAIT, TASK_RUN, TASK_DONE, TASK_NEW, ASYNC_RESET = 1, 2, 3, 4, 5
+# Slots of the object's `ctx_counters` map (enum st_ctx_counter).
+COUNTER_NAMES = ("events", "lost", "orphan_returns", "read_failures")
+
+# How long what a thread did is kept: longer than the linker holds a span
+# (hold_ns, 2 s) plus how long a span may last before it.
+HISTORY_NS = 10_000_000_000
+# A task's creator is followed this many levels up.
+MAX_TASK_DEPTH = 16
+
+_RECORD = struct.Struct(_event_layout.CTX_EVENT_FORMAT)
+_U64 = struct.Struct("<Q")
+
+TaskKey = tuple[int, int]   # (task object address, when it was created; 0 if unseen)
+
+
+class _ThreadContext:
+    """One thread's loop waits and task steps, oldest first."""
+
+    __slots__ = ("waits", "task_ts", "task_ids", "since")
+
+    def __init__(self, since: int) -> None:
+        self.waits: list[int] = []
+        self.task_ts: list[int] = []
+        self.task_ids: list[int] = []    # task address, or 0 between steps
+        self.since = since               # nothing before this is known
+
+    def forget(self, before: int) -> None:
+        if self.waits and self.waits[0] < before:
+            del self.waits[:bisect_left(self.waits, before)]
+        if self.task_ts and self.task_ts[0] < before:
+            # Keep the step under way at ``before``: it says what runs then.
+            i = max(bisect_left(self.task_ts, before) - 1, 0)
+            del self.task_ts[:i]
+            del self.task_ids[:i]
+        if self.since < before:
+            self.since = before
+
+
+class _ProcessContext:
+    __slots__ = ("threads", "created")
+
+    def __init__(self) -> None:
+        self.threads: dict[int, _ThreadContext] = {}
+        # task address -> [(created at, creating task address)], oldest first
+        self.created: dict[int, list[tuple[int, int]]] = {}
+
+
+class RuntimeContexts:
+    """Per-thread loop waits and asyncio task steps of traced processes."""
+
+    def __init__(self, history_ns: int = HISTORY_NS) -> None:
+        self.history_ns = history_ns
+        self._procs: dict[int, _ProcessContext] = {}
+        self.records = 0
+        self.latest = 0
+
+    # -- input ----------------------------------------------------------------
+
+    def feed_raw(self, raw: bytes | memoryview) -> None:
+        """One perf sample of the context object (malformed ones are ignored)."""
+        if len(raw) < _RECORD.size:
+            return
+        self.feed(*_RECORD.unpack_from(raw))
+
+    def feed(self, kind: int, tgid: int, tid: int, aux: int, ts: int, a: int, b: int,
+             c: int) -> None:
+        self.records += 1
+        if ts > self.latest:
+            self.latest = ts
+        proc = self._procs.get(tgid)
+        if proc is None:
+            proc = self._procs[tgid] = _ProcessContext()
+        if kind == TASK_NEW:
+            records = proc.created.get(a)
+            if records is None:
+                proc.created[a] = [(ts, b)]
+            else:
+                insort(records, (ts, b))
+            return
+        thread = proc.threads.get(tid)
+        if thread is None:
+            thread = proc.threads[tid] = _ThreadContext(ts)
+        elif ts < thread.since:
+            thread.since = ts    # (the rings of several CPUs are read in turns)
+        if kind == LOOP_WAIT:
+            waits = thread.waits
+            if not waits or waits[-1] <= ts:
+                waits.append(ts)
+            else:
+                insort(waits, ts)
+        elif kind == TASK_RUN or kind == TASK_DONE:
+            task = a if kind == TASK_RUN else 0
+            times = thread.task_ts
+            if not times or times[-1] <= ts:
+                times.append(ts)
+                thread.task_ids.append(task)
+            else:
+                i = bisect_right(times, ts)
+                times.insert(i, ts)
+                thread.task_ids.insert(i, task)
+
+    def forget(self, now: int | None = None) -> None:
+        """Drop what is older than ``history_ns`` before ``now`` (the latest record)."""
+        before = (self.latest if now is None else now) - self.history_ns
+        for tgid, proc in list(self._procs.items()):
+            for tid, thread in list(proc.threads.items()):
+                thread.forget(before)
+                if not thread.waits and (not thread.task_ts or thread.task_ts[-1] < before):
+                    del proc.threads[tid]
+            for task, records in list(proc.created.items()):
+                if records[-1][0] < before:
+                    del proc.created[task]
+                elif records[0][0] < before:
+                    records[:] = [r for r in records if r[0] >= before] or records[-1:]
+            if not proc.threads and not proc.created:
+                del self._procs[tgid]
+
+    # -- questions ------------------------------------------------------------
+
+    def waited_between(self, pid: int, tid: int, start: int, end: int) -> bool | None:
+        """Whether ``tid`` returned from an event-loop wait between ``start`` and ``end``.
+
+        None when that is not known: the thread was never seen waiting in a
+        loop (a thread that blocks elsewhere, e.g. on a lock, between calls
+        has no iterations to tell apart), or ``start`` is older than what is kept.
+        """
+        proc = self._procs.get(pid)
+        thread = proc.threads.get(tid) if proc is not None else None
+        if thread is None or not thread.waits or start < thread.since:
+            return None
+        waits = thread.waits
+        i = bisect_right(waits, start)
+        return i < len(waits) and waits[i] < end
+
+    def task_at(self, pid: int, tid: int, ts: int) -> TaskKey | None:
+        """The asyncio task whose step ran on ``tid`` at ``ts``, or None."""
+        proc = self._procs.get(pid)
+        thread = proc.threads.get(tid) if proc is not None else None
+        if thread is None or not thread.task_ts or ts < thread.since:
+            return None
+        i = bisect_right(thread.task_ts, ts) - 1
+        if i < 0:
+            return None
+        task = thread.task_ids[i]
+        return self._key(proc, task, ts) if task else None
+
+    def task_chain(self, pid: int, tid: int, ts: int) -> tuple[TaskKey, ...]:
+        """The task running on ``tid`` at ``ts`` and the tasks that created it, innermost first."""
+        key = self.task_at(pid, tid, ts)
+        if key is None:
+            return ()
+        proc = self._procs[pid]
+        chain = [key]
+        while len(chain) < MAX_TASK_DEPTH:
+            task, created = chain[-1]
+            records = proc.created.get(task)
+            if not created or records is None:
+                break
+            i = bisect_left(records, (created, -1))
+            if i >= len(records) or records[i][0] != created:
+                break
+            parent = records[i][1]
+            if not parent:
+                break
+            chain.append(self._key(proc, parent, created))
+        return tuple(chain)
+
+    @staticmethod
+    def _key(proc: _ProcessContext, task: int, ts: int) -> TaskKey:
+        """A task's address and when that task (not an earlier one at the same address) was made."""
+        records = proc.created.get(task)
+        if records:
+            i = bisect_right(records, (ts, 1 << 64)) - 1
+            if i >= 0:
+                return task, records[i][0]
+        return task, 0
+
+    def stats(self) -> dict[str, Any]:
+        threads = sum(len(p.threads) for p in self._procs.values())
+        return {"records": self.records, "processes": len(self._procs), "threads": threads}
+
+
+def executable_files(maps_text: str) -> dict[tuple[str, int], str]:
+    """(device, inode) -> path of every file mapped executable, from /proc/PID/maps text."""
+    files: dict[tuple[str, int], str] = {}
+    for line in maps_text.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) < 6 or "x" not in parts[1] or not parts[5].startswith("/"):
+            continue
+        path = parts[5]
+        if path.endswith(" (deleted)"):
+            continue
+        try:
+            inode = int(parts[4])
+        except ValueError:
+            continue
+        if inode:
+            files.setdefault((parts[3], inode), path)
+    return files
+
+
+# What the object's uprobes go on: runtime -> (functions that must all be
+# there, [(function, program, return probe)]).
+ASYNCIO_PROBES = (("task_step_impl", "st_py_task_step", False),
+                  ("task_step_impl", "st_py_task_step_return", True),
+                  ("_asyncio_Task___init__", "st_py_task_new", False))
+NODE_RESET = "_ZN4node9AsyncWrap10AsyncResetEN2v85LocalINS1_6ObjectEEEdb"
+NODE_PROBES = ((NODE_RESET, "st_node_async_reset", False),
+               (NODE_RESET, "st_node_async_reset_return", True))
+
+
+def runtime_of(path: str) -> tuple[str, tuple[tuple[str, str, bool], ...]] | None:
+    """Which runtime a mapped file may be, by its name: ("asyncio" | "node", probes)."""
+    name = os.path.basename(path)
+    if name.startswith("_asyncio.") and name.endswith(".so"):
+        return "asyncio", ASYNCIO_PROBES
+    if name == "node" or name.startswith("node-") or name.startswith("libnode.so"):
+        return "node", NODE_PROBES
+    return None
+
+
+class RuntimeFile:
+    """A runtime file that traced processes map, and what was placed on it."""
+
+    __slots__ = ("path", "runtime", "status", "reason", "links", "pids")
+
+    def __init__(self, path: str, runtime: str) -> None:
+        self.path = path
+        self.runtime = runtime
+        self.status = "attached"
+        self.reason = ""
+        self.links: list[Any] = []
+        self.pids: set[int] = set()
+
+    def summary(self) -> dict[str, Any]:
+        out = {"path": self.path, "runtime": self.runtime, "status": self.status,
+               "processes": len(self.pids)}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+class ContextProbes:
+    """The runtime-context object, live next to the tracer.
+
+    It shares the tracer's ``pids`` map, so it sees exactly the traced
+    processes.  ``drain`` feeds its ring's records to ``contexts``; ``scan``
+    places uprobes on the asyncio and Node.js files traced processes map
+    (once per file), and reports the files it cannot use (stripped of the
+    symbols it needs) in ``stats``.
+    """
+
+    def __init__(self, pids_map: bpfobj.Map, *, trace_all: bool, pages: int = 64,
+                 proc: str = "/proc") -> None:
+        spec = bpfobj.load_object_spec(bpfobj.arch_object(CONTEXT_OBJECT)).with_constants(
+            trace_all=1 if trace_all else 0, agent_tgid=os.getpid())
+        self.collection = bpfobj.Collection(spec, reuse_maps={"pids": pids_map})
+        self.contexts = RuntimeContexts()
+        self.proc = proc
+        self.files: dict[tuple[str, int], RuntimeFile] = {}
+        self._other: set[tuple[str, int]] = set()
+        self.rings: bpfobj.PerfEventArray | None = None
+        try:
+            for name, program in self.collection.programs.items():
+                if program.section.startswith("tracepoint/"):
+                    try:
+                        self.collection.links.append(program.attach())
+                    except bpfobj.BpfError as exc:
+                        # (arm64 has only the p-variants of these syscalls)
+                        log.info("loop waits: %s not attached: %s", name, exc)
+            self.rings = bpfobj.PerfEventArray(self.collection.maps["ctx_events"], pages=pages)
+        except BaseException:
+            self.close()
+            raise
+
+    def drain(self, ring: bpfobj.PerfRing) -> int:
+        result = ring.read()
+        feed = self.contexts.feed_raw
+        for raw in result.samples:
+            feed(raw)
+        return len(result.samples)
+
+    def scan(self, pids: Iterable[int]) -> None:
+        """Place uprobes on runtime files mapped by ``pids`` since the last scan."""
+        for pid in pids:
+            try:
+                with open(f"{self.proc}/{pid}/maps") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            for key, path in executable_files(text).items():
+                if key in self._other:
+                    continue
+                found = self.files.get(key)
+                if found is None:
+                    kind = runtime_of(path)
+                    if kind is None:
+                        self._other.add(key)
+                        continue
+                    found = self.files[key] = self._attach(f"{self.proc}/{pid}/root{path}",
+                                                           path, *kind)
+                found.pids.add(pid)
+
+    def _attach(self, seen_at: str, path: str, runtime: str,
+                probes: tuple[tuple[str, str, bool], ...]) -> RuntimeFile:
+        found = RuntimeFile(path, runtime)
+        try:
+            table = bpfobj.read_functions(seen_at, {function for function, _, _ in probes})
+            for function, program, retprobe in probes:
+                found.links.append(self.collection.programs[program].attach_uprobe(
+                    seen_at, table.offset(function), retprobe=retprobe))
+        except (bpfobj.BpfError, OSError) as exc:
+            for link in found.links:
+                link.close()
+            found.links = []
+            found.status = "failed"
+            found.reason = str(exc)
+            log.info("%s: no %s context: %s", path, runtime, exc)
+        else:
+            log.info("%s: %s context probes placed", path, runtime)
+        return found
+
+    def kernel_counters(self) -> dict[str, int]:
+        counters = self.collection.maps["ctx_counters"]
+        out = {}
+        for slot, name in enumerate(COUNTER_NAMES):
+            per_cpu = counters.lookup(slot) or []
+            out[name] = sum(_U64.unpack(v)[0] for v in per_cpu)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return {"files": [f.summary() for f in self.files.values()],
+                "kernel": self.kernel_counters(), **self.contexts.stats()}
+
+    def close(self) -> None:
+        for found in self.files.values():
+            for link in found.links:
+                link.close()
+            found.links = []
+        if self.rings is not None:
+            self.rings.close()
+            self.rings = None
+        self.collection.close()
+
+    def __enter__(self) -> ContextProbes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,83 @@
+"""Runtime contexts on hand-made records: loop iterations, asyncio tasks, what is kept."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from agent import _event_layout
+from agent._contexts import (ASYNC_RESET, LOOP_WAIT, TASK_DONE, TASK_NEW, TASK_RUN,
+                             RuntimeContexts, executable_files, runtime_of)
+
+PID, TID = 10, 11
+RECORD = struct.Struct(_event_layout.CTX_EVENT_FORMAT)
+
+
+def test_loop_waits_tell_iterations_apart_and_unknown_threads_say_nothing():
+    c = RuntimeContexts()
+    for ts in (300, 100, 200):            # rings of several CPUs arrive in turns
+        c.feed(LOOP_WAIT, PID, TID, 0, ts, 0, 0, 0)
+    assert c.waited_between(PID, TID, 110, 190) is False
+    assert c.waited_between(PID, TID, 110, 210) is True
+    assert c.waited_between(PID, TID, 50, 90) is None       # before anything known
+    assert c.waited_between(PID, TID + 1, 110, 190) is None  # never seen waiting
+    c.feed(TASK_RUN, PID, TID + 2, 0, 150, 0x10, 0, 0)
+    assert c.waited_between(PID, TID + 2, 160, 170) is None  # seen, but not in a loop
+
+
+def test_a_task_chain_follows_creators_up_to_a_task_made_outside_any():
+    c = RuntimeContexts()
+    c.feed(TASK_NEW, PID, TID, 0, 10, 0xA, 0, 0)
+    c.feed(TASK_NEW, PID, TID, 0, 20, 0xB, 0xA, 0)
+    c.feed(TASK_NEW, PID, TID, 0, 30, 0xC, 0xB, 0)
+    c.feed(TASK_RUN, PID, TID, 0, 40, 0xC, 0, 0)
+    c.feed(TASK_DONE, PID, TID, 0, 50, 0xC, 0, 0)
+    assert c.task_chain(PID, TID, 45) == ((0xC, 30), (0xB, 20), (0xA, 10))
+    assert c.task_chain(PID, TID, 55) == ()
+    assert c.task_at(PID, TID, 45) == (0xC, 30)
+
+
+def test_what_is_older_than_the_history_is_forgotten():
+    c = RuntimeContexts(history_ns=100)
+    c.feed(LOOP_WAIT, PID, TID, 0, 10, 0, 0, 0)
+    c.feed(TASK_NEW, PID, TID, 0, 15, 0xA, 0, 0)
+    c.feed(TASK_RUN, PID, TID, 0, 20, 0xA, 0, 0)
+    c.feed(LOOP_WAIT, PID, TID, 0, 500, 0, 0, 0)
+    c.forget()
+    assert c.waited_between(PID, TID, 5, 30) is None
+    assert c.task_at(PID, TID, 450) == (0xA, 0)   # still running: its step is kept
+    c.feed(TASK_DONE, PID, TID, 0, 600, 0xA, 0, 0)
+    c.feed(LOOP_WAIT, PID, TID, 0, 1000, 0, 0, 0)
+    c.forget()
+    assert c.stats()["threads"] == 1 and c.task_at(PID, TID, 950) is None
+
+
+def test_raw_records_decode_and_short_ones_are_ignored():
+    c = RuntimeContexts()
+    c.feed_raw(RECORD.pack(LOOP_WAIT, PID, TID, 232, 100, 0, 0, 0) + b"\0" * 4)
+    c.feed_raw(b"\1\0\0")
+    c.feed_raw(RECORD.pack(ASYNC_RESET, PID, TID, 36, 120, 0xDEAD, 1, 2))
+    assert c.records == 2
+    assert c.waited_between(PID, TID, 100, 130) is False
+
+
+def test_executable_files_and_the_runtimes_among_them():
+    maps = (
+        "55d0-55e0 r-xp 00000000 08:01 1234 /usr/bin/node\n"
+        "7f00-7f10 r--p 00000000 08:01 99 /usr/lib/libc.so.6\n"
+        "7f10-7f20 r-xp 00001000 08:01 99 /usr/lib/libc.so.6\n"
+        "7f20-7f30 r-xp 00001000 08:01 77 /opt/py/lib-dynload/_asyncio.cpython-311-x86_64-linux-gnu.so\n"
+        "7f30-7f40 r-xp 00000000 00:00 0 [vdso]\n"
+        "7f40-7f50 r-xp 00000000 08:01 55 /tmp/gone.so (deleted)\n"
+    )
+    files = executable_files(maps)
+    assert files == {("08:01", 1234): "/usr/bin/node", ("08:01", 99): "/usr/lib/libc.so.6",
+                     ("08:01", 77): "/opt/py/lib-dynload/_asyncio.cpython-311-x86_64-linux-gnu.so"}
+    assert [runtime_of(path) and runtime_of(path)[0] for path in files.values()] == \
+        ["node", None, "asyncio"]
+
+
+@pytest.mark.parametrize("name", ["nodejs-helper", "libasyncio.so", "_asyncio.py"])
+def test_other_files_are_no_runtime(name):
+    assert runtime_of(f"/x/{name}") is None
