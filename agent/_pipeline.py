@@ -14,8 +14,9 @@ from typing import Any
 
 from ._clock import WallClock
 from ._endpoints import TracedEndpoints
-from ._events import (IPPROTO_TCP, TLS_VERSIONS, AppProto, Direction, Event, Flag, Kind, Role, XFlag,
-                      address_text, comm_text)
+from ._events import (IPPROTO_TCP, TLS_VERSIONS, AppProto, Direction, Event, Flag, Kind, Role,
+                      Syscall, XFlag, address_text, comm_text)
+from ._evidence import EVIDENCE_KEY, READ_MEMORY_NS, SyscallOrder
 from ._lru import BoundedTable
 from ._spans import build_span
 from .protocols import EGRESS, INGRESS, REGISTRY, ConnectionHints, Context, Handler, SpanFacts
@@ -57,6 +58,7 @@ _INGRESS_DIR, _EGRESS_DIR = int(Direction.INGRESS), int(Direction.EGRESS)
 _DATA, _CONN_OPEN, _CONN_CLOSE = int(Kind.DATA), int(Kind.CONN_OPEN), int(Kind.CONN_CLOSE)
 _X_RESUMED, _X_SHED_START, _X_SHED = int(XFlag.RESUMED), int(XFlag.SHED_START), int(XFlag.SHED)
 _SERVER = int(Role.SERVER)
+_CONNECT = int(Syscall.CONNECT)
 
 _DIRECTION_NAME = {int(Direction.INGRESS): INGRESS, int(Direction.EGRESS): EGRESS}
 _ROLE_NAME = {Role.CLIENT: "client", Role.SERVER: "server", Role.UNKNOWN: "unknown"}
@@ -69,7 +71,7 @@ class Connection:
         "conn_id", "tgid", "comm", "family", "l4_proto", "role",
         "local_address", "local_port", "remote_address", "remote_port",
         "protocol", "parser", "detect_left", "tids", "tid", "tid_since", "touched", "events",
-        "net_attrs", "_remote_raw", "tls", "rx_next", "tx_next", "unseen",
+        "net_attrs", "_remote_raw", "tls", "rx_next", "tx_next", "unseen", "order",
     )
 
     def __init__(self, ev: Event) -> None:
@@ -104,6 +106,7 @@ class Connection:
         self.rx_next = ev.bytes_rx
         self.tx_next = ev.bytes_tx
         self.unseen = ev.bytes_rx + ev.bytes_tx > 0 and ev.l4_proto == IPPROTO_TCP
+        self.order = None   # its turns, for the linker's evidence (see _evidence)
 
     def set_peer(self, ev: Event) -> None:
         """An unconnected UDP socket: the peer is per datagram (sendto/recvfrom).
@@ -148,14 +151,19 @@ class Pipeline:
     ``endpoints`` is kept up to date with the client ends of the traced TCP
     connections (for whoever else reads it: the linker).
     ``keep_query_values``: URL query values reach spans as sent instead of ``?``.
+    With ``evidence``, each span also carries the order of its thread's
+    syscalls around it (``span[EVIDENCE_KEY]``, a ``SpanEvidence`` for the
+    linker, which removes it).
     """
 
     def __init__(self, publish: Callable[[dict[str, Any]], None], *,
                  clock: WallClock | None = None, max_connections: int = 65536,
                  protocols: tuple[type[Handler], ...] = REGISTRY,
                  endpoints: TracedEndpoints | None = None,
-                 keep_query_values: bool = False) -> None:
+                 keep_query_values: bool = False,
+                 evidence: bool = False) -> None:
         self.publish = publish
+        self.order = SyscallOrder() if evidence else None
         self.protocols = protocols
         # app_proto value -> the handler to try first (only those in `protocols`)
         by_name = {handler.name: handler for handler in protocols}
@@ -235,6 +243,9 @@ class Pipeline:
             direction = _DIRECTION_NAME.get(ev.direction)
             if direction is None:
                 return
+            order = self.order
+            if order is not None:
+                order.data(conn, ev.direction == _EGRESS_DIR, ts, tid)
             for facts in conn.parser.feed(direction, ev.payload, ev.ret, ts,
                                           ev.tcp_seq if flags & _F_SEQ_VALID else None):
                 self._emit(conn, facts, tid)
@@ -243,7 +254,9 @@ class Pipeline:
                 conn.parser = None
                 conn.protocol = "opaque"
         elif kind == _CONN_OPEN:
-            self._connection(ev)
+            conn = self._connection(ev)
+            if self.order is not None and ev.syscall == _CONNECT:
+                self.order.connected(conn, ev.ts_ns, ev.tid)
         elif kind == _CONN_CLOSE:
             conn = self.connections.pop(ev.conn_id)
             if conn is not None:
@@ -399,8 +412,13 @@ class Pipeline:
     def _emit(self, conn: Connection, facts: SpanFacts, fallback_tid: int) -> None:
         start = facts.start_ns
         tid = conn.tid if start >= conn.tid_since >= 0 else conn.tid_at(start, fallback_tid)
+        span = build_span(facts, conn, conn.protocol or "unknown", tid, self.clock)
+        if self.order is not None:
+            span[EVIDENCE_KEY] = self.order.evidence(conn, facts.server_side, start,
+                                                     facts.response_start_ns, tid,
+                                                     self.clock.offset)
         self.spans += 1
-        self.publish(build_span(facts, conn, conn.protocol or "unknown", tid, self.clock))
+        self.publish(span)
 
     def _flush(self, conn: Connection, ts_ns: int | None) -> None:
         if conn.parser is None:
@@ -412,6 +430,8 @@ class Pipeline:
 
     def expire_idle(self, now_ns: int) -> int:
         """Forget connections idle for IDLE_TIMEOUT_NS, flushing what they hold."""
+        if self.order is not None:
+            self.order.forget(now_ns - READ_MEMORY_NS)
         gone = self.connections.expire(now_ns - IDLE_TIMEOUT_NS)
         for _, conn in gone:
             self._unindex(conn)

@@ -85,6 +85,9 @@ class SpanFacts:
     traced process received the request (a server span).  ``kind`` names a
     messaging span's kind ("producer" or "consumer") where OpenTelemetry says
     so; None: "server" or "client" by ``server_side``.
+    ``response_start_ns``, where a protocol multiplexes exchanges on one
+    connection, is when the response's first byte went (the linker asks
+    which thread sent it).
     """
 
     name: str
@@ -97,6 +100,7 @@ class SpanFacts:
     request_seq: int | None = None
     response_seq: int | None = None
     kind: str | None = None
+    response_start_ns: int | None = None
 
 
 class Context:

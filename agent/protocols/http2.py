@@ -971,4 +971,5 @@ def describe(stream: _Stream, request_direction: str, ts: int | None,
         attributes=attrs, status=span_status, status_message=message,
         request_seq=first.seq if first is not None else None,
         response_seq=response.seq if response is not None else None,
+        response_start_ns=response.start_ns if response is not None else None,
     )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 
 from agent._clock import WallClock
-from agent._events import IPPROTO_TCP, AppProto, Direction, Event, Flag, Kind, Role
+from agent._events import IPPROTO_TCP, AppProto, Direction, Event, Flag, Kind, Role, Syscall
+from agent._evidence import EVIDENCE_KEY
 from agent._pipeline import DETECT_ATTEMPTS, HINT_NAMES, IDLE_TIMEOUT_NS, TID_HISTORY, TOUCH_NS, Pipeline
 from agent.protocols import REGISTRY
 from wire import validate
@@ -304,3 +305,58 @@ def test_endpoints_forget_evicted_and_idle_connections():
     assert all(pipe.endpoints.traced("127.0.0.1", 50000 + n) for n in range(1, 5))
     pipe.expire_idle(1_000 + IDLE_TIMEOUT_NS + 10 * 1_000_000_000)
     assert not any(pipe.endpoints.traced("127.0.0.1", 50000 + n) for n in range(5))
+
+
+# -- evidence for the linker: the order of a thread's syscalls ----------------------------------
+
+
+def evidence_pipeline():
+    spans = []
+    clock = WallClock()
+    clock.offset = 1_700_000_000_000_000_000
+    return Pipeline(spans.append, clock=clock, evidence=True), spans
+
+
+def test_a_call_on_a_new_connection_starts_at_its_connect_after_the_threads_last_read():
+    pipe, spans = evidence_pipeline()
+    # An event loop (thread 101) reads a request on connection 1 ...
+    pipe.handle(event(conn=1, ts=1_000, payload=REQ, sport=8080, dport=50000))
+    # ... connects connection 2 for it, and sends the call once connected.
+    pipe.handle(event(kind=Kind.CONN_OPEN, conn=2, ts=1_100, role=Role.CLIENT, sport=40000,
+                      dport=9000, ret=-115)._replace(syscall=Syscall.CONNECT))
+    pipe.handle(event(conn=3, ts=1_200, payload=REQ, sport=8080, dport=50001))  # another request
+    pipe.handle(event(conn=2, ts=1_300, direction=Direction.EGRESS, payload=REQ, role=Role.CLIENT,
+                      sport=40000, dport=9000))
+    pipe.handle(event(conn=2, ts=1_400, payload=RESP, role=Role.CLIENT, sport=40000, dport=9000))
+    pipe.handle(event(conn=1, ts=1_500, direction=Direction.EGRESS, payload=RESP))
+    call, answer = spans
+    assert call["kind"] == "client" and answer["kind"] == "server"
+    evidence = call.pop(EVIDENCE_KEY)
+    assert (evidence.first, evidence.tid) == (1_100, 101)
+    assert (evidence.cause_conn, evidence.cause) == (1, 1_000)   # not the later read of conn 3
+    assert evidence.reused is False and evidence.offset == 1_700_000_000_000_000_000
+    evidence = answer.pop(EVIDENCE_KEY)
+    assert (evidence.response, evidence.response_tid) == (1_500, 101)
+    validate(call)
+    validate(answer)
+
+
+def test_a_call_on_a_kept_alive_connection_starts_at_its_first_write():
+    pipe, spans = evidence_pipeline()
+    for n, ts in enumerate((1_000, 2_000)):
+        pipe.handle(event(conn=1, ts=ts, payload=REQ, dport=50000 + n, tid=101))
+        pipe.handle(event(conn=2, ts=ts + 100, direction=Direction.EGRESS, payload=REQ,
+                          role=Role.CLIENT, sport=40000, dport=9000, tid=101))
+        pipe.handle(event(conn=2, ts=ts + 200, payload=RESP, role=Role.CLIENT, sport=40000,
+                          dport=9000, tid=101))
+    calls = [s for s in spans if s["kind"] == "client"]
+    first, second = (c[EVIDENCE_KEY] for c in calls)
+    assert (first.first, first.reused, second.first, second.reused) == (1_100, False, 2_100, True)
+    assert (second.cause_conn, second.cause) == (1, 2_000)
+
+
+def test_evidence_is_off_by_default():
+    pipe, spans = pipeline()
+    pipe.handle(event(ts=1_000, payload=REQ))
+    pipe.handle(event(ts=2_000, direction=Direction.EGRESS, payload=RESP))
+    assert EVIDENCE_KEY not in spans[0]
