@@ -154,7 +154,9 @@ class RedisPool {
 
 function callStock(target, agent, requestId) {
   return new Promise((resolve, reject) => {
-    const sentNs = nowNs();
+    // When the request went to the socket: a call may wait for a pooled
+    // connection first, and calls are told apart by their order on it.
+    let sentNs = null;
     const req = http.request({
       host: target.host, port: target.port, path: '/stock', agent,
       headers: { 'X-Request-Id': requestId },
@@ -165,6 +167,7 @@ function callStock(target, agent, requestId) {
                                     status: res.statusCode }));
       res.on('error', reject);
     });
+    req.on('finish', () => { sentNs = nowNs(); });
     req.on('error', reject);
     req.end();
   });
