@@ -38,6 +38,7 @@ from wire import ServerAlreadyRunning, SpanServer, check_socket_path
 
 from ._budget import CONTROL_PERIOD, BudgetController, LoadShedder
 from ._clock import WallClock
+from ._contexts import ContextProbes
 from ._console import error, log_to_stderr
 from ._endpoints import TracedEndpoints
 from ._events import COUNTER_NAMES, SHED_COUNTER_NAMES
@@ -172,17 +173,23 @@ class Agent:
                  server: SpanServer, selection: TargetSelection, max_connections: int,
                  flushers: CpuFlushers | None = None, resources: ProcessResources | None = None,
                  keep_query_values: bool = False, max_cpu: float = 0.5,
-                 max_memory: int | None = None) -> None:
+                 max_memory: int | None = None,
+                 probes: ContextProbes | None = None) -> None:
         self.collection = collection
         self.server = server
         self.clock = WallClock()
         # The pipeline records the traced connections' ends; the linker reads them.
         endpoints = TracedEndpoints()
-        self.linker = SpanLinker(server.publish, peer_traced=endpoints.traced, clock=self.event_time_unix_ns)
+        # What traced threads did between their calls (loop waits, asyncio
+        # tasks, node async ids), for the linker; None without the context object.
+        self.probes = probes
+        self.linker = SpanLinker(server.publish, peer_traced=endpoints.traced,
+                                 contexts=probes.contexts if probes is not None else None,
+                                 clock=self.event_time_unix_ns)
         self.resources = resources if resources is not None else ProcessResources()
         self.pipeline = Pipeline(self.resources.attaching(self.linker.add), clock=self.clock,
                                  max_connections=max_connections, endpoints=endpoints,
-                                 keep_query_values=keep_query_values)
+                                 keep_query_values=keep_query_values, evidence=True)
         # Batching is on exactly when flushers run (see serve).
         self.flushers = flushers
         self.intake = Intake(rings, self.pipeline.handle, by_flush=flushers is not None,
@@ -235,6 +242,16 @@ class Agent:
             me = os.getpid()
             return [pid for pid in live_pids() if pid != me]
         return [_U32.unpack_from(key)[0] for key, _ in self.pids_map.items()]
+
+    def scan_runtimes(self) -> None:
+        """Context uprobes on the runtimes traced processes mapped since the last scan."""
+        if self.probes is None:
+            return
+        try:
+            self.probes.scan(self.traced_pids())
+        except (OSError, bpfobj.BpfError) as exc:
+            log.warning("runtime scan failed: %s", exc)
+        self.probes.contexts.forget()
 
     def scan_tls(self) -> None:
         """Place TLS uprobes on libraries traced processes mapped since the last scan."""
@@ -336,6 +353,7 @@ class Agent:
             "connections_evicted": self.pipeline.connections.evicted,
             "linker": self.linker.stats(),
             "tls": {**self.tls.stats(), "connections": self.pipeline.tls_connections},
+            "runtime_context": self.probes.stats() if self.probes is not None else None,
             "shed": self.shed_stats(errors),
         }
 
@@ -378,6 +396,7 @@ async def _housekeeping(agent: Agent) -> None:
         except (OSError, bpfobj.BpfError) as exc:
             log.warning("target rescan failed: %s", exc)
         agent.scan_tls()
+        agent.scan_runtimes()
         agent.pipeline.expire_idle(time.monotonic_ns())
         agent.linker.tick(agent.event_time_unix_ns())
         if time.monotonic() - last_clock > CLOCK_REFRESH_SECONDS:
@@ -466,13 +485,15 @@ def batching_constants(flushers: CpuFlushers) -> dict[str, int]:
 async def _serve_loaded(args: argparse.Namespace, spec, selection: TargetSelection, flushers: CpuFlushers,
                         task_status) -> None:
     with bpfobj.Collection(spec) as collection, contextlib.ExitStack() as monitor_stack:
-        with bpfobj.PerfEventArray(collection.maps["events"], pages=args.ring_pages) as rings:
+        with bpfobj.PerfEventArray(collection.maps["events"], pages=args.ring_pages) as rings, \
+                _context_probes(collection, selection) as probes:
             server = SpanServer(args.socket, stats_interval=args.stats_interval, socket_group=args.socket_group)
             agent = Agent(collection, rings, server, selection, args.max_connections,
                           flushers if flushers.running else None,
                           ProcessResources(args.service, command_args=args.command_args),
                           keep_query_values=args.keep_query_values,
-                          max_cpu=args.max_cpu, max_memory=args.max_memory << 20)
+                          max_cpu=args.max_cpu, max_memory=args.max_memory << 20,
+                          probes=probes)
             server.stats_source = agent.stats
             agent.load_comms()
             agent.targets.rescan()
@@ -480,6 +501,7 @@ async def _serve_loaded(args: argparse.Namespace, spec, selection: TargetSelecti
             # Attach last: every map and ring is ready before the first event.
             collection.attach_all()
             agent.scan_tls()
+            agent.scan_runtimes()
             collection.release_kernel_btf()
             _settle_heap()
             log.info("tracing %s; %d programs attached, %d CPU rings; serving on %s",
@@ -490,6 +512,9 @@ async def _serve_loaded(args: argparse.Namespace, spec, selection: TargetSelecti
                     await nursery.start(server.serve)
                     for ring in rings:
                         nursery.start_soon(agent.intake.read, ring)
+                    if probes is not None:
+                        for ring in probes.rings:
+                            nursery.start_soon(probes.read, ring)
                     nursery.start_soon(_housekeeping, agent)
                     nursery.start_soon(_shed_control, agent)
                     if metrics is not None:
@@ -498,6 +523,21 @@ async def _serve_loaded(args: argparse.Namespace, spec, selection: TargetSelecti
                     task_status.started(agent)
             finally:
                 agent.tls.close()
+
+
+@contextlib.contextmanager
+def _context_probes(tracer: bpfobj.Collection, selection: TargetSelection):
+    """The runtime-context object next to the tracer, or None if it cannot load
+    (links are then made without loop iterations, tasks and async ids)."""
+    try:
+        probes = ContextProbes(tracer.maps["pids"], trace_all=selection.everything)
+    except (OSError, bpfobj.BpfError) as exc:
+        log.warning("runtime context not available (calls inside event loops are linked "
+                    "by timing only): %s", exc)
+        yield None
+        return
+    with probes:
+        yield probes
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,9 +9,11 @@ reports, for traced processes only,
   between two waits ran in the callbacks of one iteration of the loop;
 * CPython asyncio: which task's step runs on a thread, from when to when,
   and which task was running when another task was created;
-* Node.js: every ``AsyncWrap::AsyncReset`` (a wrap's new async id and the id
-  of what caused it).  Recorded and counted; the linker does not read them
-  yet.
+* Node.js: every ``AsyncWrap::AsyncReset``: a C++ async resource (a socket,
+  a connect request, an HTTP parser, a socket reused for another request)
+  gets a new async id, and the id of the resource whose callback was running
+  (its trigger).  Resources made in JavaScript only (ticks, promises, a
+  request waiting for a pooled socket) are not seen.
 
 :class:`RuntimeContexts` keeps these per thread for ``HISTORY_NS`` and
 answers the linker's questions (pure: fed records, no kernel);
@@ -25,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import time
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable
 from pathlib import Path
@@ -51,6 +54,10 @@ MAX_TASK_DEPTH = 16
 
 _RECORD = struct.Struct(_event_layout.CTX_EVENT_FORMAT)
 _U64 = struct.Struct("<Q")
+_DOUBLE = struct.Struct("<d")
+# Node.js async ids are whole numbers below 2**53 (doubles in node); a value
+# that is not one means the probe read the wrong bytes (another node version).
+MAX_ASYNC_ID = 1 << 53
 
 TaskKey = tuple[int, int]   # (task object address, when it was created; 0 if unseen)
 
@@ -58,12 +65,14 @@ TaskKey = tuple[int, int]   # (task object address, when it was created; 0 if un
 class _ThreadContext:
     """One thread's loop waits and task steps, oldest first."""
 
-    __slots__ = ("waits", "task_ts", "task_ids", "since")
+    __slots__ = ("waits", "task_ts", "task_ids", "reset_ts", "reset_ids", "since")
 
     def __init__(self, since: int) -> None:
         self.waits: list[int] = []
         self.task_ts: list[int] = []
         self.task_ids: list[int] = []    # task address, or 0 between steps
+        self.reset_ts: list[int] = []    # node: when an async id was given here ...
+        self.reset_ids: list[int] = []   # ... and which
         self.since = since               # nothing before this is known
 
     def forget(self, before: int) -> None:
@@ -74,17 +83,23 @@ class _ThreadContext:
             i = max(bisect_left(self.task_ts, before) - 1, 0)
             del self.task_ts[:i]
             del self.task_ids[:i]
+        if self.reset_ts and self.reset_ts[0] < before:
+            i = bisect_left(self.reset_ts, before)
+            del self.reset_ts[:i]
+            del self.reset_ids[:i]
         if self.since < before:
             self.since = before
 
 
 class _ProcessContext:
-    __slots__ = ("threads", "created")
+    __slots__ = ("threads", "created", "triggers")
 
     def __init__(self) -> None:
         self.threads: dict[int, _ThreadContext] = {}
         # task address -> [(created at, creating task address)], oldest first
         self.created: dict[int, list[tuple[int, int]]] = {}
+        # node async id -> (trigger async id, when it was given)
+        self.triggers: dict[int, tuple[int, int]] = {}
 
 
 class RuntimeContexts:
@@ -93,7 +108,11 @@ class RuntimeContexts:
     def __init__(self, history_ns: int = HISTORY_NS) -> None:
         self.history_ns = history_ns
         self._procs: dict[int, _ProcessContext] = {}
+        # pid -> since when its Node.js async ids are seen (the probes were placed)
+        self._async_since: dict[int, int] = {}
         self.records = 0
+        self.bad_async_ids = 0
+        self.started = 0    # the first record: nothing is missing after it
         self.latest = 0
 
     # -- input ----------------------------------------------------------------
@@ -109,6 +128,8 @@ class RuntimeContexts:
         self.records += 1
         if ts > self.latest:
             self.latest = ts
+        if ts < self.started or not self.started:
+            self.started = ts
         proc = self._procs.get(tgid)
         if proc is None:
             proc = self._procs[tgid] = _ProcessContext()
@@ -121,7 +142,9 @@ class RuntimeContexts:
             return
         thread = proc.threads.get(tid)
         if thread is None:
-            thread = proc.threads[tid] = _ThreadContext(ts)
+            # What the object reports was reported from its start on, for
+            # this thread too (forget() moves this on).
+            thread = proc.threads[tid] = _ThreadContext(min(ts, self.started))
         elif ts < thread.since:
             thread.since = ts    # (the rings of several CPUs are read in turns)
         if kind == LOOP_WAIT:
@@ -130,6 +153,23 @@ class RuntimeContexts:
                 waits.append(ts)
             else:
                 insort(waits, ts)
+        elif kind == ASYNC_RESET:
+            async_id = _DOUBLE.unpack(_U64.pack(b))[0]
+            trigger = _DOUBLE.unpack(_U64.pack(c))[0]
+            if not (0 < async_id < MAX_ASYNC_ID and -2 < trigger < MAX_ASYNC_ID
+                    and async_id == int(async_id) and trigger == int(trigger)):
+                self.bad_async_ids += 1
+                return
+            async_id = int(async_id)
+            proc.triggers[async_id] = (int(trigger), ts)
+            times = thread.reset_ts
+            if not times or times[-1] <= ts:
+                times.append(ts)
+                thread.reset_ids.append(async_id)
+            else:
+                i = bisect_right(times, ts)
+                times.insert(i, ts)
+                thread.reset_ids.insert(i, async_id)
         elif kind == TASK_RUN or kind == TASK_DONE:
             task = a if kind == TASK_RUN else 0
             times = thread.task_ts
@@ -141,21 +181,31 @@ class RuntimeContexts:
                 times.insert(i, ts)
                 thread.task_ids.insert(i, task)
 
+    def async_probes_placed(self, pid: int, ts: int) -> None:
+        """The AsyncReset probes see ``pid`` from ``ts`` on (the first call counts)."""
+        self._async_since.setdefault(pid, ts)
+
     def forget(self, now: int | None = None) -> None:
         """Drop what is older than ``history_ns`` before ``now`` (the latest record)."""
         before = (self.latest if now is None else now) - self.history_ns
         for tgid, proc in list(self._procs.items()):
             for tid, thread in list(proc.threads.items()):
                 thread.forget(before)
-                if not thread.waits and (not thread.task_ts or thread.task_ts[-1] < before):
+                if (not thread.waits and not thread.reset_ts
+                        and (not thread.task_ts or thread.task_ts[-1] < before)):
                     del proc.threads[tid]
             for task, records in list(proc.created.items()):
                 if records[-1][0] < before:
                     del proc.created[task]
                 elif records[0][0] < before:
                     records[:] = [r for r in records if r[0] >= before] or records[-1:]
-            if not proc.threads and not proc.created:
+            stale = [i for i, (_, at) in proc.triggers.items() if at < before]
+            for async_id in stale:
+                del proc.triggers[async_id]
+            if not proc.threads and not proc.created and not proc.triggers:
                 del self._procs[tgid]
+        for pid in [pid for pid in self._async_since if pid not in self._procs]:
+            del self._async_since[pid]
 
     # -- questions ------------------------------------------------------------
 
@@ -207,6 +257,50 @@ class RuntimeContexts:
             chain.append(self._key(proc, parent, created))
         return tuple(chain)
 
+    def _async_thread(self, pid: int, tid: int, start: int) -> _ThreadContext | None:
+        """``tid``'s context if every async id given on it after ``start`` was seen."""
+        since = self._async_since.get(pid)
+        proc = self._procs.get(pid)
+        thread = proc.threads.get(tid) if proc is not None else None
+        if since is None or start < since or thread is None or start < thread.since:
+            return None
+        return thread
+
+    def async_ids_between(self, pid: int, tid: int, start: int, end: int) -> list[int]:
+        """Node.js: the async ids given on ``tid`` after ``start`` and by ``end``."""
+        thread = self._async_thread(pid, tid, start)
+        if thread is None:
+            return []
+        times = thread.reset_ts
+        return thread.reset_ids[bisect_right(times, start):bisect_right(times, end)]
+
+    def async_ids_after(self, pid: int, tid: int, start: int, count: int) -> list[int]:
+        """Node.js: the first ``count`` async ids given on ``tid`` after ``start``."""
+        thread = self._async_thread(pid, tid, start)
+        if thread is None:
+            return []
+        i = bisect_right(thread.reset_ts, start)
+        return thread.reset_ids[i:i + count]
+
+    def async_chain(self, pid: int, async_id: int) -> list[int]:
+        """``async_id`` and the ids that caused it, in turn (as far as seen)."""
+        proc = self._procs.get(pid)
+        chain = [async_id]
+        if proc is None:
+            return chain
+        triggers = proc.triggers
+        while len(chain) < MAX_TASK_DEPTH:
+            found = triggers.get(chain[-1])
+            if found is None or found[0] <= 0 or found[0] in chain:
+                break
+            chain.append(found[0])
+        return chain
+
+    def trigger_of(self, pid: int, async_id: int) -> int | None:
+        proc = self._procs.get(pid)
+        found = proc.triggers.get(async_id) if proc is not None else None
+        return found[0] if found is not None else None
+
     @staticmethod
     def _key(proc: _ProcessContext, task: int, ts: int) -> TaskKey:
         """A task's address and when that task (not an earlier one at the same address) was made."""
@@ -219,7 +313,8 @@ class RuntimeContexts:
 
     def stats(self) -> dict[str, Any]:
         threads = sum(len(p.threads) for p in self._procs.values())
-        return {"records": self.records, "processes": len(self._procs), "threads": threads}
+        return {"records": self.records, "processes": len(self._procs), "threads": threads,
+                "bad_async_ids": self.bad_async_ids}
 
 
 def executable_files(maps_text: str) -> dict[tuple[str, int], str]:
@@ -264,9 +359,10 @@ def runtime_of(path: str) -> tuple[str, tuple[tuple[str, str, bool], ...]] | Non
 class RuntimeFile:
     """A runtime file that traced processes map, and what was placed on it."""
 
-    __slots__ = ("path", "runtime", "status", "reason", "links", "pids")
+    __slots__ = ("path", "runtime", "status", "reason", "links", "pids", "placed")
 
     def __init__(self, path: str, runtime: str) -> None:
+        self.placed = time.monotonic_ns()   # every process mapping it is seen from then on
         self.path = path
         self.runtime = runtime
         self.status = "attached"
@@ -315,6 +411,17 @@ class ContextProbes:
             self.close()
             raise
 
+    async def read(self, ring: bpfobj.PerfRing) -> None:
+        """Feed ``ring``'s records as they come (one trio task per CPU; until cancelled)."""
+        fd = ring.fileno()
+        while True:
+            with trio.move_on_after(RING_POLL_SECONDS):
+                await trio.lowlevel.wait_readable(fd)
+            try:
+                self.drain(ring)
+            except bpfobj.RingCorruptError as exc:
+                log.warning("cpu %d context ring: %s", ring.cpu, exc)
+
     def drain(self, ring: bpfobj.PerfRing) -> int:
         result = ring.read()
         feed = self.contexts.feed_raw
@@ -341,6 +448,8 @@ class ContextProbes:
                         continue
                     found = self.files[key] = self._attach(f"{self.proc}/{pid}/root{path}",
                                                            path, *kind)
+                if found.runtime == "node" and found.status == "attached":
+                    self.contexts.async_probes_placed(pid, found.placed)
                 found.pids.add(pid)
 
     def _attach(self, seen_at: str, path: str, runtime: str,

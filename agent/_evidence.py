@@ -13,9 +13,11 @@ When a span completes it gets a :class:`SpanEvidence`:
 * a client span: the thread and time of its request's first syscall (the
   connect of a connection made for it, else the first write) and the read
   the thread made last before it (``cause``);
-* a server span: the thread and time of its response's first write.
+* a server span: the thread and time of its response's first write, and of
+  the accept that made its connection (where a runtime gives the
+  connection's context ids right after it).
 
-The linker (``agent/_linker_local.py``) decides what that is worth, with
+The linker (``agent/linker/_around.py``) decides what that is worth, with
 what the runtime-context object says of the loop's iterations
 (``agent/_contexts.py``).  Times are the kernel's monotonic clock.
 """
@@ -41,7 +43,7 @@ class SpanEvidence:
     """The syscall-order facts of one span (see the module docstring)."""
 
     __slots__ = ("conn", "tid", "first", "cause_conn", "cause", "reused", "multiplexed",
-                 "response_tid", "response", "offset")
+                 "response_tid", "response", "opened_tid", "opened", "offset")
 
     def __init__(self, conn: int, tid: int, multiplexed: bool, offset: int) -> None:
         self.offset = offset          # wall-clock ns = monotonic ns + offset
@@ -54,6 +56,8 @@ class SpanEvidence:
         self.multiplexed = multiplexed
         self.response_tid: int | None = None   # server: thread of the response's first write
         self.response: int | None = None       # ... and its time
+        self.opened_tid: int | None = None     # server: thread of its connection's accept
+        self.opened: int | None = None         # ... and its time
 
     def __repr__(self) -> str:
         return " ".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
@@ -111,8 +115,8 @@ class SyscallOrder:
             read[0] = conn_id
             read[1] = ts
 
-    def connected(self, conn: Any, ts: int, tid: int) -> None:
-        """``conn`` was made by connect() on ``tid``."""
+    def opened(self, conn: Any, ts: int, tid: int) -> None:
+        """``conn`` was made by connect() or accept() on ``tid``."""
         order = conn.order
         if order is None:
             order = conn.order = _Order()
@@ -131,6 +135,8 @@ class SyscallOrder:
         exchanges = order.exchanges
         order.exchanges = exchanges + 1
         if server_side:
+            if order.opened_ts >= 0:
+                found.opened, found.opened_tid = order.opened_ts, order.opened_tid
             if response_start is not None:
                 found.response = response_start
                 found.response_tid = conn.tid_at(response_start, tid)

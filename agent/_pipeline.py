@@ -58,7 +58,7 @@ _INGRESS_DIR, _EGRESS_DIR = int(Direction.INGRESS), int(Direction.EGRESS)
 _DATA, _CONN_OPEN, _CONN_CLOSE = int(Kind.DATA), int(Kind.CONN_OPEN), int(Kind.CONN_CLOSE)
 _X_RESUMED, _X_SHED_START, _X_SHED = int(XFlag.RESUMED), int(XFlag.SHED_START), int(XFlag.SHED)
 _SERVER = int(Role.SERVER)
-_CONNECT = int(Syscall.CONNECT)
+_OPENING = frozenset({int(Syscall.CONNECT), int(Syscall.ACCEPT), int(Syscall.ACCEPT4)})
 
 _DIRECTION_NAME = {int(Direction.INGRESS): INGRESS, int(Direction.EGRESS): EGRESS}
 _ROLE_NAME = {Role.CLIENT: "client", Role.SERVER: "server", Role.UNKNOWN: "unknown"}
@@ -255,8 +255,8 @@ class Pipeline:
                 conn.protocol = "opaque"
         elif kind == _CONN_OPEN:
             conn = self._connection(ev)
-            if self.order is not None and ev.syscall == _CONNECT:
-                self.order.connected(conn, ev.ts_ns, ev.tid)
+            if self.order is not None and ev.syscall in _OPENING:
+                self.order.opened(conn, ev.ts_ns, ev.tid)
         elif kind == _CONN_CLOSE:
             conn = self.connections.pop(ev.conn_id)
             if conn is not None:

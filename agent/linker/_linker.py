@@ -76,10 +76,11 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from ._due import DueQueue
-from ._local import CALL_RATIO_WINDOW, _Process, _Thread, choose_local_parent, one_server_elsewhere
+from ._around import WAIT, choose_by_evidence, forget_evidence, index_evidence
+from ._local import CALL_RATIO_WINDOW, _Process, _Thread, choose_local_parent, servers_elsewhere
 from ._node import (ADDRESS_TIME, AMBIGUOUS, CANDIDATES_ATTR, CONFIDENCE_ATTR, CONFIDENCES, EXACT,
-                    HEURISTIC, MEMORY_BOUND, NO_CLIENT_SPAN, NO_SERVER_SPAN, NONE, OTHER_THREAD,
-                    REASON_ATTR, _Node, same_endpoints)
+                    HEURISTIC, MEMORY_BOUND, NO_CLIENT_SPAN, NO_SERVER_SPAN, NONE, ONLY_CONTAINER,
+                    OTHER_THREAD, REASON_ATTR, THREAD, _Node, same_endpoints)
 
 __all__ = ["ADVANCE_EVERY_NS", "RETRY_NS", "SpanLinker"]
 
@@ -111,6 +112,7 @@ class SpanLinker:
                  max_remembered: int = 50_000, clock_skew_ns: int = 2 * _MS,
                  local_inference: bool = True,
                  peer_traced: Callable[[str, int], bool] | None = None,
+                 contexts: Any = None,
                  clock: Callable[[], int] = time.time_ns) -> None:
         self.publish = publish
         self.hold_ns = hold_ns
@@ -125,6 +127,9 @@ class SpanLinker:
         # this agent.  When it is not, a server span's client span can never
         # arrive here, so the span is a root at once instead of after hold_ns.
         self.peer_traced = peer_traced
+        # What traced threads did between their calls (agent/_contexts.py's
+        # RuntimeContexts), or None: the loop-order and task rules need it.
+        self.contexts = contexts
         self._clock = clock
         self._order = itertools.count()
         self._held: deque[_Node] = deque()    # in arrival order, released ones dropped lazily
@@ -386,6 +391,8 @@ class SpanLinker:
             if node.end - start > thread.longest:
                 thread.longest = node.end - start
             nodes = thread.servers
+            if node.evidence is not None:
+                index_evidence(node, thread, proc)
         else:
             proc.calls_seen += 1
             nodes = thread.clients
@@ -406,14 +413,33 @@ class SpanLinker:
         if not proc.servers:     # none indexed in the whole process: nothing to choose from
             return False
         parent, confidence, reason, count = choose_local_parent(client, thread, proc)
+        if confidence == THREAD and self._attach(client, parent, confidence, reason, count):
+            return True
+        if client.evidence is not None:
+            found = choose_by_evidence(client, thread, proc, self.contexts, proc.key[1])
+            if found == WAIT:
+                if not final:
+                    return False
+            elif found is not None and self._attach(client, *found):
+                return True
         if parent is not None and self._attach(client, parent, confidence, reason, count):
             return True
         if reason == AMBIGUOUS:
             self._settle_as_root(client, AMBIGUOUS, count)
             return True
         if final:
-            other = one_server_elsewhere(client, thread, proc)
-            if other is not None and self._attach(client, other, HEURISTIC, OTHER_THREAD, 1):
+            # The only request open in the whole process must be the one.
+            others = servers_elsewhere(client, thread, proc)
+            here = thread.open_servers(client)[0]
+            if len(others) + len(here) == 1:
+                reason = OTHER_THREAD if others else ONLY_CONTAINER
+                if self._attach(client, (others or here)[0], HEURISTIC, reason, 1):
+                    return True
+            others += here
+            if others:
+                # Requests were open, on threads that handed this call to
+                # none of them that could be told: ambiguous, not "no server span".
+                self._settle_as_root(client, AMBIGUOUS, len(others))
                 return True
         return False
 
@@ -553,6 +579,8 @@ class SpanLinker:
             thread = node.thread
             if thread is not None:
                 node.thread = None
+                if node.evidence is not None:
+                    forget_evidence(node, thread.proc)
                 if node.server:
                     thread.proc.servers -= 1
                 # Forgotten spans are skipped by queries; compact once they are

@@ -40,7 +40,8 @@ class _Thread:
     of these per request: two lists, no more.)
     """
 
-    __slots__ = ("servers", "clients", "longest", "stale", "proc", "tid")
+    __slots__ = ("servers", "clients", "longest", "stale", "proc", "tid", "responses",
+                 "answered_here", "answered_elsewhere")
 
     def __init__(self, proc: _Process, tid: Any) -> None:
         self.servers: list[_Node] = []
@@ -49,6 +50,13 @@ class _Thread:
         self.stale = 0
         self.proc = proc
         self.tid = tid
+        # Server spans whose response this thread wrote, by the time it did
+        # (``agent/linker/_around.py``).
+        self.responses: list[_Node] = []
+        # Of the server spans read here: how many had their response written
+        # here, and elsewhere (a worker pool), as far as known.
+        self.answered_here = 0
+        self.answered_elsewhere = 0
 
     @staticmethod
     def insert(nodes: list[_Node], node: _Node) -> None:
@@ -92,19 +100,34 @@ class _Thread:
             i += 1
         return out
 
+    @property
+    def handles_own_requests(self) -> bool:
+        """Whether the requests read on this thread are answered on it too.
+
+        Containment and timing on a thread assume that the thread that read
+        a request runs its handler; where others answer (a reader thread
+        handing requests to a worker pool), they must not be used.  Unknown
+        (no response seen) counts as yes, as before evidence existed.
+        """
+        return self.answered_elsewhere * 100 <= self.answered_here
+
     def compact(self) -> None:
         self.servers = [n for n in self.servers if not n.forgotten]
         self.clients = [n for n in self.clients if not n.forgotten]
+        self.responses = [n for n in self.responses if not n.forgotten]
         # Only the spans still here bound the scan (each is checked anyway).
         self.longest = max((n.end - n.start for n in self.servers), default=0)
         self.stale = 0
 
 
 class _Process:
-    __slots__ = ("threads", "servers", "agree", "disagree", "requests_seen", "calls_seen", "key")
+    __slots__ = ("threads", "servers", "agree", "disagree", "requests_seen", "calls_seen", "key",
+                 "response_writes")
 
     def __init__(self, key: Hashable) -> None:
         self.threads: dict[Any, _Thread] = {}
+        # (connection, time) of a write that started responses -> how many
+        self.response_writes: dict[tuple[int, int], int] = {}
         self.servers = 0    # server spans indexed (held or remembered)
         self.agree = 0      # unambiguous links where the request was forwarded unchanged
         self.disagree = 0
@@ -153,7 +176,8 @@ def choose_local_parent(client: _Node, thread: _Thread, proc: _Process
     (None, NONE, None, 0) means no candidate has been seen yet.
     """
     candidates, open_at_start = thread.open_servers(client)
-    if not candidates:
+    if not candidates or not thread.handles_own_requests:
+        # (requests read here are answered elsewhere: containment here says nothing)
         return None, NONE, None, 0
     count = len(candidates)
     if count == 1:
@@ -192,14 +216,10 @@ def choose_local_parent(client: _Node, thread: _Thread, proc: _Process
     return None, NONE, AMBIGUOUS, count
 
 
-def one_server_elsewhere(client: _Node, thread: _Thread, proc: _Process) -> _Node | None:
-    """The only server span of the process open around ``client`` on another thread."""
-    found = None
+def servers_elsewhere(client: _Node, thread: _Thread, proc: _Process) -> list[_Node]:
+    """The server spans of the process open around ``client`` on other threads."""
+    found: list[_Node] = []
     for other in proc.threads.values():
-        if other is thread:
-            continue
-        for server in other.open_servers(client)[0]:
-            if found is not None:
-                return None
-            found = server
+        if other is not thread:
+            found += other.open_servers(client)[0]
     return found

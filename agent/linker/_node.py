@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._evidence import EVIDENCE_KEY
+
 CONFIDENCE_ATTR = "sidetrace.link.confidence"
 REASON_ATTR = "sidetrace.link.reason"
 CANDIDATES_ATTR = "sidetrace.link.candidates"
@@ -18,9 +20,12 @@ EXACT = "exact"
 ADDRESS_TIME = "address-time"
 THREAD = "thread"
 CONTENT = "content"
+RUNTIME = "runtime"
+ORDER = "order"
+HANDOFF = "handoff"
 HEURISTIC = "heuristic"
 NONE = "none"
-CONFIDENCES = (EXACT, ADDRESS_TIME, THREAD, CONTENT, HEURISTIC, NONE)
+CONFIDENCES = (EXACT, ADDRESS_TIME, THREAD, CONTENT, RUNTIME, ORDER, HANDOFF, HEURISTIC, NONE)
 
 NO_CLIENT_SPAN = "no-client-span"
 NO_SERVER_SPAN = "no-server-span"
@@ -31,6 +36,11 @@ REQUEST_ORDER = "request-order"
 OTHER_THREAD = "other-thread"
 ONLY_CONTAINER = "only-container"
 SAME_REQUEST = "same-request"
+ASYNCIO_TASK = "asyncio-task"
+NODE_ASYNC_ID = "node-async-id"
+AFTER_REQUEST = "after-request"
+AFTER_REPLY = "after-reply"
+RESPONSE_WRITER = "response-writer"
 
 WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 
@@ -62,11 +72,14 @@ class _Node:
         "span", "span_id", "trace_id", "parent_span_id", "server", "start", "end", "content",
         "pair", "seq_key", "ports", "indexed", "thread", "parent", "children", "decided",
         "released", "forgotten", "deadline", "given_parent", "has_server_child", "order",
+        "evidence",
     )
 
     def __init__(self, span: dict[str, Any], order: int, contents: dict) -> None:
         attrs = span.get("attributes") or {}
         self.span: dict[str, Any] | None = span
+        # The order of its thread's syscalls (agent/_evidence.py), from the pipeline.
+        self.evidence = span.pop(EVIDENCE_KEY, None)
         self.span_id: bytes = span["span_id"]
         self.trace_id: bytes = span["trace_id"]
         parent_span_id = self.parent_span_id = span.get("parent_span_id")

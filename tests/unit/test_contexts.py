@@ -81,3 +81,39 @@ def test_executable_files_and_the_runtimes_among_them():
 @pytest.mark.parametrize("name", ["nodejs-helper", "libasyncio.so", "_asyncio.py"])
 def test_other_files_are_no_runtime(name):
     assert runtime_of(f"/x/{name}") is None
+
+
+def reset(c: RuntimeContexts, ts: int, async_id: float, trigger: float, tid: int = TID) -> None:
+    bits = lambda x: struct.unpack("<Q", struct.pack("<d", x))[0]  # noqa: E731
+    c.feed(ASYNC_RESET, PID, tid, 36, ts, 0xBEEF, bits(async_id), bits(trigger))
+
+
+def test_node_async_ids_and_their_triggers():
+    c = RuntimeContexts()
+    c.async_probes_placed(PID, 50)
+    c.feed(LOOP_WAIT, PID, TID, 0, 60, 0, 0, 0)   # seen from 60 on
+    reset(c, 100, 10, 1)        # a socket accepted by the server (id 1) ...
+    reset(c, 110, 11, 10)       # ... its HTTP parser
+    reset(c, 200, 30, 11)       # a socket made in the parser's callback
+    reset(c, 210, 31, 30)       # its connect request
+    reset(c, 220, 32, 999)      # caused by something not seen (a tick)
+    assert c.async_ids_after(PID, TID, 90, 2) == [10, 11]
+    assert c.async_ids_between(PID, TID, 150, 215) == [30, 31]
+    assert c.async_chain(PID, 31) == [31, 30, 11, 10, 1]
+    assert c.async_chain(PID, 32) == [32, 999]
+    assert c.trigger_of(PID, 11) == 10 and c.trigger_of(PID, 5) is None
+    assert c.async_ids_after(PID, TID, 40, 2) == []     # before the probes were placed
+
+
+def test_without_placed_probes_no_async_ids_are_claimed():
+    c = RuntimeContexts()
+    reset(c, 100, 10, 1)
+    assert c.async_ids_after(PID, TID, 90, 2) == []
+
+
+def test_values_that_are_not_async_ids_are_counted_and_dropped():
+    c = RuntimeContexts()
+    reset(c, 100, 10.5, 1)
+    reset(c, 101, float("nan"), 1)
+    reset(c, 102, 2.0 ** 60, 1)
+    assert c.bad_async_ids == 3 and c.async_ids_after(PID, TID, 0, 5) == []

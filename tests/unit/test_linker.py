@@ -275,6 +275,9 @@ def test_two_server_spans_on_other_threads_leave_the_client_span_a_root():
     h.add(pooled, a, b)
     h.run_for(3)
     assert pooled["parent_span_id"] is None and conf(pooled) == NONE
+    # Requests were open: not "no server span", but which one is not known.
+    assert pooled["attributes"][REASON_ATTR] == AMBIGUOUS
+    assert pooled["attributes"][CANDIDATES_ATTR] == 2
 
 
 # -- inside a process: event loops ------------------------------------------------------------

@@ -182,28 +182,28 @@ def run(stream: list[tuple[dict, str | None]], seed: int, **options) -> tuple[st
 
 
 RECORDED = {
-    'live-1': ('d3ead258c895c55278d0b690', {
-        'links': {'exact': 826, 'address-time': 26, 'thread': 156, 'content': 92, 'heuristic': 368, 'none': 434},
-        'roots': {'ambiguous': 37, 'no-server-span': 314, 'no-client-span': 83},
+    'live-1': ('1317b017ebff4570de69dab0', {
+        'links': {'exact': 826, 'address-time': 26, 'thread': 156, 'content': 92, 'runtime': 0, 'order': 0, 'handoff': 0, 'heuristic': 368, 'none': 434},
+        'roots': {'ambiguous': 58, 'no-server-span': 293, 'no-client-span': 83},
         'errors': 5}),
-    'live-2': ('0372046b5f75f3d55c9aafea', {
-        'links': {'exact': 798, 'address-time': 45, 'thread': 160, 'content': 89, 'heuristic': 328, 'none': 481},
-        'roots': {'ambiguous': 44, 'no-server-span': 334, 'no-client-span': 103},
+    'live-2': ('b3e5c493831cf61c7ef0f865', {
+        'links': {'exact': 798, 'address-time': 45, 'thread': 160, 'content': 89, 'runtime': 0, 'order': 0, 'handoff': 0, 'heuristic': 328, 'none': 481},
+        'roots': {'ambiguous': 77, 'no-server-span': 301, 'no-client-span': 103},
         'errors': 5}),
-    'live-3-small-bounds': ('c5801cc5f1db27f81d445907', {
-        'links': {'exact': 807, 'address-time': 29, 'thread': 68, 'content': 37, 'heuristic': 160, 'none': 769},
-        'roots': {'memory-bound': 592, 'ambiguous': 8, 'no-server-span': 116, 'no-client-span': 53},
+    'live-3-small-bounds': ('38b8d26b37f584ec26a47376', {
+        'links': {'exact': 807, 'address-time': 29, 'thread': 68, 'content': 37, 'runtime': 0, 'order': 0, 'handoff': 0, 'heuristic': 160, 'none': 769},
+        'roots': {'memory-bound': 592, 'ambiguous': 27, 'no-server-span': 97, 'no-client-span': 53},
         'errors': 6}),
-    'live-4-short-memory': ('69e50d21c68622f84e1a0211', {
-        'links': {'exact': 825, 'address-time': 35, 'thread': 160, 'content': 79, 'heuristic': 371, 'none': 425},
-        'roots': {'ambiguous': 39, 'no-server-span': 307, 'no-client-span': 79},
+    'live-4-short-memory': ('65dbe910b21480ab838f53bb', {
+        'links': {'exact': 825, 'address-time': 35, 'thread': 160, 'content': 79, 'runtime': 0, 'order': 0, 'handoff': 0, 'heuristic': 371, 'none': 425},
+        'roots': {'ambiguous': 58, 'no-server-span': 288, 'no-client-span': 79},
         'errors': 7}),
     'assembled-5': ('6f03336b730e79bccef02573', {
-        'links': {'exact': 300, 'address-time': 7, 'thread': 0, 'content': 0, 'heuristic': 0, 'none': 293},
+        'links': {'exact': 300, 'address-time': 7, 'thread': 0, 'content': 0, 'runtime': 0, 'order': 0, 'handoff': 0, 'heuristic': 0, 'none': 293},
         'roots': {'no-server-span': 200, 'no-client-span': 93},
         'errors': 0}),
     'assembled-6-small-bounds': ('b9eed48178716e445768fdcd', {
-        'links': {'exact': 238, 'address-time': 6, 'thread': 0, 'content': 0, 'heuristic': 0, 'none': 415},
+        'links': {'exact': 238, 'address-time': 6, 'thread': 0, 'content': 0, 'runtime': 0, 'order': 0, 'handoff': 0, 'heuristic': 0, 'none': 415},
         'roots': {'memory-bound': 319, 'no-server-span': 53, 'no-client-span': 43},
         'errors': 0}),
 }

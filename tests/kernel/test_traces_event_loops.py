@@ -1,0 +1,83 @@
+"""Acceptance of trace linking inside event loops and worker pools, traced by a real agent.
+
+    tier_load (8 client threads) --> Node.js service  --> stock (threads) and redis-server
+    tier_load (8 client threads) --> asyncio service  --> stock (threads) and redis-server
+    tier_grpc load (8 threads, one channel) --> grpcio server (thread pool) --> grpcio server
+
+The Node.js and asyncio services call both services at once for every
+request, over a new connection per call or over kept-alive pooled ones; the
+grpcio server's handlers run on a pool of threads and share one channel to
+the second server.  The programs write, per request id, the calls they made
+to their own ledgers; sidetrace never reads the ids.  From the ledgers the
+test knows the true parent of every span and scores the agent's links per
+kind of edge: precision (correct links / links made) and recall (correct
+links / spans with a true parent).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from wire import validate
+
+from ._procs import agent, collect_spans, stop, wait_for_socket
+from .apps.tier_rig import EventLoopTier, GrpcTier, subscribe
+
+pytestmark = pytest.mark.kernel
+
+# kind of edge -> (precision, recall) goals
+LOOP_GOALS = {"cross-process": (0.99, 0.99), "event-loop": (0.99, 0.90)}
+POOL_GOALS = {"cross-process": (0.99, 0.99), "worker-pool": (0.99, 0.70)}
+
+VARIANTS = {
+    "node-fresh": (EventLoopTier, dict(runtime="node"), LOOP_GOALS),
+    "node-pooled": (EventLoopTier, dict(runtime="node", pooled=True, keep_alive=True), LOOP_GOALS),
+    "asyncio-fresh": (EventLoopTier, dict(runtime="asyncio"), LOOP_GOALS),
+    "asyncio-pooled": (EventLoopTier, dict(runtime="asyncio", pooled=True, keep_alive=True),
+                       LOOP_GOALS),
+    "grpc-pool": (GrpcTier, dict(), POOL_GOALS),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_calls_inside_a_service_are_linked_to_their_request(name):
+    app_type, options, goals = VARIANTS[name]
+    workdir = Path(tempfile.mkdtemp(prefix="st-loop-", dir="/tmp"))  # short Unix socket paths
+    stats: list[dict] = []
+    try:
+        with app_type(workdir, clients=8, requests=30, **options) as app:
+            sock = workdir / "agent.sock"
+            with agent(sock, *[arg for pid in app.all_pids for arg in ("--pid", str(pid))]) as proc:
+                wait_for_socket(sock, proc)
+                with subscribe(sock) as sub:
+                    app.run_load()
+                    spans = collect_spans(sub, app.expected_spans, settle=2.5, limit=60,
+                                          stats=stats)
+                assert stop(proc) == 0, proc.stderr.read()
+            result = app.score(spans)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    for span in spans:
+        validate(span)
+    assert len({s["span_id"] for s in spans}) == len(spans), "a span was published twice"
+    lost = sum(stats[-1]["lost_events"]) if stats else 0
+    report = "\n".join(result.lines() + [f"spans: {len(spans)} of {app.expected_spans}; "
+                                         f"kernel events lost: {lost}"])
+    print(f"\n{report}")
+    assert result.requests == app.clients * app.requests, report
+    assert result.false_roots_linked == 0, report
+    for kind, (precision, recall) in goals.items():
+        tally = result.by_kind[kind]
+        assert tally.true_edges >= 0.9 * result.requests, report
+        assert tally.precision >= precision, f"{kind} precision below {precision:.0%}\n{report}"
+        assert tally.recall >= recall, f"{kind} recall below {recall:.0%}\n{report}"
+    # Nothing says "no server span" where requests were open.
+    inner = [role for role, (_, kind) in result.edge_names.items() if kind in goals
+             and kind != "cross-process"]
+    for role in inner:
+        assert not result.confidence_counts[role].get("none/no-server-span"), report
