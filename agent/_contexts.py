@@ -36,6 +36,7 @@ from typing import Any
 import bpfobj
 
 from . import _event_layout
+from ._tls import executable_mappings
 
 log = logging.getLogger("sidetrace")
 
@@ -317,25 +318,6 @@ class RuntimeContexts:
                 "bad_async_ids": self.bad_async_ids}
 
 
-def executable_files(maps_text: str) -> dict[tuple[str, int], str]:
-    """(device, inode) -> path of every file mapped executable, from /proc/PID/maps text."""
-    files: dict[tuple[str, int], str] = {}
-    for line in maps_text.splitlines():
-        parts = line.split(None, 5)
-        if len(parts) < 6 or "x" not in parts[1] or not parts[5].startswith("/"):
-            continue
-        path = parts[5]
-        if path.endswith(" (deleted)"):
-            continue
-        try:
-            inode = int(parts[4])
-        except ValueError:
-            continue
-        if inode:
-            files.setdefault((parts[3], inode), path)
-    return files
-
-
 # What the object's uprobes go on: runtime -> (functions that must all be
 # there, [(function, program, return probe)]).
 ASYNCIO_PROBES = (("task_step_impl", "st_py_task_step", False),
@@ -437,7 +419,7 @@ class ContextProbes:
                     text = f.read()
             except OSError:
                 continue
-            for key, path in executable_files(text).items():
+            for key, path in executable_mappings(text).items():
                 if key in self._other:
                     continue
                 found = self.files.get(key)

@@ -8,7 +8,8 @@ import pytest
 
 from agent import _event_layout
 from agent._contexts import (ASYNC_RESET, LOOP_WAIT, TASK_DONE, TASK_NEW, TASK_RUN,
-                             RuntimeContexts, executable_files, runtime_of)
+                             RuntimeContexts, runtime_of)
+from agent._tls import executable_mappings
 
 PID, TID = 10, 11
 RECORD = struct.Struct(_event_layout.CTX_EVENT_FORMAT)
@@ -62,7 +63,7 @@ def test_raw_records_decode_and_short_ones_are_ignored():
     assert c.waited_between(PID, TID, 100, 130) is False
 
 
-def test_executable_files_and_the_runtimes_among_them():
+def test_the_runtimes_among_a_processes_executable_files():
     maps = (
         "55d0-55e0 r-xp 00000000 08:01 1234 /usr/bin/node\n"
         "7f00-7f10 r--p 00000000 08:01 99 /usr/lib/libc.so.6\n"
@@ -71,7 +72,7 @@ def test_executable_files_and_the_runtimes_among_them():
         "7f30-7f40 r-xp 00000000 00:00 0 [vdso]\n"
         "7f40-7f50 r-xp 00000000 08:01 55 /tmp/gone.so (deleted)\n"
     )
-    files = executable_files(maps)
+    files = executable_mappings(maps)
     assert files == {("08:01", 1234): "/usr/bin/node", ("08:01", 99): "/usr/lib/libc.so.6",
                      ("08:01", 77): "/opt/py/lib-dynload/_asyncio.cpython-311-x86_64-linux-gnu.so"}
     assert [runtime_of(path) and runtime_of(path)[0] for path in files.values()] == \
