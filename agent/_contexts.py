@@ -186,6 +186,11 @@ class RuntimeContexts:
         """The AsyncReset probes see ``pid`` from ``ts`` on (the first call counts)."""
         self._async_since.setdefault(pid, ts)
 
+    def keep_processes(self, pids: set[int]) -> None:
+        """Forget the processes not in ``pids`` (gone, or no longer traced)."""
+        for pid in [pid for pid in self._async_since if pid not in pids]:
+            del self._async_since[pid]
+
     def forget(self, now: int | None = None) -> None:
         """Drop what is older than ``history_ns`` before ``now`` (the latest record)."""
         before = (self.latest if now is None else now) - self.history_ns
@@ -205,8 +210,6 @@ class RuntimeContexts:
                 del proc.triggers[async_id]
             if not proc.threads and not proc.created and not proc.triggers:
                 del self._procs[tgid]
-        for pid in [pid for pid in self._async_since if pid not in self._procs]:
-            del self._async_since[pid]
 
     # -- questions ------------------------------------------------------------
 
@@ -413,12 +416,14 @@ class ContextProbes:
 
     def scan(self, pids: Iterable[int]) -> None:
         """Place uprobes on runtime files mapped by ``pids`` since the last scan."""
+        alive = set()
         for pid in pids:
             try:
                 with open(f"{self.proc}/{pid}/maps") as f:
                     text = f.read()
             except OSError:
                 continue
+            alive.add(pid)
             for key, path in executable_mappings(text).items():
                 if key in self._other:
                     continue
@@ -433,6 +438,9 @@ class ContextProbes:
                 if found.runtime == "node" and found.status == "attached":
                     self.contexts.async_probes_placed(pid, found.placed)
                 found.pids.add(pid)
+        for found in self.files.values():
+            found.pids &= alive
+        self.contexts.keep_processes(alive)
 
     def _attach(self, seen_at: str, path: str, runtime: str,
                 probes: tuple[tuple[str, str, bool], ...]) -> RuntimeFile:

@@ -29,6 +29,12 @@ on the child says which):
     Several server spans were open on that thread (an event loop); exactly one
     has the same method, path and query as the client span, and this process
     has been seen to forward requests unchanged (reverse proxies).
+``runtime``, ``order``, ``handoff``
+    Several were open; what the thread did around the call names one: the
+    runtime's own context (an asyncio task and its creators, Node.js async
+    ids), the order of the thread's syscalls in one loop iteration, or a
+    worker thread's calls and the responses written for it
+    (``agent/_linker_evidence.py``).
 ``heuristic``
     Several were open, in a process that makes about one call per request
     (a relay); the chosen one wrote its response first after the client's
@@ -41,8 +47,13 @@ on the child says which):
     process open around the client span, on another thread (``other-thread``).
 ``none``
     A root.  ``sidetrace.link.reason`` says why: ``no-client-span``,
-    ``no-server-span``, ``ambiguous`` (candidates too close to call),
-    ``memory-bound`` (evicted to stay within ``max_held``).
+    ``no-server-span`` (no request of the process was open around the call),
+    ``ambiguous`` (requests were open, none could be told apart: their number
+    in ``sidetrace.link.candidates``), ``memory-bound`` (evicted to stay
+    within ``max_held``).
+
+Containment and timing on a thread are used only where that thread answers
+the requests it reads (not a reader handing requests to a worker pool).
 
 Spans that arrive with a ``parent_span_id`` (``sidetrace assemble`` re-linking
 what agents already linked) keep it; they adopt the final trace id of that
