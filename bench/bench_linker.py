@@ -7,7 +7,10 @@ the shape the agent links:
   requests in flight, 4 routes forwarded unchanged) -> service (a new thread
   per request) -> stock (a pool of 16 threads), every hop with a TCP sequence
   number (exact links); one request in ten also makes a UDP lookup without a
-  sequence number (address-time link) from the service.
+  sequence number (address-time link) from the service.  Every span carries
+  the syscall-order evidence the agent's pipeline attaches (a linker that
+  predates it ignores it); there is no runtime context (no loop waits, no
+  tasks), as for a process the context object has nothing on.
 
 Rows, best of ``--repeat`` runs of the same spans (CPU time of the process,
 which a busy machine disturbs less than wall time; rows take turns):
@@ -48,6 +51,7 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent._evidence import EVIDENCE_KEY, SpanEvidence  # noqa: E402
 from wire import make_span  # noqa: E402
 
 MS = 1_000_000
@@ -63,7 +67,7 @@ def workload(requests: int, rate: float = 1000.0, seed: int = 1) -> list[dict]:
     span_no = 0
 
     def add(kind: str, pid: int, tid: int, start: float, end: float, conn: tuple, seq: int | None,
-            path: str, transport: str = "tcp") -> None:
+            path: str, transport: str = "tcp", cause: tuple | None = None) -> None:
         nonlocal span_no
         span_no += 1
         (caddr, cport), (saddr, sport) = conn
@@ -72,11 +76,21 @@ def workload(requests: int, rate: float = 1000.0, seed: int = 1) -> list[dict]:
                  "http.request.method": "GET", "url.path": path}
         if seq is not None:
             attrs["sidetrace.tcp.request_seq"] = seq
-        spans.append(make_span(
+        span = make_span(
             trace_id=rng.randbytes(16), span_id=span_no.to_bytes(8, "big"), parent_span_id=None,
             name=f"GET {path}", kind=kind, start_time_unix_nano=T0 + int(start * MS),
             end_time_unix_nano=T0 + int(end * MS), pid=pid, tid=tid, comm="app",
-            protocol="http", status="unset", attributes=attrs))
+            protocol="http", status="unset", attributes=attrs)
+        # What the agent's pipeline attaches (monotonic clock = span time here).
+        evidence = SpanEvidence(cport << 16 | sport, tid, False, 0)
+        if kind == "server":
+            evidence.response, evidence.response_tid = T0 + int((end - 0.02) * MS), tid
+        else:
+            evidence.first = T0 + int(start * MS)
+            if cause is not None:
+                evidence.cause_conn, evidence.cause = cause
+        span[EVIDENCE_KEY] = evidence
+        spans.append(span)
 
     gap_ms = 1000.0 / rate
     for i in range(requests):
@@ -112,7 +126,8 @@ def workload(requests: int, rate: float = 1000.0, seed: int = 1) -> list[dict]:
         add("server", 40, stock_tid, stock_in, stock_out, stock_conn, seq + 2, "/stock")
         add("client", 30, svc_tid, call, call_end, stock_conn, seq + 2, "/stock")
         add("server", 30, svc_tid, svc_in, svc_out, svc_conn, seq + 1, path)
-        add("client", 20, 20, nginx_out, nginx_back, svc_conn, seq + 1, path)
+        add("client", 20, 20, nginx_out, nginx_back, svc_conn, seq + 1, path,
+            cause=(port << 16 | 8080, T0 + int(nginx_in * MS)))
         add("server", 20, 20, nginx_in, nginx_done, load_conn, seq, path)
         add("client", 10, 11 + i % 8, t, nginx_done + 0.05, load_conn, seq, path)
     spans.sort(key=lambda s: s["end_time_unix_nano"])

@@ -62,9 +62,11 @@ def index_evidence(node: _Node, thread: _Thread, proc: _Process) -> None:
     if evidence is None or not node.server or evidence.response is None:
         return
     if evidence.response_tid == thread.tid:
+        # The thread answered what it read: nothing a worker's call could ask
+        # of it (the handoff rule asks only of responses written elsewhere).
         thread.answered_here += 1
-    else:
-        thread.answered_elsewhere += 1
+        return
+    thread.answered_elsewhere += 1
     writer = proc.threads.get(evidence.response_tid)
     if writer is None:
         writer = proc.threads[evidence.response_tid] = _Thread(proc, evidence.response_tid)
@@ -77,13 +79,14 @@ def index_evidence(node: _Node, thread: _Thread, proc: _Process) -> None:
     proc.response_writes[key] = proc.response_writes.get(key, 0) + 1
 
 
-def forget_evidence(node: _Node, proc: _Process) -> None:
+def forget_evidence(node: _Node, thread: _Thread) -> None:
     """``node`` is forgotten: it no longer counts in its response's write.  (Its
     evidence stays with it until its thread's lists are compacted.)"""
     evidence = node.evidence
     if evidence is None:
         return
-    if node.server and evidence.response is not None:
+    if node.server and evidence.response is not None and evidence.response_tid != thread.tid:
+        proc = thread.proc
         key = (evidence.conn, evidence.response)
         left = proc.response_writes.get(key, 0) - 1
         if left > 0:
@@ -295,6 +298,11 @@ def _called_from_another_thread(server: _Node, tid: Any) -> bool:
 
 
 def _written_alone_by_worker(server: _Node, proc: _Process) -> bool:
+    """Whether the response was written alone, by a thread that reads no requests.
+
+    (A response written by the thread that read its request is not indexed
+    in ``response_writes``: that thread reads requests, so it is no worker.)
+    """
     answer = server.evidence
     if proc.response_writes.get((answer.conn, answer.response), 0) != 1:
         return False

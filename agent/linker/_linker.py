@@ -549,6 +549,10 @@ class SpanLinker:
                     self._unindex(node)
                 else:
                     node.pair = node.seq_key = node.ports = None
+            else:
+                # A released call is asked nothing more of what its thread did
+                # (a server span stays a candidate parent, with its evidence).
+                node.evidence = None
             if span is not None:
                 span["trace_id"] = node.trace_id
                 span["parent_span_id"] = node.parent_span_id
@@ -591,7 +595,7 @@ class SpanLinker:
             if thread is not None:
                 node.thread = None
                 if node.evidence is not None:
-                    forget_evidence(node, thread.proc)
+                    forget_evidence(node, thread)
                 if node.server:
                     thread.proc.servers -= 1
                 # Forgotten spans are skipped by queries; compact once they are
