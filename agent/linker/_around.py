@@ -57,15 +57,10 @@ _start = attrgetter("start")
 
 
 def index_evidence(node: _Node, thread: _Thread, proc: _Process) -> None:
-    """Index what the other rules ask of a newly added server span."""
+    """Index a server span whose response another thread than ``thread`` (where
+    it was read) wrote.  (A thread that answers what it reads is only counted,
+    by the linker: nothing a worker's call asks of it.)"""
     evidence = node.evidence
-    if evidence is None or not node.server or evidence.response is None:
-        return
-    if evidence.response_tid == thread.tid:
-        # The thread answered what it read: nothing a worker's call could ask
-        # of it (the handoff rule asks only of responses written elsewhere).
-        thread.answered_here += 1
-        return
     thread.answered_elsewhere += 1
     writer = proc.threads.get(evidence.response_tid)
     if writer is None:
@@ -80,12 +75,11 @@ def index_evidence(node: _Node, thread: _Thread, proc: _Process) -> None:
 
 
 def forget_evidence(node: _Node, thread: _Thread) -> None:
-    """``node`` is forgotten: it no longer counts in its response's write.  (Its
-    evidence stays with it until its thread's lists are compacted.)"""
+    """``node``, indexed by ``index_evidence``, is forgotten: it no longer counts in
+    its response's write.  (Its evidence stays with it until its thread's lists
+    are compacted.)"""
     evidence = node.evidence
-    if evidence is None:
-        return
-    if node.server and evidence.response is not None and evidence.response_tid != thread.tid:
+    if node.server and evidence.response is not None:
         proc = thread.proc
         key = (evidence.conn, evidence.response)
         left = proc.response_writes.get(key, 0) - 1

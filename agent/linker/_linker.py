@@ -402,8 +402,12 @@ class SpanLinker:
             if node.end - start > thread.longest:
                 thread.longest = node.end - start
             nodes = thread.servers
-            if node.evidence is not None:
-                index_evidence(node, thread, proc)
+            evidence = node.evidence
+            if evidence is not None and evidence.response is not None:
+                if evidence.response_tid == thread.tid:
+                    thread.answered_here += 1      # (the usual case, inline)
+                else:
+                    index_evidence(node, thread, proc)
         else:
             proc.calls_seen += 1
             nodes = thread.clients
@@ -426,7 +430,9 @@ class SpanLinker:
         parent, confidence, reason, count = choose_local_parent(client, thread, proc)
         if confidence == THREAD and self._attach(client, parent, confidence, reason, count):
             return True
-        if client.evidence is not None:
+        # (Without runtime context only the worker-pool rule may apply: on a
+        # thread that reads no requests.)
+        if client.evidence is not None and (self.contexts is not None or not thread.servers):
             found = choose_by_evidence(client, thread, proc, self.contexts, proc.key[1])
             if found == WAIT:
                 if not final:
@@ -594,7 +600,8 @@ class SpanLinker:
             thread = node.thread
             if thread is not None:
                 node.thread = None
-                if node.evidence is not None:
+                evidence = node.evidence
+                if evidence is not None and evidence.response_tid != thread.tid:
                     forget_evidence(node, thread)
                 if node.server:
                     thread.proc.servers -= 1

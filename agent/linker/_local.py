@@ -176,8 +176,8 @@ def choose_local_parent(client: _Node, thread: _Thread, proc: _Process
     (None, NONE, None, 0) means no candidate has been seen yet.
     """
     candidates, open_at_start = thread.open_servers(client)
-    if not candidates or not thread.handles_own_requests:
-        # (requests read here are answered elsewhere: containment here says nothing)
+    if not candidates or thread.answered_elsewhere * 100 > thread.answered_here:
+        # (not thread.handles_own_requests: containment here says nothing)
         return None, NONE, None, 0
     count = len(candidates)
     if count == 1:

@@ -31,6 +31,8 @@ pytestmark = pytest.mark.kernel
 
 # kind of edge -> (precision, recall) goals
 LOOP_GOALS = {"cross-process": (0.99, 0.99), "event-loop": (0.99, 0.90)}
+# The worker pool's recall is below the 90 % aimed for (74-88 % measured,
+# docs/trace-linking.md says why): what it reaches is held, not the aim.
 POOL_GOALS = {"cross-process": (0.99, 0.99), "worker-pool": (0.99, 0.70)}
 
 VARIANTS = {
