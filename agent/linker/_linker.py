@@ -34,7 +34,7 @@ on the child says which):
     runtime's own context (an asyncio task and its creators, Node.js async
     ids), the order of the thread's syscalls in one loop iteration, or a
     worker thread's calls and the responses written for it
-    (``agent/_linker_evidence.py``).
+    (``agent/linker/_around.py``).
 ``heuristic``
     Several were open, in a process that makes about one call per request
     (a relay); the chosen one wrote its response first after the client's
