@@ -33,10 +33,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import trio
+
 import bpfobj
 
 from . import _event_layout
 from ._tls import executable_mappings
+from .intake import RING_POLL_SECONDS
 
 log = logging.getLogger("sidetrace")
 
