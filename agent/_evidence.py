@@ -145,7 +145,8 @@ class SyscallOrder:
                 found.response_tid = order.turn_tid
             return found
         found.reused = exchanges > 0
-        if exchanges == 0 and order.opened_ts >= 0 and order.opened_ts <= start:
+        # (A multiplexed connection is made for all its exchanges, not the first.)
+        if exchanges == 0 and 0 <= order.opened_ts <= start and not found.multiplexed:
             found.first, found.tid, cause = order.opened_ts, order.opened_tid, order.opened_cause
         elif order.turn_ts == start:
             found.first, found.tid, cause = order.turn_ts, order.turn_tid, order.turn_cause

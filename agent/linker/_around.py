@@ -25,16 +25,24 @@ object reports):
     when the read was of the call's own connection (a pooled connection
     freed by one request and taken by another waiting one: either could have
     made the call) nor of a connection that carries several exchanges at once.
-``handoff`` (``response-writer``)
-    A worker thread (one that reads no requests and makes one call at a time)
-    runs one request's handler, then the next.  A request it handles has its
-    response written after its calls and before the worker's next call: by
-    the worker itself, or by another thread that wrote it for it.  The call's
-    parent is the only request whose response was written in that window and
-    that could be the worker's: not one whose response another worker wrote
-    alone, nor one already the parent of another thread's call (another
-    worker handled those).  A call left with several is looked at again
-    until its deadline: other calls decided meanwhile may rule them out.
+``handoff`` (``response-writer``, ``busy-workers``)
+    A worker thread (one that reads no requests and makes one call at a time,
+    blocking on each) runs one request's handler, then the next.  A request
+    it handles has its response written after its calls, by the worker
+    itself or by another thread that wrote it for it, and no later than the
+    next response the worker writes alone (the end of a handler: responses
+    queued on a connection go out together).  The call's parent is the only
+    request answered in that window that could be the worker's: not one
+    whose response another worker wrote alone, nor one with a call of
+    another worker's, nor one with a call that ran at the same time
+    (``response-writer``).  A call made by a worker's handler may be written
+    by a reader thread (one whose requests others answer) that flushed what
+    the worker queued: its parent is the only request open around it whose
+    worker was not blocked in a call of its own meanwhile (``busy-workers``).
+    A call left with several candidates is looked at again until its
+    deadline: calls decided meanwhile may rule some out.  (The worker's next
+    call does not end the window: a handler may make several calls, and a
+    response written between them is another worker's.)
 
 Each rule returns ``(parent, confidence, reason, candidates)``, or
 ``WAIT`` when what it needs has not been decided yet, or None when it has
@@ -48,7 +56,7 @@ from operator import attrgetter
 from typing import Any
 
 from ._local import _Process, _Thread
-from ._node import (AFTER_REPLY, AFTER_REQUEST, ASYNCIO_TASK, HANDOFF, NODE_ASYNC_ID,
+from ._node import (AFTER_REPLY, AFTER_REQUEST, ASYNCIO_TASK, BUSY_WORKERS, HANDOFF, NODE_ASYNC_ID,
                            ORDER, RESPONSE_WRITER, RUNTIME, _Node)
 
 WAIT = "wait"
@@ -216,34 +224,71 @@ def _span_reading(nodes: list[_Node], conn: int, at: int) -> _Node | None:
 
 def by_handoff(client: _Node, thread: _Thread, proc: _Process) -> tuple | None:
     evidence = client.evidence
-    worker = proc.threads.get(evidence.tid)
-    if worker is None or worker.servers or not _one_call_at_a_time(worker, client):
+    caller = proc.threads.get(evidence.tid)
+    if caller is None:
         return None
-    # The window, from the call's end: to the worker's next call, or the next
-    # response it wrote alone, whichever comes first; if that leaves several
-    # candidates, to that response (a handler may make more calls).
-    next_call = _next_call(worker, client)
-    next_answer = _next_answer(worker, client, proc)
-    short = next_answer if next_call is None or (next_answer or next_call) < next_call else next_call
-    if short is None:
+    if caller.servers:
+        if caller.handles_own_requests:
+            return None
+        return _written_for_a_worker(client, caller, proc)
+    if not _one_call_at_a_time(caller, client):
         return None
-    matched = _answered_within(client, worker, proc, short)
-    if len(matched) != 1 and next_answer is not None and next_answer > short:
-        matched = _answered_within(client, worker, proc, next_answer)
+    # The window, from the call's end to the next response the worker wrote
+    # alone: the end of a request it handled.
+    next_answer = _next_answer(caller, client, proc)
+    if next_answer is None:
+        return None
+    matched = _answered_within(client, caller, proc, next_answer)
     if len(matched) != 1:
         return None
     return matched[0], HANDOFF, RESPONSE_WRITER, len(matched)
 
 
-def _next_call(worker: _Thread, client: _Node) -> int | None:
-    clients = worker.clients
-    i = bisect_right(clients, client.start, key=_start)
-    while i < len(clients):
-        other = clients[i]
-        i += 1
-        if other is not client and not other.forgotten and other.start > client.start:
-            return other.start
+def _written_for_a_worker(client: _Node, reader: _Thread, proc: _Process) -> tuple | None:
+    """A call whose first write a reader thread made (it flushed what a worker queued)."""
+    candidates = open_in_process(client, proc)
+    matched = []
+    for server in candidates:
+        if _ruled_out_by_calls(server, client, proc):
+            continue
+        handler = _handler_of(server, proc)
+        if handler is None or not _busy(handler, client):
+            matched.append(server)
+    if len(matched) != 1:
+        return None
+    return matched[0], HANDOFF, BUSY_WORKERS, len(candidates)
+
+
+def _handler_of(server: _Node, proc: _Process) -> _Thread | None:
+    """The worker thread known to have handled ``server``'s request, if any."""
+    answer = server.evidence
+    if answer is not None and answer.response is not None and _written_alone_by_worker(server, proc):
+        return proc.threads.get(answer.response_tid)
+    children = server.children
+    if children is None:
+        return None
+    for child in (children,) if children.__class__ is _Node else children:
+        if not child.server and child.evidence is not None:
+            caller = proc.threads.get(child.evidence.tid)
+            if caller is not None and not caller.servers:
+                return caller
     return None
+
+
+def _busy(worker: _Thread, client: _Node) -> bool:
+    """Whether ``worker`` was blocked in a call of its own while ``client`` ran.
+
+    A worker blocks on each call it makes (checked: its call overlaps no other
+    of its calls), so it cannot have been waiting on ``client`` as well.
+    """
+    clients = worker.clients
+    i = bisect_right(clients, client.end, key=_start)
+    while i > 0:     # (a worker's calls follow one another: the last one is enough)
+        i -= 1
+        other = clients[i]
+        if not other.forgotten:
+            return other.end >= client.start and _one_call_at_a_time(worker, other)
+    return False
 
 
 def _next_answer(worker: _Thread, client: _Node, proc: _Process) -> int | None:
@@ -275,19 +320,34 @@ def _answered_within(client: _Node, worker: _Thread, proc: _Process, window: int
             continue
         if answer.response_tid != worker.tid and _written_alone_by_worker(server, proc):
             continue   # another worker handled it
-        if _called_from_another_thread(server, worker.tid):
-            continue   # ... as a call of its already said
+        if _ruled_out_by_calls(server, client, proc):
+            continue
         matched.append(server)
     return matched
 
 
-def _called_from_another_thread(server: _Node, tid: Any) -> bool:
+def _ruled_out_by_calls(server: _Node, client: _Node, proc: _Process) -> bool:
+    """Whether the calls already tied to ``server`` leave no room for ``client``.
+
+    Its handler runs on one worker, one call at a time: not if one of them
+    ran while ``client`` did, nor, for a call a worker made, if another
+    worker made one of them.
+    """
     children = server.children
     if children is None:
         return False
+    tid = client.evidence.tid
+    caller = proc.threads.get(tid)
+    by_worker = caller is not None and not caller.servers
     for child in (children,) if children.__class__ is _Node else children:
-        if not child.server and child.evidence is not None and child.evidence.tid != tid:
+        if child.server or child is client or child.evidence is None:
+            continue
+        if child.start <= client.end and child.end >= client.start:
             return True
+        if by_worker and child.evidence.tid != tid:
+            other = proc.threads.get(child.evidence.tid)
+            if other is not None and not other.servers:
+                return True
     return False
 
 

@@ -430,9 +430,10 @@ class SpanLinker:
         parent, confidence, reason, count = choose_local_parent(client, thread, proc)
         if confidence == THREAD and self._attach(client, parent, confidence, reason, count):
             return True
-        # (Without runtime context only the worker-pool rule may apply: on a
-        # thread that reads no requests.)
-        if client.evidence is not None and (self.contexts is not None or not thread.servers):
+        # (Without runtime context only the worker-pool rules may apply: on a
+        # thread that reads no requests, or whose requests others answer.)
+        if client.evidence is not None and (self.contexts is not None or not thread.servers
+                                             or not thread.handles_own_requests):
             found = choose_by_evidence(client, thread, proc, self.contexts, proc.key[1])
             if found == WAIT:
                 if not final:

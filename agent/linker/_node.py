@@ -41,6 +41,7 @@ NODE_ASYNC_ID = "node-async-id"
 AFTER_REQUEST = "after-request"
 AFTER_REPLY = "after-reply"
 RESPONSE_WRITER = "response-writer"
+BUSY_WORKERS = "busy-workers"
 
 WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 

@@ -10,9 +10,9 @@ import struct
 
 from agent._contexts import ASYNC_RESET, LOOP_WAIT, TASK_DONE, TASK_NEW, TASK_RUN, RuntimeContexts
 from agent._evidence import EVIDENCE_KEY, SpanEvidence
-from agent.linker import (AFTER_REPLY, AFTER_REQUEST, AMBIGUOUS, ASYNCIO_TASK, CANDIDATES_ATTR,
-                           HANDOFF, NODE_ASYNC_ID, NONE, ORDER, REASON_ATTR, RESPONSE_WRITER,
-                           RUNTIME, THREAD)
+from agent.linker import (AFTER_REPLY, AFTER_REQUEST, AMBIGUOUS, ASYNCIO_TASK, BUSY_WORKERS,
+                          CANDIDATES_ATTR, HANDOFF, NODE_ASYNC_ID, NONE, ORDER, REASON_ATTR,
+                          RESPONSE_WRITER, RUNTIME, THREAD)
 
 from .test_linker import MS, T0, Harness, conf, span
 
@@ -212,6 +212,51 @@ def test_a_reader_thread_s_own_call_is_not_given_to_the_request_it_read():
     decided(h, c, s1, s2)
     assert c["parent_span_id"] is None and reason(c) == AMBIGUOUS
     assert conf(c) != THREAD
+
+
+def test_a_response_written_between_a_worker_s_two_calls_is_another_worker_s():
+    """A handler may make several calls: its worker's next call does not end its request."""
+    h = Harness(contexts=RuntimeContexts())
+    s1 = server(11, 0.0, 20, tid=READER, answered_by=WORKER, answered_at=14)
+    s2 = server(12, 0.1, 20, tid=READER, answered_by=READER, answered_at=6)   # no calls
+    first = call(21, 1.0, 5, tid=WORKER)
+    second = call(21, 7.0, 12, tid=WORKER)
+    decided(h, first, second, s1, s2)
+    assert second["parent_span_id"] == s1["span_id"]
+    assert (conf(second), reason(second)) == (HANDOFF, RESPONSE_WRITER)
+    # between the two calls, s2 (handled by some worker) was answered: either could be first's
+    assert first["parent_span_id"] is None and reason(first) == AMBIGUOUS
+
+
+def reader_with_workers(h: Harness) -> None:
+    """What the reader is seen doing: requests read there are answered by workers."""
+    for i in range(3):
+        decided(h, server(30 + i, -100 + i, -90 + i, tid=READER, answered_by=WORKER,
+                          answered_at=-91 + i))
+
+
+def test_a_call_a_reader_wrote_belongs_to_the_request_whose_worker_was_free():
+    h = Harness()            # (no runtime context: the rule needs none)
+    reader_with_workers(h)
+    s1 = server(11, 0.0, 20, tid=READER, answered_by=WORKER, answered_at=15)
+    s2 = server(12, 0.1, 20, tid=READER, answered_by=OTHER_WORKER, answered_at=16)
+    own = call(21, 1.5, 12, tid=OTHER_WORKER)      # OTHER_WORKER was blocked in this one
+    flushed = call(21, 2.0, 10, tid=READER)        # the reader wrote WORKER's call
+    decided(h, own, flushed, s1, s2)
+    assert own["parent_span_id"] == s2["span_id"]
+    assert flushed["parent_span_id"] == s1["span_id"]
+    assert (conf(flushed), reason(flushed)) == (HANDOFF, BUSY_WORKERS)
+
+
+def test_a_call_a_reader_wrote_while_two_workers_were_free_is_ambiguous():
+    h = Harness()
+    reader_with_workers(h)
+    s1 = server(11, 0.0, 20, tid=READER, answered_by=WORKER, answered_at=15)
+    s2 = server(12, 0.1, 20, tid=READER, answered_by=OTHER_WORKER, answered_at=16)
+    flushed = call(21, 2.0, 10, tid=READER)
+    decided(h, flushed, s1, s2)
+    assert flushed["parent_span_id"] is None and reason(flushed) == AMBIGUOUS
+    assert flushed["attributes"][CANDIDATES_ATTR] == 2
 
 
 # -- Node.js async ids -----------------------------------------------------------------------

@@ -6,7 +6,7 @@ import socket
 
 from agent._clock import WallClock
 from agent._events import IPPROTO_TCP, AppProto, Direction, Event, Flag, Kind, Role, Syscall
-from agent._evidence import EVIDENCE_KEY
+from agent._evidence import EVIDENCE_KEY, SyscallOrder
 from agent._pipeline import DETECT_ATTEMPTS, HINT_NAMES, IDLE_TIMEOUT_NS, TID_HISTORY, TOUCH_NS, Pipeline
 from agent.protocols import REGISTRY
 from wire import validate
@@ -360,3 +360,27 @@ def test_evidence_is_off_by_default():
     pipe.handle(event(ts=1_000, payload=REQ))
     pipe.handle(event(ts=2_000, direction=Direction.EGRESS, payload=RESP))
     assert EVIDENCE_KEY not in spans[0]
+
+
+class _Conn:
+    """What SyscallOrder reads of a pipeline connection."""
+
+    def __init__(self, conn_id: int, protocol: str) -> None:
+        self.conn_id, self.protocol, self.order = conn_id, protocol, None
+
+    def tid_at(self, ts: int, fallback: int) -> int:
+        return fallback
+
+
+def test_a_multiplexed_connection_s_connect_is_no_call_s_first_syscall():
+    # grpc connects a channel's connection on one of its own threads; the
+    # first call on it was written by the worker that made it.
+    order = SyscallOrder()
+    h2, h1 = _Conn(1, "http2"), _Conn(2, "http1")
+    for conn in (h2, h1):
+        order.opened(conn, 1_000, 7)                 # connected on thread 7
+        order.data(conn, True, 2_000, 8)             # the first request, written by thread 8
+    multiplexed = order.evidence(h2, False, 2_000, None, 8, 0)
+    assert (multiplexed.tid, multiplexed.first) == (8, 2_000)
+    one_at_a_time = order.evidence(h1, False, 2_000, None, 8, 0)
+    assert (one_at_a_time.tid, one_at_a_time.first) == (7, 1_000)
