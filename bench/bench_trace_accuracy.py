@@ -5,7 +5,7 @@ Rigs (tests/kernel/apps/tier_*), each traced by a fresh ``sidetrace run``:
     nginx:   tier_load (N threads) --> nginx (event loop) --> service (threads) --> stock (threads)
     node:    tier_load --> Node.js service --> stock (threads) and redis-server, both per request
     asyncio: tier_load --> asyncio service --> stock (threads) and redis-server, both per request
-    grpc:    load (threads, one channel) --> grpcio server (thread pool) --> grpcio server
+    grpc:    load (threads, one channel, or one each) --> grpcio server (thread pool) --> grpcio server
 
 Every request carries an id that only the programs' own ledgers see (a
 header, or a method name of its own for gRPC).  From the ledgers the true
@@ -109,6 +109,14 @@ VARIANTS = [
     Variant("grpc-pool-2", "as grpc-pool, two calls per request one after the other",
             dict(clients=8, calls=2), app=GrpcTier, goals=POOL_GOALS, rig="grpc",
             inner_roles=("front.client",)),
+    # The same with a channel (a connection) per client thread: grpc's I/O
+    # threads seldom write several workers' responses at once.
+    Variant("grpc-pool-channels", "as grpc-pool, a channel per client thread",
+            dict(clients=8, channel_per_client=True), app=GrpcTier, goals=POOL_GOALS,
+            rig="grpc-channels", inner_roles=("front.client",)),
+    Variant("grpc-pool-channels-2", "as grpc-pool-2, a channel per client thread",
+            dict(clients=8, calls=2, channel_per_client=True), app=GrpcTier, goals=POOL_GOALS,
+            rig="grpc-channels", inner_roles=("front.client",)),
 ]
 
 

@@ -2,7 +2,7 @@
 
     tier_load (8 client threads) --> Node.js service  --> stock (threads) and redis-server
     tier_load (8 client threads) --> asyncio service  --> stock (threads) and redis-server
-    tier_grpc load (8 threads, one channel) --> grpcio server (thread pool) --> grpcio server
+    tier_grpc load (8 threads, one channel or one each) --> grpcio server (thread pool) --> grpcio server
 
 The Node.js and asyncio services call both services at once for every
 request, over a new connection per call or over kept-alive pooled ones; the
@@ -31,9 +31,12 @@ pytestmark = pytest.mark.kernel
 
 # kind of edge -> (precision, recall) goals
 LOOP_GOALS = {"cross-process": (0.99, 0.99), "event-loop": (0.99, 0.90)}
-# The worker pool's recall is below the 90 % aimed for (74-88 % measured,
-# docs/trace-linking.md says why): what it reaches is held, not the aim.
-POOL_GOALS = {"cross-process": (0.99, 0.99), "worker-pool": (0.99, 0.70)}
+POOL_GOALS = {"cross-process": (0.99, 0.99), "worker-pool": (0.99, 0.90)}
+# With every client thread on one connection, grpc's I/O threads write the
+# responses of several workers' requests in one sendmsg, and recall inside the
+# pool stays below the 90 % aimed for (docs/trace-linking.md says why): what it
+# reaches is held, not the aim.
+SHARED_POOL_GOALS = {"cross-process": (0.99, 0.99), "worker-pool": (0.99, 0.75)}
 
 VARIANTS = {
     "node-fresh": (EventLoopTier, dict(runtime="node"), LOOP_GOALS),
@@ -41,7 +44,8 @@ VARIANTS = {
     "asyncio-fresh": (EventLoopTier, dict(runtime="asyncio"), LOOP_GOALS),
     "asyncio-pooled": (EventLoopTier, dict(runtime="asyncio", pooled=True, keep_alive=True),
                        LOOP_GOALS),
-    "grpc-pool": (GrpcTier, dict(), POOL_GOALS),
+    "grpc-pool": (GrpcTier, dict(), SHARED_POOL_GOALS),
+    "grpc-pool-channels": (GrpcTier, dict(channel_per_client=True), POOL_GOALS),
 }
 
 

@@ -3,7 +3,7 @@
 Usage:
     tier_grpc.py back  [--work-ms MS]
     tier_grpc.py front --log FILE --downstream HOST:PORT [--calls N] [--workers N] [--work-ms MS]
-    tier_grpc.py load  --port PORT --log FILE [--clients N] [--requests N]
+    tier_grpc.py load  --port PORT --log FILE [--clients N] [--requests N] [--channel-per-client]
 
 ``back`` and ``front`` print their port once serving and serve until stdin
 closes.  ``front`` is a grpcio server: grpc reads requests on its own threads
@@ -12,7 +12,7 @@ makes ``--calls`` calls to ``back``, one after the other, over one channel
 that all handlers share.  One call in ten asks for a missing thing and
 ``back`` answers NOT_FOUND (``front`` carries on).  ``load`` waits for a line
 on stdin, then ``--clients`` threads call ``front`` over one shared channel
-and it prints ``done``.
+(or a channel, hence a connection, each) and it prints ``done``.
 
 Methods are raw bytes (no generated code) and every call has a method name
 of its own, a random token (``/tier.Front/Q<token>``, ``/tier.Back/Get<token>``
@@ -122,12 +122,17 @@ def run_front(args: argparse.Namespace) -> None:
 
 
 def run_load(args: argparse.Namespace) -> None:
-    channel = grpc.insecure_channel(f"127.0.0.1:{args.port}")
-    grpc.channel_ready_future(channel).result(timeout=10)
+    # One channel for all client threads, or one each (--channel-per-client;
+    # a local subchannel pool, else grpc shares one connection among them).
+    channels = [grpc.insecure_channel(f"127.0.0.1:{args.port}",
+                                      options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(args.clients if args.channel_per_client else 1)]
+    for channel in channels:
+        grpc.channel_ready_future(channel).result(timeout=10)
     records: list[dict] = []
     lock = threading.Lock()
 
-    def client() -> None:
+    def client(channel: grpc.Channel) -> None:
         for _ in range(args.requests):
             request_id = uuid.uuid4().hex
             path = f"/tier.Front/Q{request_id}"
@@ -143,7 +148,8 @@ def run_load(args: argparse.Namespace) -> None:
                                 "status": status})
 
     sys.stdin.readline()
-    threads = [threading.Thread(target=client) for _ in range(args.clients)]
+    threads = [threading.Thread(target=client, args=(channels[i % len(channels)],))
+               for i in range(args.clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -153,7 +159,8 @@ def run_load(args: argparse.Namespace) -> None:
             f.write(json.dumps(record, separators=(",", ":")) + "\n")
     print("done", flush=True)
     sys.stdin.read()  # stay alive (and traced) until the test lets go
-    channel.close()
+    for channel in channels:
+        channel.close()
 
 
 def main() -> None:
@@ -173,6 +180,7 @@ def main() -> None:
     load.add_argument("--log", required=True)
     load.add_argument("--clients", type=int, default=8)
     load.add_argument("--requests", type=int, default=40)
+    load.add_argument("--channel-per-client", action="store_true")
     args = parser.parse_args()
     {"back": run_back, "front": run_front, "load": run_load}[args.role](args)
 

@@ -281,6 +281,7 @@ class GrpcTier(ThreeTier):
 
     calls: int = 1
     workers: int = 8
+    channel_per_client: bool = False       # load: a channel (connection) per client thread
 
     def _grpc(self, name: str, *extra: str) -> subprocess.Popen:
         proc = self._start([sys.executable, str(APPS / "tier_grpc.py"), name, *extra],
@@ -302,7 +303,8 @@ class GrpcTier(ThreeTier):
             self.load = self._start(
                 [sys.executable, str(APPS / "tier_grpc.py"), "load", "--port",
                  str(self.ports["front"]), "--log", str(self.workdir / "load.jsonl"),
-                 "--clients", str(self.clients), "--requests", str(self.requests)],
+                 "--clients", str(self.clients), "--requests", str(self.requests),
+                 *(["--channel-per-client"] if self.channel_per_client else [])],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             self.pids["load"] = [self.load.pid]
         except BaseException:
@@ -479,6 +481,7 @@ class Score:
     unidentified_spans: int
     confidence_counts: dict[str, dict[str, int]]
     edge_names: dict[str, tuple[str, str]] = dataclasses.field(default_factory=lambda: EDGES)
+    unjudged_links: int = 0                # links between spans the ledgers do not name
 
     @property
     def completeness(self) -> float:
@@ -493,7 +496,8 @@ class Score:
                        f"{s.precision:>9.2%} {s.recall:>7.2%}")
         out.append(f"complete traces: {self.complete_traces}/{self.requests} "
                    f"({self.completeness:.2%}); true roots given a parent: {self.false_roots_linked}; "
-                   f"spans not identified: {self.unidentified_spans}")
+                   f"spans not identified: {self.unidentified_spans} "
+                   f"(links between them, not judged: {self.unjudged_links})")
         for role, counts in self.confidence_counts.items():
             out.append(f"  {role:<16} " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
         return out
@@ -564,7 +568,7 @@ def score(spans: list[dict[str, Any]], truth: GroundTruth,
     kinds = {kind: EdgeScore() for _, kind in edges.values()}
     overall = EdgeScore()
     confidence: dict[str, dict[str, int]] = {role: defaultdict(int) for role in roles}
-    false_roots = 0
+    false_roots = unjudged = 0
     right: dict[bytes, bool] = {}
     for span in spans:
         if span["span_id"] not in known:
@@ -583,6 +587,9 @@ def score(spans: list[dict[str, Any]], truth: GroundTruth,
         linked = span["parent_span_id"] is not None
         correct = parent is not None and span["parent_span_id"] == parent["span_id"]
         right[span["span_id"]] = correct
+        if linked and parent is None and span["parent_span_id"] not in known:
+            unjudged += 1     # neither its true parent nor the one given is named by the ledgers
+            continue
         for tally in (per_edge[role], kinds[edges[role][1]], overall):
             tally.true_edges += parent is not None
             tally.linked += linked
@@ -595,4 +602,4 @@ def score(spans: list[dict[str, Any]], truth: GroundTruth,
             complete += 1
     return Score(per_edge, kinds, overall, false_roots, complete, len(truth.requests),
                  len(spans) - len(known), {r: dict(c) for r, c in confidence.items()},
-                 edges)
+                 edges, unjudged)
