@@ -87,3 +87,37 @@ def test_calls_inside_a_service_are_linked_to_their_request(name):
              and kind != "cross-process"]
     for role in inner:
         assert not result.confidence_counts[role].get("none/no-server-span"), report
+
+
+def test_a_runtime_without_the_symbols_the_probes_need_is_reported_and_nothing_is_guessed():
+    """Debian's CPython keeps no symbol table in its _asyncio module: no task
+    probes, a stats entry saying why, the agent goes on, and the service's
+    calls stay ambiguous roots rather than wrong links."""
+    workdir = Path(tempfile.mkdtemp(prefix="st-loop-", dir="/tmp"))
+    stats: list[dict] = []
+    try:
+        with EventLoopTier(workdir, clients=8, requests=10, runtime="asyncio-debian") as app:
+            sock = workdir / "agent.sock"
+            with agent(sock, *[arg for pid in app.all_pids for arg in ("--pid", str(pid))]) as proc:
+                wait_for_socket(sock, proc)
+                with subscribe(sock) as sub:
+                    app.run_load()
+                    spans = collect_spans(sub, app.expected_spans, settle=2.5, limit=60,
+                                          stats=stats)
+                assert stop(proc) == 0, proc.stderr.read()
+            result = app.score(spans)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    report = "\n".join(result.lines())
+    files = [f for f in stats[-1]["runtime_context"]["files"] if f["runtime"] == "asyncio"]
+    print(f"\n{report}\nruntime files: {files}")
+    # (its .dynsym has no task_step_impl: a static function)
+    assert files and all(f["status"] == "failed" and "task_step_impl" in f["reason"]
+                         for f in files), files
+    tally = result.by_kind["event-loop"]
+    assert tally.true_edges >= 0.9 * 2 * result.requests, report
+    assert tally.precision >= 0.99, report
+    assert result.by_kind["cross-process"].recall >= 0.99, report
+    for role in ("service.client>stock", "service.client>redis"):
+        assert not result.confidence_counts[role].get("none/no-server-span"), report

@@ -190,14 +190,18 @@ LOOP_EDGES = {
     "redis.server": ("service.client>redis", "cross-process"),
 }
 LOOP_PROGRAMS = {"node": ["node", str(APPS / "tier_node.js")],
-                 "asyncio": [sys.executable, str(APPS / "tier_async.py")]}
+                 "asyncio": [sys.executable, str(APPS / "tier_async.py")],
+                 # Debian's CPython: its _asyncio module is stripped of the
+                 # symbols the task probes need.
+                 "asyncio-debian": ["/usr/bin/python3", str(APPS / "tier_async.py")]}
 
 
 @dataclasses.dataclass
 class EventLoopTier(ThreeTier):
     """tier_load --> an event-loop service --> (stock (threads), redis-server), both per request.
 
-    ``runtime`` is "node" (tier_node.js) or "asyncio" (tier_async.py);
+    ``runtime`` is "node" (tier_node.js) or "asyncio" (tier_async.py; under
+    Debian's python3 with "asyncio-debian");
     ``pooled`` reuses kept-alive connections to both services, at most
     ``max_sockets`` each (None: no limit); ``sequential`` makes the two
     calls one after the other instead of at once.
