@@ -430,10 +430,12 @@ class SpanLinker:
         parent, confidence, reason, count = choose_local_parent(client, thread, proc)
         if confidence == THREAD and self._attach(client, parent, confidence, reason, count):
             return True
-        # (Without runtime context only the worker-pool rules may apply: on a
-        # thread that reads no requests, or whose requests others answer.)
-        if client.evidence is not None and (self.contexts is not None or not thread.servers
-                                             or not thread.handles_own_requests):
+        # Without runtime context only the worker-pool rules may apply: on a
+        # thread that reads no requests, or whose requests others answer
+        # (not thread.handles_own_requests, inline: this runs for every call).
+        if client.evidence is not None and (
+                self.contexts is not None or not thread.servers
+                or thread.answered_elsewhere * 100 > thread.answered_here):
             found = choose_by_evidence(client, thread, proc, self.contexts, proc.key[1])
             if found == WAIT:
                 if not final:
