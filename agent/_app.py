@@ -54,6 +54,9 @@ from .linker import SpanLinker
 
 log = logging.getLogger("sidetrace")
 
+# How far behind the wall clock the linker's clock may fall (see Agent.event_time_unix_ns).
+LINKER_MAX_LAG_NS = 5_000_000_000
+
 # One object per architecture (sidetrace.x86.bpf.o, ...): bpfobj.arch_object picks it.
 TRACER_OBJECT = Path(bpfobj.__file__).parent / "bpf" / "sidetrace.bpf.o"
 HOUSEKEEPING_SECONDS = 1.0
@@ -223,17 +226,24 @@ class Agent:
         return sum(_U64.unpack(v)[0] for v in counters.lookup(KERNEL_COUNTER_NAMES.index(name)) or [])
 
     def event_time_unix_ns(self) -> int:
-        """Wall-clock time up to which the kernel's events have all been read.
+        """Wall-clock time up to which the kernel's events, and the runtime-context
+        records, have all been read.
 
         The linker's waits (for a span's other end, for the spans around a
         client call) run on this clock, not on the wall clock: an agent that
         falls behind on a loaded machine must not give up on a span's other
-        end before it has read the events that make it.  Keeping up, it is a
-        few milliseconds behind now.
+        end, nor decide a call, before it has read the events (and the loop
+        waits, task steps, async ids) that make them.  Keeping up, it is a
+        few milliseconds behind now; it is never more than LINKER_MAX_LAG_NS
+        behind (a ring that stops being read must not hold every span).
         """
         now = time.time_ns()
         complete = self.intake.complete_until_ns()
-        return min(now, self.clock.to_unix_ns(complete)) if complete else now
+        if self.probes is not None:
+            complete = min(complete, self.probes.horizon())
+        if complete <= 0:
+            return now
+        return max(min(now, self.clock.to_unix_ns(complete)), now - LINKER_MAX_LAG_NS)
 
     def traced_pids(self) -> list[int]:
         """Every process traced now: the kernel's `pids` map (children and

@@ -39,7 +39,7 @@ import bpfobj
 
 from . import _event_layout
 from ._tls import executable_mappings
-from .intake import RING_POLL_SECONDS
+from .intake import OUTPUT_MARGIN_NS, RING_POLL_SECONDS
 
 log = logging.getLogger("sidetrace")
 
@@ -118,6 +118,10 @@ class RuntimeContexts:
         self.bad_async_ids = 0
         self.started = 0    # the first record: nothing is missing after it
         self.latest = 0
+        # (start, end) monotonic ns during which records were lost (a ring was
+        # full): what happened then is not known, and no question about it is answered.
+        self.gaps: list[tuple[int, int]] = []
+        self.lost_records = 0
 
     # -- input ----------------------------------------------------------------
 
@@ -185,6 +189,18 @@ class RuntimeContexts:
                 times.insert(i, ts)
                 thread.task_ids.insert(i, task)
 
+    def lost(self, since: int, until: int, count: int) -> None:
+        """``count`` records stamped between ``since`` and ``until`` were lost."""
+        self.lost_records += count
+        self.gaps.append((since, until))
+
+    def _unknown(self, start: int, end: int) -> bool:
+        """Whether records were lost between ``start`` and ``end``."""
+        for since, until in self.gaps:
+            if since <= end and until >= start:
+                return True
+        return False
+
     def async_probes_placed(self, pid: int, ts: int) -> None:
         """The AsyncReset probes see ``pid`` from ``ts`` on (the first call counts)."""
         self._async_since.setdefault(pid, ts)
@@ -197,6 +213,8 @@ class RuntimeContexts:
     def forget(self, now: int | None = None) -> None:
         """Drop what is older than ``history_ns`` before ``now`` (the latest record)."""
         before = (self.latest if now is None else now) - self.history_ns
+        if self.gaps:
+            self.gaps = [gap for gap in self.gaps if gap[1] >= before]
         for tgid, proc in list(self._procs.items()):
             for tid, thread in list(proc.threads.items()):
                 thread.forget(before)
@@ -227,6 +245,8 @@ class RuntimeContexts:
         thread = proc.threads.get(tid) if proc is not None else None
         if thread is None or not thread.waits or start < thread.since:
             return None
+        if self.gaps and self._unknown(start, end):
+            return None
         waits = thread.waits
         i = bisect_right(waits, start)
         return i < len(waits) and waits[i] < end
@@ -238,6 +258,8 @@ class RuntimeContexts:
         if thread is None or not thread.task_ts or ts < thread.since:
             return None
         i = bisect_right(thread.task_ts, ts) - 1
+        if self.gaps and self._unknown(thread.task_ts[i] if i >= 0 else thread.since, ts):
+            return None     # (a step's start or end may be missing)
         if i < 0:
             return None
         task = thread.task_ids[i]
@@ -276,7 +298,7 @@ class RuntimeContexts:
     def async_ids_between(self, pid: int, tid: int, start: int, end: int) -> list[int]:
         """Node.js: the async ids given on ``tid`` after ``start`` and by ``end``."""
         thread = self._async_thread(pid, tid, start)
-        if thread is None:
+        if thread is None or (self.gaps and self._unknown(start, end)):
             return []
         times = thread.reset_ts
         return thread.reset_ids[bisect_right(times, start):bisect_right(times, end)]
@@ -287,7 +309,12 @@ class RuntimeContexts:
         if thread is None:
             return []
         i = bisect_right(thread.reset_ts, start)
-        return thread.reset_ids[i:i + count]
+        found = thread.reset_ids[i:i + count]
+        if self.gaps:
+            end = thread.reset_ts[i + count - 1] if len(found) == count else self.latest
+            if self._unknown(start, end):
+                return []
+        return found
 
     def async_chain(self, pid: int, async_id: int) -> list[int]:
         """``async_id`` and the ids that caused it, in turn (as far as seen)."""
@@ -321,7 +348,7 @@ class RuntimeContexts:
     def stats(self) -> dict[str, Any]:
         threads = sum(len(p.threads) for p in self._procs.values())
         return {"records": self.records, "processes": len(self._procs), "threads": threads,
-                "bad_async_ids": self.bad_async_ids}
+                "bad_async_ids": self.bad_async_ids, "lost_records": self.lost_records}
 
 
 # What the object's uprobes go on: runtime -> (functions that must all be
@@ -386,6 +413,8 @@ class ContextProbes:
         self.files: dict[tuple[str, int], RuntimeFile] = {}
         self._other: set[tuple[str, int]] = set()
         self.rings: bpfobj.PerfEventArray | None = None
+        # cpu -> monotonic ns at which its ring's last drain started
+        self._drained: dict[int, int] = {}
         try:
             for name, program in self.collection.programs.items():
                 if program.section.startswith("tracepoint/"):
@@ -395,6 +424,7 @@ class ContextProbes:
                         # (arm64 has only the p-variants of these syscalls)
                         log.info("loop waits: %s not attached: %s", name, exc)
             self.rings = bpfobj.PerfEventArray(self.collection.maps["ctx_events"], pages=pages)
+            self._drained = {ring.cpu: 0 for ring in self.rings}
         except BaseException:
             self.close()
             raise
@@ -411,11 +441,21 @@ class ContextProbes:
                 log.warning("cpu %d context ring: %s", ring.cpu, exc)
 
     def drain(self, ring: bpfobj.PerfRing) -> int:
+        started = time.monotonic_ns()
         result = ring.read()
+        if result.lost:
+            # Lost since this ring was last drained (the ring says how many, not when).
+            self.contexts.lost(self._drained.get(ring.cpu, 0), started, result.lost)
         feed = self.contexts.feed_raw
         for raw in result.samples:
             feed(raw)
+        if started > self._drained.get(ring.cpu, 0):
+            self._drained[ring.cpu] = started
         return len(result.samples)
+
+    def horizon(self) -> int:
+        """Every record stamped before this (monotonic ns) has been read."""
+        return min(self._drained.values(), default=0) - OUTPUT_MARGIN_NS
 
     def scan(self, pids: Iterable[int]) -> None:
         """Place uprobes on runtime files mapped by ``pids`` since the last scan."""

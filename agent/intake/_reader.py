@@ -78,6 +78,7 @@ class Intake:
         self.malformed = 0
         self.corrupt_batches = 0
         self.samples = 0
+        self._complete = 0     # see complete_until_ns
 
     async def read(self, ring: Ring) -> None:
         """The reader task of one ring: wait, drain part by part, forever."""
@@ -142,10 +143,16 @@ class Intake:
         deliver = self.deliver
         for ev in merger.pop_ready():
             deliver(ev)
+        # Moved once this drain's events are delivered: while they are, what
+        # they complete is judged from before them (a call is not decided
+        # before the request read after it in the same drain is in).
+        horizon = merger.horizon()
+        if horizon > self._complete:
+            self._complete = horizon
 
     def complete_until_ns(self) -> int:
         """Monotonic time before which every event has been delivered (0 until every CPU reported)."""
-        return max(0, self.merger.horizon())
+        return self._complete
 
     def forget(self, cpu: int) -> None:
         """Stop waiting for ``cpu`` (its flusher stopped: nothing sends its batches)."""

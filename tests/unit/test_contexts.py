@@ -39,6 +39,22 @@ def test_a_task_chain_follows_creators_up_to_a_task_made_outside_any():
     assert c.task_at(PID, TID, 45) == (0xC, 30)
 
 
+def test_nothing_is_answered_about_a_time_when_records_were_lost():
+    c = RuntimeContexts(history_ns=1_000)
+    for ts in (100, 400):
+        c.feed(LOOP_WAIT, PID, TID, 0, ts, 0, 0, 0)
+    c.feed(TASK_RUN, PID, TID, 0, 110, 0xC, 0, 0)
+    c.lost(200, 300, 5)                  # a full ring: a wait, a step's end may be gone
+    assert c.waited_between(PID, TID, 250, 350) is None
+    assert c.waited_between(PID, TID, 110, 190) is False     # before the loss: known
+    assert c.task_at(PID, TID, 150) == (0xC, 0)
+    assert c.task_at(PID, TID, 350) is None                  # its step may have ended in the gap
+    assert c.stats()["lost_records"] == 5
+    c.feed(LOOP_WAIT, PID, TID, 0, 1_500, 0, 0, 0)
+    c.forget()                           # the gap is older than the history
+    assert c.gaps == []
+
+
 def test_what_is_older_than_the_history_is_forgotten():
     c = RuntimeContexts(history_ns=100)
     c.feed(LOOP_WAIT, PID, TID, 0, 10, 0, 0, 0)

@@ -166,3 +166,18 @@ async def test_a_full_ring_is_read_in_parts_with_other_tasks_running_between(rin
     between = seen[seen.index(10):seen.index(250)]
     assert between.count("other") >= 1    # (trio may run either first within a round)
     assert cpu0.reads >= 3
+
+
+def test_completeness_moves_once_a_drain_s_events_are_delivered(rings) -> None:
+    cpu0 = FakeRing(0, records(batch(100, event(10))), records(batch(200, event(150))))
+    cpu1 = FakeRing(1, records(batch(120, event(20))), records(batch(300)))
+    rings += [cpu0, cpu1]
+    seen: list = []
+    intake = Intake(rings, lambda ev: seen.append((ev.ts_ns, intake.complete_until_ns())), by_flush=True)
+    intake.drain(cpu0)
+    assert intake.complete_until_ns() == 0                 # cpu 1 has not reported yet
+    intake.drain(cpu1)
+    assert intake.complete_until_ns() == 101 and seen == [(10, 0), (20, 0)]   # judged from before
+    intake.drain(cpu0)
+    intake.drain(cpu1)
+    assert seen[-1] == (150, 121) and intake.complete_until_ns() == 201
