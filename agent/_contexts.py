@@ -36,6 +36,7 @@ from typing import Any
 import trio
 
 import bpfobj
+from bpfobj import WalkResult
 
 from . import _event_layout
 from ._tls import executable_mappings
@@ -57,6 +58,10 @@ HISTORY_NS = 10_000_000_000
 MAX_TASK_DEPTH = 16
 
 _RECORD = struct.Struct(_event_layout.CTX_EVENT_FORMAT)
+# A record's stamp alone: the fields before ts_ns, then ts_ns.
+_STAMP = struct.Struct(_event_layout.CTX_EVENT_FORMAT[
+    :1 + _event_layout.CTX_EVENT_NAMES.index("ts_ns") + 1])
+_STAMP_INDEX = _event_layout.CTX_EVENT_NAMES.index("ts_ns")
 _U64 = struct.Struct("<Q")
 _DOUBLE = struct.Struct("<d")
 # Node.js async ids are whole numbers below 2**53 (doubles in node); a value
@@ -64,6 +69,13 @@ _DOUBLE = struct.Struct("<d")
 MAX_ASYNC_ID = 1 << 53
 
 TaskKey = tuple[int, int]   # (task object address, when it was created; 0 if unseen)
+
+
+def _stamp(raw: bytes | memoryview) -> int:
+    """The ts_ns of a raw record (0 if it is too short to have one)."""
+    if len(raw) < _STAMP.size:
+        return 0
+    return _STAMP.unpack_from(raw)[_STAMP_INDEX]
 
 
 class _ThreadContext:
@@ -122,8 +134,27 @@ class RuntimeContexts:
         # full): what happened then is not known, and no question about it is answered.
         self.gaps: list[tuple[int, int]] = []
         self.lost_records = 0
+        self._last_stamp: dict[int, int] = {}    # cpu -> stamp of the last record read
 
     # -- input ----------------------------------------------------------------
+
+    def feed_ring(self, cpu: int, result: WalkResult, read_at: int) -> None:
+        """What one read of ``cpu``'s ring (at monotonic ``read_at``) found, losses included."""
+        samples = result.samples
+        if result.lost:
+            # What the kernel dropped was stamped after the record before each
+            # loss (maybe one of an earlier read) and before the one after it
+            # (give or take the time between a stamp and its output).
+            for at in result.lost_after:
+                since = _stamp(samples[at - 1]) if at else self._last_stamp.get(cpu, 0)
+                until = _stamp(samples[at]) if at < len(samples) else read_at
+                self.gaps.append((since - OUTPUT_MARGIN_NS, until + OUTPUT_MARGIN_NS))
+            self.lost_records += result.lost
+        feed = self.feed_raw
+        for raw in samples:
+            feed(raw)
+        if samples:
+            self._last_stamp[cpu] = _stamp(samples[-1])
 
     def feed_raw(self, raw: bytes | memoryview) -> None:
         """One perf sample of the context object (malformed ones are ignored)."""
@@ -188,11 +219,6 @@ class RuntimeContexts:
                 i = bisect_right(times, ts)
                 times.insert(i, ts)
                 thread.task_ids.insert(i, task)
-
-    def lost(self, since: int, until: int, count: int) -> None:
-        """``count`` records stamped between ``since`` and ``until`` were lost."""
-        self.lost_records += count
-        self.gaps.append((since, until))
 
     def _unknown(self, start: int, end: int) -> bool:
         """Whether records were lost between ``start`` and ``end``."""
@@ -443,12 +469,7 @@ class ContextProbes:
     def drain(self, ring: bpfobj.PerfRing) -> int:
         started = time.monotonic_ns()
         result = ring.read()
-        if result.lost:
-            # Lost since this ring was last drained (the ring says how many, not when).
-            self.contexts.lost(self._drained.get(ring.cpu, 0), started, result.lost)
-        feed = self.contexts.feed_raw
-        for raw in result.samples:
-            feed(raw)
+        self.contexts.feed_ring(ring.cpu, result, started)
         if started > self._drained.get(ring.cpu, 0):
             self._drained[ring.cpu] = started
         return len(result.samples)
