@@ -36,7 +36,6 @@ from typing import Any
 import trio
 
 import bpfobj
-from bpfobj import WalkResult
 
 from . import _event_layout
 from ._tls import executable_mappings
@@ -50,6 +49,7 @@ CONTEXT_OBJECT = Path(bpfobj.__file__).parent / "bpf" / "sidetrace_context.bpf.o
 LOOP_WAIT, TASK_RUN, TASK_DONE, TASK_NEW, ASYNC_RESET = 1, 2, 3, 4, 5
 # Slots of the object's `ctx_counters` map (enum st_ctx_counter).
 COUNTER_NAMES = ("events", "lost", "orphan_returns", "read_failures")
+LOST_SLOT = COUNTER_NAMES.index("lost")
 
 # How long what a thread did is kept: longer than the linker holds a span
 # (hold_ns, 2 s) plus how long a span may last before it.
@@ -138,23 +138,25 @@ class RuntimeContexts:
 
     # -- input ----------------------------------------------------------------
 
-    def feed_ring(self, cpu: int, result: WalkResult, read_at: int) -> None:
-        """What one read of ``cpu``'s ring (at monotonic ``read_at``) found, losses included."""
-        samples = result.samples
-        if result.lost:
-            # What the kernel dropped was stamped after the record before each
-            # loss (maybe one of an earlier read) and before the one after it
-            # (give or take the time between a stamp and its output).
-            for at in result.lost_after:
-                since = _stamp(samples[at - 1]) if at else self._last_stamp.get(cpu, 0)
-                until = _stamp(samples[at]) if at < len(samples) else read_at
-                self.gaps.append((since - OUTPUT_MARGIN_NS, until + OUTPUT_MARGIN_NS))
-            self.lost_records += result.lost
+    def feed_ring(self, cpu: int, samples: list) -> None:
+        """The records one read of ``cpu``'s ring found, in order."""
         feed = self.feed_raw
         for raw in samples:
             feed(raw)
         if samples:
             self._last_stamp[cpu] = _stamp(samples[-1])
+
+    def lost(self, cpu: int, count: int, until: int) -> None:
+        """``count`` records of ``cpu`` were dropped since its ring was last read,
+        as found at ``until`` (monotonic ns).
+
+        The ring was full: they were stamped after the last record read from
+        it and before ``until`` (give or take the time between a stamp and its
+        output); nothing is answered about that time.
+        """
+        self.lost_records += count
+        self.gaps.append((self._last_stamp.get(cpu, 0) - OUTPUT_MARGIN_NS,
+                          until + OUTPUT_MARGIN_NS))
 
     def feed_raw(self, raw: bytes | memoryview) -> None:
         """One perf sample of the context object (malformed ones are ignored)."""
@@ -439,8 +441,10 @@ class ContextProbes:
         self.files: dict[tuple[str, int], RuntimeFile] = {}
         self._other: set[tuple[str, int]] = set()
         self.rings: bpfobj.PerfEventArray | None = None
-        # cpu -> monotonic ns at which its ring's last drain started
+        # cpu -> monotonic ns at which its ring's last drain started, and the
+        # records the object had dropped there by then
         self._drained: dict[int, int] = {}
+        self._dropped_seen: dict[int, int] = {}
         try:
             for name, program in self.collection.programs.items():
                 if program.section.startswith("tracepoint/"):
@@ -469,10 +473,22 @@ class ContextProbes:
     def drain(self, ring: bpfobj.PerfRing) -> int:
         started = time.monotonic_ns()
         result = ring.read()
-        self.contexts.feed_ring(ring.cpu, result, started)
-        if started > self._drained.get(ring.cpu, 0):
-            self._drained[ring.cpu] = started
+        cpu = ring.cpu
+        self.contexts.feed_ring(cpu, result.samples)
+        # The kernel says it dropped records only with the next one it
+        # writes, maybe long after; the object's own count says it at once.
+        dropped = self._dropped(cpu)
+        if dropped > self._dropped_seen.get(cpu, 0):
+            self.contexts.lost(cpu, dropped - self._dropped_seen.get(cpu, 0), time.monotonic_ns())
+            self._dropped_seen[cpu] = dropped
+        if started > self._drained.get(cpu, 0):
+            self._drained[cpu] = started
         return len(result.samples)
+
+    def _dropped(self, cpu: int) -> int:
+        """Records the object could not write into ``cpu``'s ring (its ``lost`` counter there)."""
+        per_cpu = self.collection.maps["ctx_counters"].lookup(LOST_SLOT) or []
+        return _U64.unpack(per_cpu[cpu])[0] if cpu < len(per_cpu) else 0
 
     def horizon(self) -> int:
         """Every record stamped before this (monotonic ns) has been read."""

@@ -65,15 +65,12 @@ class WalkResult(NamedTuple):
     ``lost``: samples the kernel reported dropped (sum of PERF_RECORD_LOST.lost).
     ``lost_records``: how many PERF_RECORD_LOST records were seen.
     ``other``: records of other types that were skipped.
-    ``lost_after``: for each PERF_RECORD_LOST, how many of ``samples`` came
-    before it (what was dropped was written after those, before the next).
     """
 
     samples: list
     lost: int
     lost_records: int
     other: int
-    lost_after: tuple[int, ...] = ()
 
 
 def _walk_linear(mv: memoryview, n: int) -> WalkResult:
@@ -82,7 +79,6 @@ def _walk_linear(mv: memoryview, n: int) -> WalkResult:
     append = samples.append
     unpack12 = _HDR12.unpack_from
     lost = lost_records = other = 0
-    lost_after: list[int] = []
     off = 0
     last_full = n - 12
     while off < n:
@@ -111,11 +107,10 @@ def _walk_linear(mv: memoryview, n: int) -> WalkResult:
                 raise RingCorruptError(f"lost record at offset {off} has size {size}")
             lost += _U64.unpack_from(mv, off + 16)[0]
             lost_records += 1
-            lost_after.append(len(samples))
         else:
             other += 1
         off = end
-    return WalkResult(samples, lost, lost_records, other, tuple(lost_after))
+    return WalkResult(samples, lost, lost_records, other)
 
 
 def walk_ring(ring: bytes | bytearray | memoryview, head: int, tail: int) -> WalkResult:

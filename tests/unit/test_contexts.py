@@ -11,7 +11,6 @@ from agent._contexts import (ASYNC_RESET, LOOP_WAIT, TASK_DONE, TASK_NEW, TASK_R
                              RuntimeContexts, runtime_of)
 from agent._tls import executable_mappings
 from agent.intake import OUTPUT_MARGIN_NS
-from bpfobj import WalkResult
 
 PID, TID = 10, 11
 RECORD = struct.Struct(_event_layout.CTX_EVENT_FORMAT)
@@ -48,17 +47,19 @@ def record(kind: int, ts: int, a: int = 0) -> memoryview:
 def test_nothing_is_answered_about_a_time_when_records_were_lost():
     ms = 1_000_000
     c = RuntimeContexts(history_ns=1_000 * ms)
-    # One read of a CPU's ring: a wait and a step's start, then the kernel
-    # dropped records (the ring was full), then a wait.
-    c.feed_ring(0, WalkResult([record(LOOP_WAIT, 100 * ms), record(TASK_RUN, 110 * ms, 0xC)],
-                              0, 0, 0), 150 * ms)
-    c.feed_ring(0, WalkResult([record(LOOP_WAIT, 400 * ms)], 5, 1, 0, (0,)), 450 * ms)
-    # from the record before the loss to the one after it
-    assert c.gaps == [(110 * ms - OUTPUT_MARGIN_NS, 400 * ms + OUTPUT_MARGIN_NS)]
+    # One read of a CPU's ring: a wait and a step's start; then the ring
+    # filled up and the object dropped records, found at the next read.
+    c.feed_ring(0, [record(LOOP_WAIT, 100 * ms), record(TASK_RUN, 110 * ms, 0xC)])
+    c.feed_ring(0, [])
+    c.lost(0, 5, 450 * ms)
+    c.feed_ring(0, [record(LOOP_WAIT, 460 * ms)])
+    # from the last record read before the loss to when it was found
+    assert c.gaps == [(110 * ms - OUTPUT_MARGIN_NS, 450 * ms + OUTPUT_MARGIN_NS)]
     assert c.waited_between(PID, TID, 250 * ms, 350 * ms) is None
     assert c.waited_between(PID, TID, 101 * ms, 105 * ms) is False     # before the loss: known
     assert c.task_at(PID, TID, 105 * ms) is None                       # between steps, known
     assert c.task_at(PID, TID, 350 * ms) is None       # its step may have ended in the gap
+    assert c.waited_between(PID, TID, 455 * ms, 458 * ms) is False     # after it: known again
     assert c.stats()["lost_records"] == 5
     c.feed(LOOP_WAIT, PID, TID, 0, 1_500 * ms, 0, 0, 0)
     c.forget()                           # the gap is older than the history
