@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -46,9 +45,9 @@ sys.path.insert(0, str(REPO))
 
 from agent._monitor import GROUPS, Monitor  # noqa: E402
 from bpfobj import Collection  # noqa: E402
+from _cloops import build, run_held  # noqa: E402
 
 EMPTY_OBJ = REPO / "tests" / "bpf" / "empty_monitor_hooks.bpf.o"
-LOOP_SRC = REPO / "bench" / "pingpong.c"
 HOOKS = ("sched_switch", "sched_wakeup", "sched_wakeup_new")
 EMPTY = {
     "empty-tp_btf": [f"empty_{h}" for h in HOOKS],
@@ -59,31 +58,11 @@ CONDITIONS = ("none", *EMPTY, "monitor", "monitor-traced")
 SCHED_PROGRAMS = ("on_sched_switch", "on_sched_wakeup")
 
 
-def build_loop(tmp: Path) -> Path:
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        raise SystemExit("bench_sched_cost: needs gcc (or cc) to build bench/pingpong.c")
-    exe = tmp / "pingpong"
-    subprocess.run([gcc, "-O2", "-Wall", "-o", str(exe), str(LOOP_SRC)], check=True)
-    return exe
-
-
 def run_loop(exe: Path, args: argparse.Namespace, register=None) -> float:
-    proc = subprocess.Popen([str(exe), str(args.cpu), str(args.rounds), str(args.batch)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        pids = [int(p) for p in proc.stdout.readline().strip().split("=")[1].split(",")]
-        if register is not None:
-            register(pids)
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        out = proc.stdout.readline()
-    finally:
-        proc.stdin.close()
-        proc.wait()
-        proc.stdout.close()
-    if proc.returncode != 0 or not out.startswith("rt_ns="):
-        raise SystemExit(f"pingpong failed ({proc.returncode})")
+    on_pids = None if register is None else (lambda line: register([int(p) for p in line.split("=")[1].split(",")]))
+    out = run_held([str(exe), str(args.cpu), str(args.rounds), str(args.batch)], on_pids)
+    if not out.startswith("rt_ns="):
+        raise SystemExit(f"pingpong printed {out!r}")
     return float(out.split("=")[1])
 
 
@@ -135,7 +114,7 @@ def main() -> int:
     if os.geteuid() != 0:
         raise SystemExit("bench_sched_cost: needs root")
     with tempfile.TemporaryDirectory() as tmp:
-        exe = build_loop(Path(tmp))
+        exe = build("pingpong.c", Path(tmp))
         results: dict[str, list[float]] = {c: [] for c in CONDITIONS}
         for rep in range(args.reps):
             for name in CONDITIONS:

@@ -41,7 +41,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import struct
 import subprocess
@@ -57,21 +56,12 @@ sys.path.insert(0, str(REPO))
 from agent._app import CpuFlushers, batching_constants  # noqa: E402
 from agent.intake import BATCH_LAYOUT  # noqa: E402
 from bpfobj import Collection, PerfEventArray, arch_object, load_object_spec, online_cpus  # noqa: E402
+from _cloops import build, run_held  # noqa: E402
 
 FULL_OBJ = arch_object(REPO / "bpfobj" / "bpf" / "sidetrace.bpf.o")
 EMPTY_OBJ = REPO / "tests" / "bpf" / "empty_hooks.bpf.o"
-LOOP_SRC = REPO / "bench" / "syscall_loop.c"
 DATA_SYSCALLS = ("read", "readv", "recvfrom", "recvmsg", "recvmmsg",
                  "write", "writev", "sendto", "sendmsg", "sendmmsg")
-
-
-def build_loop(tmp: Path) -> Path:
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        raise SystemExit("bench_syscall_cost: needs gcc (or cc) to build bench/syscall_loop.c")
-    exe = tmp / "syscall_loop"
-    subprocess.run([gcc, "-O2", "-Wall", "-o", str(exe), str(LOOP_SRC)], check=True)
-    return exe
 
 
 TRACING_TYPES = {"tracepoint", "raw_tracepoint", "tracing", "kprobe", "perf_event"}
@@ -101,21 +91,7 @@ def run_loop(exe: Path, args: argparse.Namespace, register=None, prefix: str | N
     argv = [str(exe), "4", str(args.rounds), str(args.batch), str(args.size), "wait"]
     if prefix:
         argv.append(prefix)
-    proc = subprocess.Popen(argv,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        pid = int(proc.stdout.readline().strip().split("=")[1])
-        if register is not None:
-            register(pid)
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        out = proc.stdout.readline()
-    finally:
-        proc.stdin.close()
-        proc.wait()
-        proc.stdout.close()
-    if proc.returncode != 0:
-        raise SystemExit(f"syscall_loop failed ({proc.returncode})")
+    out = run_held(argv, None if register is None else (lambda line: register(int(line.split("=")[1]))))
     vals = dict(kv.split("=") for kv in out.split())
     return float(vals["write_ns"]), float(vals["read_ns"])
 
@@ -256,7 +232,7 @@ def main() -> int:
     names = ["none", "empty", "empty2", "full-miss", "full", "full-batched", "opaque", "opaque-hdr"]
     results: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp:
-        exe = build_loop(Path(tmp))
+        exe = build("syscall_loop.c", Path(tmp))
         run_loop(exe, args)  # warm up
         for rep in range(args.reps):
             for n in names:

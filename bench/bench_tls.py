@@ -56,6 +56,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import bpfobj  # noqa: E402
+from _cloops import build  # noqa: E402
 from bench_agent_http import SpanCounter, cpu_seconds, free_port, stop, wrk  # noqa: E402
 from bench_agent_http import start_agent as start_http_agent  # noqa: E402
 from bpfobj._consts import ProgType  # noqa: E402
@@ -72,13 +73,6 @@ def make_certificate(tmp: Path) -> tuple[Path, Path]:
                     "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"],
                    check=True, capture_output=True)
     return cert, key
-
-
-def build_loop(tmp: Path) -> Path:
-    exe = tmp / "tls_loop"
-    subprocess.run(["gcc", "-O2", "-o", str(exe), str(REPO / "bench" / "tls_loop.c"), "-lssl", "-lcrypto",
-                    "-lpthread"], check=True)
-    return exe
 
 
 class Loop:
@@ -151,7 +145,7 @@ def per_call(tmp: Path, args: argparse.Namespace) -> dict[str, list[float]]:
     """CPU ns per round trip for each condition, over rounds in which no other
     tracer held uprobes on the loop's libssl (other work on the machine may run
     sidetrace's own tests: a round it disturbed is run again)."""
-    exe = build_loop(tmp)
+    exe = build("tls_loop.c", tmp, "ssl", "crypto", "pthread")
     cert, key = make_certificate(tmp)
     results: dict[str, list[float]] = {"none": [], "floor": [], "sidetrace": []}
     stats: dict = {}

@@ -13,26 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1e9 + ts.tv_nsec;
-}
-
-static int cmp(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static void die(const char *what)
-{
-	perror(what);
-	exit(1);
-}
+#include "loop_common.h"
 
 int main(int argc, char **argv)
 {
@@ -87,7 +68,7 @@ int main(int argc, char **argv)
 	}
 	close(to_child[1]);
 	waitpid(child, NULL, 0);
-	qsort(per, rounds, sizeof(double), cmp);
+	qsort(per, rounds, sizeof(double), cmp_double);
 	printf("rt_ns=%.1f\n", per[rounds / 2]);
 	return 0;
 }

@@ -20,26 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1e9 + ts.tv_nsec;
-}
-
-static int cmp(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static void die(const char *what)
-{
-	perror(what);
-	exit(1);
-}
+#include "loop_common.h"
 
 int main(int argc, char **argv)
 {
@@ -117,8 +98,8 @@ int main(int argc, char **argv)
 		w[r] = (t1 - t0) / batch;
 		rd[r] = (t2 - t1) / batch;
 	}
-	qsort(w, rounds, sizeof(double), cmp);
-	qsort(rd, rounds, sizeof(double), cmp);
+	qsort(w, rounds, sizeof(double), cmp_double);
+	qsort(rd, rounds, sizeof(double), cmp_double);
 	printf("write_ns=%.1f read_ns=%.1f\n", w[rounds / 2], rd[rounds / 2]);
 	close(c);
 	close(s);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -54,6 +55,20 @@ def release(proc: subprocess.Popen) -> None:
     """Let a ``held`` program start."""
     proc.stdin.write("\n")
     proc.stdin.flush()
+
+
+def run_to_done(client: subprocess.Popen, go: bool = True) -> list[str]:
+    """Let a client app go (unless ``go`` is False: the caller did) and return the lines it
+    prints before ``done``; fails when it ends without printing ``done``."""
+    if go:
+        client.stdin.write("go\n")
+        client.stdin.flush()
+    lines = []
+    for line in client.stdout:
+        if line.strip() == "done":
+            return lines
+        lines.append(line)
+    raise AssertionError(f"client ended without 'done' (exit {client.wait()}) after {lines[-20:]}")
 
 
 def app(name: str, *args: str, **kwargs):
@@ -118,9 +133,11 @@ def collect_spans(sub, want: int, *, settle: float = 1.5, limit: float = 30,
     return spans
 
 
-def wait_for_stats(sub, accept, what: str, limit: float = 30) -> dict:
-    """The first stats message from ``sub`` that ``accept`` takes; fails after ``limit`` seconds."""
+def wait_for_stats(sub, accept, what: str = "what was expected", limit: float = 30) -> dict:
+    """The first stats message from ``sub`` that ``accept`` takes; fails after ``limit``
+    seconds, showing the last stats message seen."""
     deadline = time.monotonic() + limit
+    last = None
     while time.monotonic() < deadline:
         try:
             msg = sub.receive()
@@ -128,6 +145,9 @@ def wait_for_stats(sub, accept, what: str, limit: float = 30) -> dict:
             continue
         if msg is None:
             break
-        if msg["type"] == "stats" and accept(msg):
-            return msg
-    raise AssertionError(f"no stats message showed {what} within {limit}s")
+        if msg["type"] == "stats":
+            last = msg
+            if accept(msg):
+                return msg
+    raise AssertionError(f"no stats message showed {what} within {limit}s; "
+                         f"last: {json.dumps(last, default=repr)[:3000]}")

@@ -19,7 +19,7 @@ import pytest
 from wire import BlockingSubscriber
 
 from .._otlp_receiver import HttpReceiver
-from ._procs import REPO, app, collect_spans, started, stop, wait_for_socket
+from ._procs import REPO, app, collect_spans, run_to_done, started, stop, wait_for_socket
 from .test_http_pipeline import EXPECTED_STATUS
 
 pytestmark = pytest.mark.kernel
@@ -84,11 +84,7 @@ def test_zipapp_run_tail_and_export_trace_the_http_workload(pyz, tmp_path):
                         break
                 else:
                     raise AssertionError("tail and the exporter did not subscribe")
-                client.stdin.write("go\n")
-                client.stdin.flush()
-                for line in client.stdout:
-                    if line.strip() == "done":
-                        break
+                run_to_done(client)
                 spans = collect_spans(sub, 2 * len(EXPECTED_STATUS), limit=20)
                 received = receiver.wait_for_spans(len(spans))
                 tail_out, tail_err = tail.communicate(timeout=30)

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from wire import BlockingSubscriber
 
 from .._otlp_receiver import GrpcReceiver, HttpReceiver
-from ._procs import REPO, agent, app, collect_spans, started, stop, wait_for_socket
+from ._procs import REPO, agent, app, collect_spans, run_to_done, started, stop, wait_for_socket
 from .test_http_pipeline import EXPECTED_STATUS
 
 pytestmark = pytest.mark.kernel
@@ -73,14 +73,6 @@ def wait_until(condition, what: str, timeout: float = 40, show=None):
             raise AssertionError(f"timed out waiting for {what}" + (f": {show()}" if show else ""))
         time.sleep(0.1)
     return result
-
-
-def run_client(client) -> None:
-    client.stdin.write("go\n")
-    client.stdin.flush()
-    for line in client.stdout:
-        if line.strip() == "done":
-            return
 
 
 def stop_exporter(proc) -> str:
@@ -165,7 +157,7 @@ def test_exporters_on_the_http_acceptance_workload(tmp_path):
                 wait_for_subscribers(sub, 5)
                 wait_until(lambda: prometheus_up(prom_port), "prometheus serving")
 
-                run_client(client1)
+                run_to_done(client1)
                 first = collect_spans(sub, 2 * len(EXPECTED_STATUS), limit=20)
                 assert len(first) == 2 * len(EXPECTED_STATUS)
                 pids = {"server": server.pid, "client": client1.pid}
@@ -186,7 +178,7 @@ def test_exporters_on_the_http_acceptance_workload(tmp_path):
                 # The receivers go away; spans wait in the queues and arrive when they are back.
                 grpc_rx.stop()
                 http_rx.stop()
-                run_client(client2)
+                run_to_done(client2)
                 second = collect_spans(sub, 2 * len(EXPECTED_STATUS), limit=20)
                 assert len(second) == 2 * len(EXPECTED_STATUS)
                 counts = wait_until(lambda: (c := request_counts(prom_port)) and sum(c.values()) == 2 * len(first)

@@ -15,7 +15,7 @@ import pytest
 from wire import BlockingSubscriber, validate
 
 from .._servers import wait_for_dns
-from ._procs import agent, app, collect_spans, stop, wait_for_socket
+from ._procs import agent, app, collect_spans, run_to_done, stop, wait_for_socket
 
 pytestmark = pytest.mark.kernel
 
@@ -31,15 +31,6 @@ def _require(module: str) -> None:
         if IN_CI:
             pytest.fail(f"{module} is required in CI (tests/requirements.txt)")
         pytest.skip(f"{module} is not installed")
-
-
-def _lines(proc) -> list[list[str]]:
-    out = []
-    for line in proc.stdout:
-        if line.strip() == "done":
-            return out
-        out.append(line.split())
-    raise AssertionError(f"client ended early (exit {proc.wait()})")
 
 
 def test_grpc_calls_and_dns_queries_become_server_and_client_spans(tmp_path):
@@ -62,8 +53,8 @@ def test_grpc_calls_and_dns_queries_become_server_and_client_spans(tmp_path):
                     for client in (grpc_client, dns_client):
                         client.stdin.write("go\n")
                         client.stdin.flush()
-                    calls = _lines(grpc_client)
-                    queries = _lines(dns_client)
+                    calls = [line.split() for line in run_to_done(grpc_client, go=False)]
+                    queries = [line.split() for line in run_to_done(dns_client, go=False)]
                     spans = collect_spans(sub, 2 * (GRPC_CALLS + DNS_QUERIES))
                 assert stop(agent_proc) == 0, agent_proc.stderr.read()
 

@@ -21,7 +21,7 @@ from wire import BlockingSubscriber, validate
 
 from .._servers import (descendants, free_port, kafka_broker_args, mongodb_server_args,
                         mosquitto_args, rabbitmq, wait_for_port)
-from ._procs import agent, collect_spans, started, stop, wait_for_socket
+from ._procs import agent, collect_spans, run_to_done, started, stop, wait_for_socket
 
 pytestmark = pytest.mark.kernel
 
@@ -35,14 +35,7 @@ def _traced(sock: Path, server_pids: list[int], client_script: str, *args: str, 
         with agent(sock, *[a for pid in pids for a in ("--pid", str(pid))]) as agent_proc:
             wait_for_socket(sock, agent_proc)
             with BlockingSubscriber(sock, timeout=0.5) as sub:
-                client.stdin.write("go\n")
-                client.stdin.flush()
-                lines = []
-                for line in client.stdout:
-                    lines.append(line)
-                    if line.strip() == "done":
-                        break
-                assert lines and lines[-1].strip() == "done", lines
+                lines = run_to_done(client)
                 assert client.wait(30) == 0
                 spans = collect_spans(sub, want, protocols=(protocol,), limit=60)
             assert stop(agent_proc) == 0, agent_proc.stderr.read()

@@ -19,7 +19,7 @@ import pytest
 from wire import BlockingSubscriber, validate
 
 from .._servers import free_port, need_binary, wait_for_port
-from ._procs import agent, collect_spans, started, stop, wait_for_socket
+from ._procs import agent, collect_spans, run_to_done, started, stop, wait_for_socket
 
 pytestmark = pytest.mark.kernel
 
@@ -128,14 +128,7 @@ def test_redis_and_memcached_commands_become_one_server_and_one_client_span_each
             with agent(sock, *[a for pid in pids for a in ("--pid", pid)]) as agent_proc:
                 wait_for_socket(sock, agent_proc)
                 with BlockingSubscriber(sock, timeout=0.5) as sub:
-                    client.stdin.write("go\n")
-                    client.stdin.flush()
-                    lines = []
-                    for line in client.stdout:
-                        lines.append(line)
-                        if line.strip() == "done":
-                            break
-                    assert lines and lines[-1].strip() == "done", lines
+                    lines = run_to_done(client)
                     assert client.wait(10) == 0
                     want = 2 * (len(REDIS_EXPECTED) + len(MEMCACHED_EXPECTED))
                     spans = collect_spans(sub, want, protocols=("redis", "memcached"))

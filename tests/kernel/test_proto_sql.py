@@ -21,7 +21,7 @@ from wire import BlockingSubscriber, validate
 
 from ..unit.test_proto_mysql import mariadb_server
 from ..unit.test_proto_postgres import postgres_server
-from ._procs import agent, collect_spans, started, stop, wait_for_socket
+from ._procs import agent, collect_spans, run_to_done, started, stop, wait_for_socket
 
 pytestmark = pytest.mark.kernel
 
@@ -102,14 +102,7 @@ def test_sql_statements_become_one_server_and_one_client_span_each(tmp_path):
             with agent(sock, *[a for pid in pids for a in ("--pid", pid)]) as agent_proc:
                 wait_for_socket(sock, agent_proc)
                 with _subscribe(sock) as sub:
-                    client.stdin.write("go\n")
-                    client.stdin.flush()
-                    lines = []
-                    for line in client.stdout:
-                        lines.append(line)
-                        if line.strip() == "done":
-                            break
-                    assert lines and lines[-1].strip() == "done", lines
+                    lines = run_to_done(client)
                     assert client.wait(10) == 0
                     spans = collect_spans(sub, 2 * (len(POSTGRES_EXPECTED) + len(MYSQL_EXPECTED)),
                                           protocols=("postgresql", "mysql"))

@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,8 @@ import pytest
 from wire import BlockingSubscriber, validate
 
 from .._servers import free_port, need_binary, unavailable, wait_for_port
-from ._procs import APPS, REPO, agent, app, collect_spans, held, release, started, stop, wait_for_socket
+from ._procs import (APPS, REPO, agent, app, collect_spans, held, release, run_to_done, started, stop,
+                     wait_for_socket, wait_for_stats)
 
 pytestmark = pytest.mark.kernel
 
@@ -44,36 +44,6 @@ def certificate(tmp_path_factory) -> tuple[Path, Path]:
     os.chmod(cert, 0o644)
     os.chmod(key, 0o644)
     return cert, key
-
-
-def read_until_done(proc: subprocess.Popen) -> list[list[str]]:
-    """The ``<path> <status> ...`` lines a client app prints before ``done``."""
-    rows = []
-    for line in proc.stdout:
-        if line.strip() == "done":
-            return rows
-        rows.append(line.split())
-    raise AssertionError(f"client ended without 'done' after {rows}")
-
-
-def wait_for_stats(sub, predicate, *, timeout: float = 20, spans: list | None = None) -> dict:
-    """The first stats message satisfying ``predicate``; spans met meanwhile go to ``spans``."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            msg = sub.receive()
-        except TimeoutError:
-            continue
-        if msg is None:
-            break
-        if msg["type"] == "stats":
-            last = msg
-            if predicate(msg):
-                return msg
-        elif msg["type"] == "span" and spans is not None:
-            spans.append(msg)
-    raise AssertionError(f"no stats message as expected within {timeout}s; last: {json.dumps(last)[:3000]}")
 
 
 def to_port(port: int):
@@ -201,9 +171,7 @@ def test_python_http_server_and_client_thread_per_connection(tmp_path, certifica
                     # Both processes have OpenSSL mapped already (ssl imported at start).
                     wait_for_stats(sub, lambda s: (lib := tls_library(s, "libssl.so")) is not None
                                    and lib["status"] == "attached" and lib["processes"] == 2)
-                    client.stdin.write("go\n")
-                    client.stdin.flush()
-                    rows = read_until_done(client)
+                    rows = [line.split() for line in run_to_done(client)]
                     spans = collect_spans(sub, 2 * REQUESTS, protocols=("http",))
                 assert stop(agent_proc) == 0, agent_proc.stderr.read()
 
@@ -227,9 +195,7 @@ def test_node_https_server_and_client(tmp_path, certificate):
                 with BlockingSubscriber(sock, timeout=0.5) as sub:
                     stats = wait_for_stats(sub, lambda s: any(lib["status"] == "attached"
                                                               for lib in s["tls"]["libraries"]))
-                    client.stdin.write("go\n")
-                    client.stdin.flush()
-                    rows = read_until_done(client)
+                    rows = [line.split() for line in run_to_done(client)]
                     spans = collect_spans(sub, 2 * REQUESTS, protocols=("http",))
                     after = wait_for_stats(sub, lambda s: True)
                 assert stop(agent_proc) == 0, agent_proc.stderr.read()
@@ -262,9 +228,7 @@ def test_process_loading_openssl_after_start_is_seen(tmp_path, certificate):
                     assert client.stdout.readline().strip() == "loaded"
                     wait_for_stats(sub, lambda s: (lib := tls_library(s, "libssl.so")) is not None
                                    and lib["status"] == "attached" and lib["processes"] >= 1)
-                    client.stdin.write("go\n")
-                    client.stdin.flush()
-                    rows = read_until_done(client)
+                    rows = [line.split() for line in run_to_done(client)]
                     spans = collect_spans(sub, 5, protocols=("http",))
             assert stop(agent_proc) == 0, agent_proc.stderr.read()
 
