@@ -16,7 +16,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 def _kernel_unavailable_reason() -> str | None:
     if os.geteuid() != 0:
-        return "kernel tests need root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)"
+        return "kernel tests need root (they load BPF programs, make network namespaces, drop privileges with setpriv)"
     if not os.path.exists("/sys/kernel/btf/vmlinux"):
         return "kernel tests need kernel BTF at /sys/kernel/btf/vmlinux"
     return None

@@ -25,17 +25,20 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from wire import BlockingSubscriber, validate
 
 from ._procs import agent, stop, wait_for_socket
-from .apps.tier_rig import ThreeTier, score, subscribe
+from .apps.tier_rig import Score, ThreeTier, score, subscribe
 
 pytestmark = pytest.mark.kernel
 
@@ -65,12 +68,17 @@ def collect(sub: BlockingSubscriber, want: int, settle: float = 2.0, limit: floa
     return spans, stats
 
 
-@pytest.mark.parametrize("variant", [
-    dict(paths=("/api/orders", "/api/users", "/ka/orders", "/ka/users")),
-    # One path for every request: nothing but timing tells nginx's requests apart.
-    dict(paths=("/ka/orders",), keep_alive=True),
-], ids=["four-routes", "one-route-keep-alive"])
-def test_three_tier_links_meet_the_accuracy_goals(variant):
+class TracedRun(NamedTuple):
+    app: ThreeTier
+    spans: list[dict]
+    result: Score
+    lost: int          # kernel events lost (rings overflowing)
+    report: str
+
+
+def traced_run(drive: Callable[[ThreeTier, subprocess.Popen], None] = lambda app, agent_proc: app.run_load(),
+               **variant) -> TracedRun:
+    """The 3-tier load (``drive`` runs it), traced by an agent given every pid of it, scored."""
     workdir = Path(tempfile.mkdtemp(prefix="st-3t-", dir="/tmp"))  # short Unix socket paths
     try:
         with ThreeTier(workdir, clients=8, requests=40, **variant) as app:
@@ -82,22 +90,31 @@ def test_three_tier_links_meet_the_accuracy_goals(variant):
                        *[arg for pid in app.all_pids for arg in ("--pid", str(pid))]) as proc:
                 wait_for_socket(sock, proc)
                 with subscribe(sock) as sub:
-                    app.run_load()
+                    drive(app, proc)
                     spans, stats = collect(sub, app.expected_spans)
                 assert stop(proc) == 0, proc.stderr.read()
             truth = app.truth()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
     for span in spans:
         validate(span)
     assert len(truth.requests) == app.clients * app.requests
-    assert len({s["span_id"] for s in spans}) == len(spans), "a span was published twice"
     result = score(spans, truth)
     lost = sum(sum(s["lost_events"]) for s in stats[-1:])
     report = "\n".join(result.lines() + [f"spans: {len(spans)} of {app.expected_spans}; "
                                          f"kernel events lost: {lost}"])
+    return TracedRun(app, spans, result, lost, report)
+
+
+@pytest.mark.parametrize("variant", [
+    dict(paths=("/api/orders", "/api/users", "/ka/orders", "/ka/users")),
+    # One path for every request: nothing but timing tells nginx's requests apart.
+    dict(paths=("/ka/orders",), keep_alive=True),
+], ids=["four-routes", "one-route-keep-alive"])
+def test_three_tier_links_meet_the_accuracy_goals(variant):
+    app, spans, result, _, report = traced_run(**variant)
     print(f"\n{report}")
+    assert len({s["span_id"] for s in spans}) == len(spans), "a span was published twice"
     assert result.unidentified_spans == 0, report
     assert result.false_roots_linked == 0, report
     for kind, goal in GOALS.items():
@@ -120,36 +137,23 @@ def starve(pid: int, done: threading.Event, run: float = 0.02, pause: float = 0.
         os.kill(pid, signal.SIGCONT)
 
 
-def test_an_agent_starved_of_cpu_links_every_connection_once_it_catches_up():
-    workdir = Path(tempfile.mkdtemp(prefix="st-3t-", dir="/tmp"))
+def run_load_starving_the_agent(app: ThreeTier, agent_proc: subprocess.Popen) -> None:
+    """The load while the agent runs 20 ms in every 320, and for 3 s more: by then it is
+    seconds behind, reading the spans' other ends long after the wall clock passed the
+    linker's waits."""
+    done = threading.Event()
+    starver = threading.Thread(target=starve, args=(agent_proc.pid, done))
+    starver.start()
     try:
-        with ThreeTier(workdir, clients=8, requests=40) as app:
-            sock = workdir / "agent.sock"
-            with agent(sock, *[arg for pid in app.all_pids for arg in ("--pid", str(pid))]) as proc:
-                wait_for_socket(sock, proc)
-                with subscribe(sock) as sub:
-                    done = threading.Event()
-                    starver = threading.Thread(target=starve, args=(proc.pid, done))
-                    starver.start()
-                    try:
-                        # Seconds behind by the end of the load: the spans'
-                        # other ends are read long after the wall clock passed
-                        # the linker's waits.
-                        app.run_load()
-                        done.wait(3)
-                    finally:
-                        done.set()
-                        starver.join()
-                    spans, stats = collect(sub, app.expected_spans)
-                assert stop(proc) == 0, proc.stderr.read()
-            truth = app.truth()
+        app.run_load()
+        done.wait(3)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        done.set()
+        starver.join()
 
-    result = score(spans, truth)
-    lost = sum(sum(s["lost_events"]) for s in stats[-1:])
-    report = "\n".join(result.lines() + [f"spans: {len(spans)} of {app.expected_spans}; "
-                                         f"kernel events lost: {lost}"])
+
+def test_an_agent_starved_of_cpu_links_every_connection_once_it_catches_up():
+    app, spans, result, lost, report = traced_run(run_load_starving_the_agent)
     assert lost == 0 and len(spans) == app.expected_spans, report
     # Both ends of every connection were read: each is linked exact, whenever it was read.
     cross = result.by_kind["cross-process"]

@@ -71,7 +71,7 @@ def collect(sub: BlockingSubscriber, want: int, settle: float = 2.0, limit: floa
     return spans
 
 
-def wait_until_assembling(sub: BlockingSubscriber, agents: int, limit: float = 15) -> None:
+def wait_until_assembling(sub: BlockingSubscriber, agents: int, limit: float = 60) -> None:
     """Until the assembler's stats say it is subscribed to every agent."""
     def assembling(msg: dict) -> bool:
         upstreams = msg.get("upstreams", [])
