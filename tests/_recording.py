@@ -115,9 +115,21 @@ class RecordingProxy:
         return taken[0]
 
     def close(self) -> None:
+        """Stop relaying: nothing is recorded after this (the conversations stay as they are)."""
         self.stopping.set()
         self.acceptor.join(5)
         self.listener.close()
+        with self.lock:
+            sockets, pumps = list(self.sockets), list(self.pumps)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)   # wakes a pump blocked in recv()
+            except OSError:
+                pass
+        for pump in pumps:
+            pump.join(5)
+        for sock in sockets:
+            sock.close()
         with self.lock:
             sockets = list(self.sockets)
         for sock in sockets:

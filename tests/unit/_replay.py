@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hypothesis import strategies as st
+
 IN, OUT = "ingress", "egress"
 
 
@@ -20,14 +22,51 @@ def replay(handler, steps, *, capture=None, flip=False, seq0=(1000, 9000)):
     return out
 
 
-def resplit(steps, draw, integers, lists):
-    """``steps`` with each chunk cut at up to 4 places drawn by hypothesis."""
+# --- hypothesis on recordings -------------------------------------------------------------
+#
+# A recording differs from run to run (how the bytes fell into recv() calls,
+# how many connections a client opened), so nothing hypothesis draws may be
+# shaped by it: the same choices must always ask for the same data, or
+# hypothesis fails the test as flaky.  It draws shares (of SHARE) and indexes
+# of a fixed shape instead, mapped onto the recording here; chunks past the
+# drawn lists take them again from the start.
+
+SHARE = 1 << 16
+shares = st.integers(0, SHARE)
+cut_lists = st.lists(st.lists(shares, max_size=4), min_size=1, max_size=64)
+keep_shares = st.lists(shares, min_size=1, max_size=64)
+picks = st.integers(0, 255)
+
+
+def pick(items, index):
+    """One of ``items`` for any drawn index."""
+    return items[index % len(items)]
+
+
+def share_of(length, share):
+    """``share`` of SHARE of ``length``: 0 to ``length``."""
+    return length * share // SHARE
+
+
+def cuts_in(length, chunk_shares):
+    """Offsets inside a chunk of ``length`` bytes at the drawn shares of it, in order."""
+    return sorted(share_of(length, s) for s in chunk_shares)
+
+
+def resplit(steps, cuts):
+    """``steps`` with chunk i cut at ``cuts_in(its length, pick(cuts, i))`` (a ``cut_lists`` draw)."""
     out = []
-    for direction, chunk, ts in steps:
-        cuts = sorted(draw(lists(integers(0, len(chunk)), max_size=4)))
-        bounds = [0, *cuts, len(chunk)]
+    for i, (direction, chunk, ts) in enumerate(steps):
+        bounds = [0, *cuts_in(len(chunk), pick(cuts, i)), len(chunk)]
         out += [(direction, chunk[a:b], ts) for a, b in zip(bounds, bounds[1:]) if b > a]
     return out
+
+
+def cut_short(steps, keeps):
+    """(direction, captured bytes, bytes moved, ts) for each step, chunk i captured up to
+    ``pick(keeps, i)`` of it (a ``keep_shares`` draw): captures that lost their ends."""
+    return [(direction, chunk[:share_of(len(chunk), pick(keeps, i))], len(chunk), ts)
+            for i, (direction, chunk, ts) in enumerate(steps)]
 
 
 def per_message(steps, size_of):

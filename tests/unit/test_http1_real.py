@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from agent.protocols.http1 import ExchangeFlags, Http1Connection
 from tests._recording import RecordingProxy
 
+from ._replay import cut_lists, resplit
+
 F = ExchangeFlags
 BIG = 300_000
 POST_BODY = b"p" * 10_000
@@ -227,14 +229,9 @@ def test_truncated_captures_keep_every_exchange(recorded, capture):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.data())
-def test_any_resplit_of_the_syscalls_gives_the_same_exchanges(recorded, data):
+@given(kept_alive=st.booleans(), cuts=cut_lists)
+def test_any_resplit_of_the_syscalls_gives_the_same_exchanges(recorded, kept_alive, cuts):
     keep_alive, one_shot = recorded
-    steps = keep_alive if data.draw(st.booleans()) else one_shot
-    resplit = []
-    for direction, chunk, ts in steps:
-        cuts = sorted(data.draw(st.lists(st.integers(0, len(chunk)), max_size=4)))
-        bounds = [0, *cuts, len(chunk)]
-        # Pieces of one syscall keep its timestamp; sequence numbers follow.
-        resplit += [(direction, chunk[a:b], ts) for a, b in zip(bounds, bounds[1:]) if b > a]
-    assert [e.as_dict() for e in parse(resplit)] == [e.as_dict() for e in parse(steps)]
+    steps = keep_alive if kept_alive else one_shot
+    # Pieces of one syscall keep its timestamp; sequence numbers follow.
+    assert [e.as_dict() for e in parse(resplit(steps, cuts))] == [e.as_dict() for e in parse(steps)]

@@ -16,7 +16,7 @@ from agent.protocols.amqp import AmqpHandler
 from tests._recording import RecordingProxy
 from tests._servers import rabbitmq, unavailable
 
-from ._replay import IN, OUT, per_message, replay, resplit, timing
+from ._replay import IN, OUT, cut_lists, cut_short, keep_shares, per_message, replay, resplit, timing
 
 try:
     import pika
@@ -159,18 +159,18 @@ def test_detection_of_first_payloads(recorded):
 
 @settings(max_examples=30, deadline=None, database=None,  # recordings differ from run to run
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.data())
-def test_any_resplit_gives_the_same_facts(recorded, data):
-    assert parse(resplit(recorded, data.draw, st.integers, st.lists)) == parse(recorded)
+@given(cuts=cut_lists)
+def test_any_resplit_gives_the_same_facts(recorded, cuts):
+    assert parse(resplit(recorded, cuts)) == parse(recorded)
 
 
 @settings(max_examples=30, deadline=None, database=None,  # recordings differ from run to run
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.data())
-def test_random_capture_losses_never_break_the_handler(recorded, data):
+@given(keeps=keep_shares)
+def test_random_capture_losses_never_break_the_handler(recorded, keeps):
     handler = AmqpHandler("server")
-    for direction, chunk, ts in recorded:
-        handler.feed(direction, chunk[:data.draw(st.integers(0, len(chunk)))], len(chunk), ts, None)
+    for direction, captured, moved, ts in cut_short(recorded, keeps):
+        handler.feed(direction, captured, moved, ts, None)
     handler.close(None)
     assert handler.internal_errors == 0
 

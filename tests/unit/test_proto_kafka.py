@@ -25,7 +25,7 @@ from agent.protocols.kafka import KafkaHandler
 from tests._recording import RecordingProxy
 from tests._servers import free_port, kafka_broker_args, running, unavailable
 
-from ._replay import IN, OUT, per_message, replay, resplit, timing
+from ._replay import IN, OUT, cut_lists, cut_short, keep_shares, per_message, pick, picks, replay, resplit, timing
 
 try:
     import confluent_kafka
@@ -189,22 +189,21 @@ def test_detection_of_first_payloads(recorded):
 
 @settings(max_examples=30, deadline=None, database=None,  # recordings differ from run to run
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.data())
-def test_any_resplit_gives_the_same_facts(recorded, data):
-    steps = data.draw(st.sampled_from(recorded))
-    assert parse(resplit(steps, data.draw, st.integers, st.lists)) == parse(steps)
+@given(which=picks, cuts=cut_lists)
+def test_any_resplit_gives_the_same_facts(recorded, which, cuts):
+    steps = pick(recorded, which)
+    assert parse(resplit(steps, cuts)) == parse(steps)
 
 
 @settings(max_examples=30, deadline=None, database=None,  # recordings differ from run to run
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.data())
-def test_random_capture_losses_never_break_the_handler(recorded, data):
-    steps = data.draw(st.sampled_from(recorded))
+@given(which=picks, keeps=keep_shares)
+def test_random_capture_losses_never_break_the_handler(recorded, which, keeps):
+    steps = pick(recorded, which)
     handler = KafkaHandler("server")
     out = []
-    for direction, chunk, ts in steps:
-        keep = data.draw(st.integers(0, len(chunk)))
-        out += handler.feed(direction, chunk[:keep], len(chunk), ts, None)
+    for direction, captured, moved, ts in cut_short(steps, keeps):
+        out += handler.feed(direction, captured, moved, ts, None)
     out += handler.close(None)
     assert handler.internal_errors == 0
     assert len(out) <= sum(1 for d, _, _ in steps if d == IN)

@@ -24,6 +24,7 @@ from agent.protocols.memcached import (MemcachedHandler, looks_like_binary,
 from tests._recording import RecordingProxy
 from tests._servers import free_port, need_binary, running, unavailable
 
+from ._replay import cut_lists, cut_short, keep_shares, pick, picks, resplit
 from .test_proto_redis import Feeder, replay
 
 try:
@@ -305,28 +306,21 @@ def test_detection_of_first_payloads(recorded):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.data())
-def test_any_resplit_of_the_syscalls_gives_the_same_facts(recorded, data):
-    steps = data.draw(st.sampled_from(recorded[data.draw(st.sampled_from(sorted(SCENARIOS)))]))
-    resplit = []
-    for direction, chunk, ts in steps:
-        cuts = sorted(data.draw(st.lists(st.integers(0, len(chunk)), max_size=6)))
-        bounds = [0, *cuts, len(chunk)]
-        resplit += [(direction, chunk[a:b], ts) for a, b in zip(bounds, bounds[1:]) if b > a]
-    assert parse(resplit) == parse(steps)
+@given(name=st.sampled_from(sorted(SCENARIOS)), which=picks, cuts=cut_lists)
+def test_any_resplit_of_the_syscalls_gives_the_same_facts(recorded, name, which, cuts):
+    steps = pick(recorded[name], which)
+    assert parse(resplit(steps, cuts)) == parse(steps)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.data())
-def test_random_capture_losses_never_break_the_parser(recorded, data):
-    name = data.draw(st.sampled_from(sorted(SCENARIOS)))
-    steps = data.draw(st.sampled_from(recorded[name]))
+@given(name=st.sampled_from(sorted(SCENARIOS)), which=picks, keeps=keep_shares)
+def test_random_capture_losses_never_break_the_parser(recorded, name, which, keeps):
+    steps = pick(recorded[name], which)
     full = parse(steps)
     conn = MemcachedHandler("server")
     out = []
-    for direction, chunk, ts in steps:
-        keep = data.draw(st.integers(0, len(chunk)))
-        out += conn.feed(direction, chunk[:keep], len(chunk), ts, None)
+    for direction, captured, moved, ts in cut_short(steps, keeps):
+        out += conn.feed(direction, captured, moved, ts, None)
     out += conn.close(None)
     assert conn.internal_errors == 0
     assert len(out) <= len(full)

@@ -24,7 +24,7 @@ from agent.protocols.mongodb import MongoHandler, query_shape, redact_message
 from tests._recording import RecordingProxy
 from tests._servers import free_port, mongodb_server_args, running, unavailable
 
-from ._replay import IN, OUT, per_message, replay, resplit
+from ._replay import IN, OUT, cut_lists, cut_short, keep_shares, per_message, replay, resplit
 
 try:
     import bson
@@ -163,21 +163,20 @@ def test_detection_of_first_payloads(recorded):
 
 @settings(max_examples=40, deadline=None, database=None,  # recordings differ from run to run
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.data())
-def test_any_resplit_of_the_syscalls_gives_the_same_facts(recorded, data):
-    steps = resplit(recorded, data.draw, st.integers, st.lists)
+@given(cuts=cut_lists)
+def test_any_resplit_of_the_syscalls_gives_the_same_facts(recorded, cuts):
+    steps = resplit(recorded, cuts)
     assert summary(replay(MongoHandler("server"), steps)) == summary(replay(MongoHandler("server"), recorded))
 
 
 @settings(max_examples=40, deadline=None, database=None,  # recordings differ from run to run
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.data())
-def test_random_capture_losses_never_break_the_handler(recorded, data):
+@given(keeps=keep_shares)
+def test_random_capture_losses_never_break_the_handler(recorded, keeps):
     handler = MongoHandler("server")
     out = []
-    for direction, chunk, ts in recorded:
-        keep = data.draw(st.integers(0, len(chunk)))
-        out += handler.feed(direction, chunk[:keep], len(chunk), ts, None)
+    for direction, captured, moved, ts in cut_short(recorded, keeps):
+        out += handler.feed(direction, captured, moved, ts, None)
     out += handler.close(None)
     assert handler.internal_errors == 0
     assert len(out) <= sum(1 for d, _, _ in recorded if d == IN)

@@ -20,7 +20,7 @@ from agent.protocols.mqtt import MqttHandler
 from tests._recording import RecordingProxy
 from tests._servers import free_port, mosquitto_args, running, unavailable
 
-from ._replay import IN, OUT, per_message, replay, resplit, timing
+from ._replay import IN, OUT, cut_lists, cut_short, keep_shares, per_message, replay, resplit, timing
 
 try:
     import paho.mqtt.client as mqtt
@@ -184,19 +184,19 @@ def test_refusals_the_broker_did_not_make():
 
 @settings(max_examples=30, deadline=None, database=None,  # recordings differ from run to run
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.data())
-def test_any_resplit_gives_the_same_facts(recorded, data):
-    steps = recorded[data.draw(st.sampled_from([4, 5]))]
-    assert parse(resplit(steps, data.draw, st.integers, st.lists)) == parse(steps)
+@given(version=st.sampled_from([4, 5]), cuts=cut_lists)
+def test_any_resplit_gives_the_same_facts(recorded, version, cuts):
+    steps = recorded[version]
+    assert parse(resplit(steps, cuts)) == parse(steps)
 
 
 @settings(max_examples=30, deadline=None, database=None,  # recordings differ from run to run
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.data())
-def test_random_capture_losses_never_break_the_handler(recorded, data):
+@given(version=st.sampled_from([4, 5]), keeps=keep_shares)
+def test_random_capture_losses_never_break_the_handler(recorded, version, keeps):
     handler = MqttHandler("server")
-    for direction, chunk, ts in recorded[data.draw(st.sampled_from([4, 5]))]:
-        handler.feed(direction, chunk[:data.draw(st.integers(0, len(chunk)))], len(chunk), ts, None)
+    for direction, captured, moved, ts in cut_short(recorded[version], keeps):
+        handler.feed(direction, captured, moved, ts, None)
     handler.close(None)
     assert handler.internal_errors == 0
 
