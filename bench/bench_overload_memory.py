@@ -92,7 +92,9 @@ def main() -> int:
             healthy = subprocess.Popen([sys.executable, "-c", HEALTHY, str(sock), str(REPO)],
                                        stdout=subprocess.PIPE, text=True)
             assert healthy.stdout.readline().strip() == "ready"
-            time.sleep(3.0)
+            # Past the first metrics poll (every 5 s by default): the network
+            # counters' library (pyroute2, about 12 MiB) is imported there.
+            time.sleep(7.0)
             idle_before = memory_kib(agent.pid)[0] / 1024
             print(f"agent idle before the load: {idle_before:.1f} MiB RSS")
             print(f"{'run':>4} {'req/s':>9} {'cores':>6} {'RSS MiB':>8}")
