@@ -15,10 +15,11 @@ import os
 import platform
 import sys
 
-from bpfobj import BpfError, features
+from bpfobj import BpfError, arch_object, features
 from bpfobj._fs import ensure_bpffs, ensure_tracefs
 from wire import terminal_text
 
+from ._app import TRACER_OBJECT
 from ._monitor_check import monitor_report
 from ._privileges import check_privileges
 from ._tls_check import tls_report
@@ -42,6 +43,11 @@ def main(argv: list[str] | None = None, out=None) -> int:
     problems: list[str] = []
 
     say(f"kernel: Linux {platform.release()} ({platform.machine()})")
+    try:
+        say(f"architecture: {platform.machine()}, tracer {arch_object(TRACER_OBJECT).name}")
+    except BpfError as exc:
+        say(f"architecture: {platform.machine()}, no tracer object for it")
+        problems.append(f"no tracer for this architecture: {exc}")
     btf_ok = os.path.exists("/sys/kernel/btf/vmlinux")
     say(f"kernel BTF: {'/sys/kernel/btf/vmlinux' if btf_ok else 'missing'}")
     if not btf_ok:
@@ -80,6 +86,9 @@ def main(argv: list[str] | None = None, out=None) -> int:
             problems.append("hash or per-CPU array maps cannot be created")
         if not basics["global data"]:
             problems.append("programs cannot use global data (.rodata); needs Linux 5.2+")
+        if not all(results["helpers"].values()):
+            lacking = ", ".join(h for h, ok in results["helpers"].items() if not ok)
+            problems.append(f"the kernel lacks BPF helpers the tracer calls: {lacking}")
 
     tls_notes = tls_report(say)
     monitor_notes = monitor_report(say) if basics["bpf syscall"] else []

@@ -10,12 +10,13 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import re
 import struct
 
 from . import _insn, _sys
 from ._btf import Kind
 from ._consts import AttachType, MapFlags, MapType, PseudoSrc, ProgType
-from ._errors import BpfError
+from ._errors import BpfError, VerifierError
 from ._fs import tracefs_path
 from ._kernel_btf import kernel_btf_id
 
@@ -23,7 +24,7 @@ __all__ = [
     "bpf_syscall", "btf", "prog_type_supported", "map_type_supported", "map_batch_ops",
     "ringbuf", "global_data", "map_freeze", "link_create_perf_event", "raw_tracepoint",
     "tp_btf", "fentry", "fexit", "link_create_tracing", "uprobe_pmu", "kprobe_pmu", "summary",
-    "PROBED_PROG_TYPES", "PROBED_MAP_TYPES",
+    "PROBED_PROG_TYPES", "PROBED_MAP_TYPES", "PROBED_HELPERS", "helper_supported",
 ]
 
 
@@ -320,8 +321,37 @@ def uprobe_pmu() -> bool:
     return os.path.exists("/sys/bus/event_source/devices/uprobe/type")
 
 
+# --- helpers ------------------------------------------------------------------
+
+# Helpers sidetrace's tracer calls that came after Linux 5.4 (ids: bpfobj._sys.HELPERS).
+PROBED_HELPERS = (112, 113, 158, 175)
+
+
+@functools.cache
+def helper_supported(helper_id: int) -> bool:
+    """A tracepoint program may call this helper.
+
+    The probe calls it with no arguments: a verifier that knows the helper
+    refuses the arguments instead, which means the helper is there.
+    """
+    try:
+        fd = _sys.prog_load(ProgType.TRACEPOINT, _insn.encode(_insn.CALL, imm=helper_id) + RETURN_ZERO,
+                            "GPL")
+    except VerifierError as exc:
+        return re.search(r"^(?:invalid|unknown) func ", exc.log, re.M) is None
+    except BpfError:  # NotSupportedError: a helper this kernel predates
+        return False
+    _closing(fd)
+    return True
+
+
+def _helper_label(helper_id: int) -> str:
+    name, since = _sys.HELPERS[helper_id]
+    return f"{name} (Linux {since})"
+
+
 def summary() -> dict[str, dict[str, bool]]:
-    """Every probe's result, grouped: basics, program types, map types, attach kinds."""
+    """Every probe's result, grouped: basics, program types, map types, attach kinds, helpers."""
     basics = {
         "bpf syscall": bpf_syscall(),
         "BTF load": btf(),
@@ -344,4 +374,6 @@ def summary() -> dict[str, dict[str, bool]]:
         "uprobe PMU": uprobe_pmu(),
         "kprobe PMU": kprobe_pmu(),
     }
-    return {"basics": basics, "program types": progs, "map types": maps, "attach": attach}
+    helpers = {_helper_label(h): helper_supported(h) for h in PROBED_HELPERS}
+    return {"basics": basics, "program types": progs, "map types": maps, "attach": attach,
+            "helpers": helpers}

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 
 from . import _features, _sys
 from ._consts import PERCPU_MAP_TYPES, MapFlags, MapType, UpdateFlags
-from ._errors import BpfError, SyscallError
+from ._errors import BpfError, NotSupportedError, SyscallError
 from ._fd import FdOwner
 from ._perf import possible_cpus
 
@@ -214,8 +214,8 @@ class Map(FdOwner):
             try:
                 yield from self.lookup_batch()
                 return
-            except _BatchUnsupported:
-                pass
+            except NotSupportedError:
+                pass  # walk the keys instead
         for key in self.keys():
             value = self.lookup(key)
             if value is not None:  # deleted meanwhile
@@ -226,7 +226,11 @@ class Map(FdOwner):
             yield value
 
     def lookup_batch(self, batch_size: int = _BATCH) -> Iterator[tuple[bytes, bytes | list[bytes]]]:
-        """Every (key, value) via BPF_MAP_LOOKUP_BATCH, ``batch_size`` per call."""
+        """Every (key, value) via BPF_MAP_LOOKUP_BATCH, ``batch_size`` per call.
+
+        :class:`NotSupportedError` when the kernel has no batch lookup for this
+        map type (found at the first call, before anything is yielded).
+        """
         ks, vs = self.key_size, self._value_buf_size
         token = max(ks, 8)
         in_batch: ctypes.Array | None = None
@@ -243,7 +247,9 @@ class Map(FdOwner):
                     count *= 2  # a hash bucket holds more than `count` elements
                     continue
                 if first and exc.errno in (_errno.EINVAL, _errno.ENOTSUP, _ENOTSUPP, _errno.EOPNOTSUPP):
-                    raise _BatchUnsupported() from None
+                    kind = getattr(self.type, "name", self.type)
+                    raise NotSupportedError(f"BPF_MAP_LOOKUP_BATCH on {kind} maps", "",
+                                            f"map {self.name!r}: {exc}") from None
                 raise
             first = False
             kraw, vraw = keys.raw, values.raw
@@ -300,10 +306,6 @@ class Map(FdOwner):
     def info(self) -> _sys.BpfMapInfo:
         """The kernel's ``struct bpf_map_info`` (id, btf_id, type ids, ...)."""
         return _sys.obj_get_info_by_fd(self.fd, _sys.BpfMapInfo())
-
-
-class _BatchUnsupported(Exception):
-    pass
 
 
 _BATCH_TYPES = frozenset({

@@ -292,7 +292,17 @@ class Program(FdOwner):
         except SyscallError as exc:
             if exc.errno not in (22, 95, 524):  # no LINK_CREATE for tracing: fall back
                 raise
-        fd = _sys.raw_tracepoint_open(None, self.fd)
+        try:
+            fd = _sys.raw_tracepoint_open(None, self.fd)
+        except SyscallError as exc:
+            if exc.errno not in (95, 524):  # EOPNOTSUPP, the kernel's ENOTSUPP
+                raise
+            # Loaded, yet not attachable: a kernel whose BPF trampolines cannot
+            # call into kernel functions on this architecture (arm64 before
+            # ftrace direct calls, as Debian 12's 6.1).
+            kind = getattr(self.expected_attach_type, "name", at)
+            raise NotSupportedError(f"attaching {kind} programs", "",
+                                    f"program {self.name!r} to {self.attach_target}: {exc}") from None
         return Link("tracing", fd, program=self.name, target=self.attach_target)
 
     def attach_uprobe_symbol(self, path: str, function: str, *, retprobe: bool = False,

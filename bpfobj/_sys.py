@@ -28,9 +28,12 @@ import errno as _errno
 import fcntl
 import os
 import platform
+import re
+import resource
 from collections.abc import Callable
 
 from ._consts import (
+    CORE_POISON_HELPER,
     PERF_FLAG_FD_CLOEXEC,
     AttachType,
     Cmd,
@@ -39,6 +42,7 @@ from ._consts import (
 )
 from ._errors import (
     BpfError,
+    CoreRelocationError,
     NotSupportedError,
     PermissionDeniedError,
     SyscallError,
@@ -52,7 +56,7 @@ __all__ = [
     "obj_get_info_by_fd", "perf_event_open", "perf_event_enable",
     "perf_event_disable", "perf_event_set_bpf", "close_fd", "PerfEventAttr",
     "BpfProgInfo", "BpfMapInfo", "BpfLinkInfo", "OBJ_NAME_LEN", "ArchAbi", "ARCHES", "ABI",
-    "MACHINE", "arch_abi",
+    "MACHINE", "arch_abi", "kernel_version", "HELPERS", "lift_memlock_limit",
 ]
 
 
@@ -630,7 +634,30 @@ def _bpf(cmd: Cmd, attr: ctypes.Structure, *, what: str = "",
         if err == _errno.EAGAIN and again < _EAGAIN_RETRIES:
             again += 1
             continue
+        if err == _errno.EPERM and lift_memlock_limit():
+            continue
         raise _error(f"BPF_{cmd.name}", err, what, on_error)
+
+
+def lift_memlock_limit() -> bool:
+    """Raise RLIMIT_MEMLOCK to unlimited; True if it was limited and now is not.
+
+    Kernels before 5.11 charge the memory of BPF maps and programs to the
+    locked-memory limit of the process instead of its memory cgroup, and
+    answer EPERM once it is used up, even to root.  A refused bpf() call is
+    retried once after this, which a privileged process may do; a later
+    EPERM is a real refusal.  Newer kernels leave the limit alone.
+    """
+    if kernel_version() >= (5, 11):
+        return False
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft == hard == resource.RLIM_INFINITY:
+        return False
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except (ValueError, OSError):
+        return False
+    return True
 
 
 def _error(command: str, err: int, what: str,
@@ -682,6 +709,60 @@ _PROG_TYPE_SINCE = {
     ProgType.RAW_TRACEPOINT: "4.17", ProgType.TRACING: "5.5", ProgType.EXT: "5.6",
     ProgType.LSM: "5.7", ProgType.SYSCALL: "5.14",
 }
+# The helpers sidetrace's programs call (enum bpf_func_id), by name and the
+# kernel that brought them: a verifier that does not know one says so by id
+# only.
+HELPERS = {
+    1: ("bpf_map_lookup_elem", "3.19"), 2: ("bpf_map_update_elem", "3.19"),
+    3: ("bpf_map_delete_elem", "3.19"), 5: ("bpf_ktime_get_ns", "4.1"),
+    6: ("bpf_trace_printk", "4.1"), 7: ("bpf_get_prandom_u32", "4.1"),
+    8: ("bpf_get_smp_processor_id", "4.1"), 14: ("bpf_get_current_pid_tgid", "4.2"),
+    15: ("bpf_get_current_uid_gid", "4.2"), 16: ("bpf_get_current_comm", "4.2"),
+    25: ("bpf_perf_event_output", "4.4"), 35: ("bpf_get_current_task", "4.8"),
+    112: ("bpf_probe_read_user", "5.5"), 113: ("bpf_probe_read_kernel", "5.5"),
+    114: ("bpf_probe_read_user_str", "5.5"), 115: ("bpf_probe_read_kernel_str", "5.5"),
+    125: ("bpf_ktime_get_boot_ns", "5.8"), 156: ("bpf_task_storage_get", "5.11"),
+    157: ("bpf_task_storage_delete", "5.11"), 158: ("bpf_get_current_task_btf", "5.11"),
+    175: ("bpf_task_pt_regs", "5.15"), 181: ("bpf_loop", "5.17"),
+    # The last helpers added (kernel functions came after them): the tests
+    # call one to meet a kernel that predates a helper.
+    210: ("bpf_cgrp_storage_get", "6.2"), 211: ("bpf_cgrp_storage_delete", "6.2"),
+}
+# "invalid func unknown#175" (an id past the kernel's last helper) or
+# "unknown func bpf_x#N" (a helper this program type may not call), after
+# "<insn>: (85) call ...#N" naming the instruction.
+_UNKNOWN_HELPER = re.compile(r"^(?:(\d+): \(85\) call \S+#\d+\n)?(?:invalid|unknown) func \S*#(\d+)$",
+                             re.M)
+
+
+def kernel_version(release: str | None = None) -> tuple[int, ...]:
+    """(major, minor, patch) of the running kernel (or of ``release``)."""
+    found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release or platform.release())
+    return tuple(int(x or 0) for x in found.groups()) if found else (0, 0, 0)
+
+
+def _missing_from_log(log: str, label: str,
+                      running: tuple[int, ...] | None = None) -> BpfError | None:
+    """The typed error for a program the verifier refused for want of a kernel feature.
+
+    A call of the CO-RE poison helper is a kernel field or type this kernel's
+    BTF lacks; an unknown helper the kernel predates is a missing helper.  A
+    helper the kernel has but refuses for this program type stays a
+    verifier error (the log says why).
+    """
+    found = _UNKNOWN_HELPER.search(log)
+    if found is None:
+        return None
+    insn, helper = found.group(1), int(found.group(2))
+    if helper == CORE_POISON_HELPER:
+        where = f" at instruction {insn}" if insn else ""
+        return CoreRelocationError(
+            f"program {label!r}{where} uses a kernel field or type this kernel does not have "
+            "(a CO-RE relocation that did not resolve)")
+    name, since = HELPERS.get(helper, (f"helper #{helper}", ""))
+    if since and (running or kernel_version()) >= kernel_version(since):
+        return None
+    return NotSupportedError(f"the BPF helper {name}", since, f"program {label!r}")
 
 
 def _type_name(enum_cls: type, value: int) -> str:
@@ -859,6 +940,8 @@ def prog_load(prog_type: int, insns: bytes, license: str, *, name: str = "",
     level = log_level
     size = log_size or (256 * 1024 if log_level else 0)
     fd, err, log, true_size = attempt(level, size)
+    if fd < 0 and err == _errno.EPERM and lift_memlock_limit():
+        fd, err, log, true_size = attempt(level, size)
     if fd >= 0:
         return fd
     if err == _errno.EPERM:
@@ -891,6 +974,9 @@ def prog_load(prog_type: int, insns: bytes, license: str, *, name: str = "",
                 _PROG_TYPE_SINCE.get(prog_type, ""), f"program {label!r}")
     if err == _errno.ENOSPC and not log:
         log = "(verifier log exceeded the largest buffer bpfobj offers)"
+    missing = _missing_from_log(log, label)
+    if missing is not None:
+        raise missing from VerifierError(label, err, log)
     raise VerifierError(label, err, log)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.check import main
-from bpfobj import features
+from bpfobj import _sys, features
 
 pytestmark = pytest.mark.kernel
 
@@ -23,6 +23,8 @@ def test_check_passes_as_root() -> None:
     assert main([], out=out) == 0
     text = out.getvalue()
     assert "kernel: Linux" in text
+    machine = _sys.arch_abi()
+    assert f"architecture: {machine.machine}, tracer sidetrace.{machine.bpf_arch}.bpf.o" in text
     assert "kernel BTF: /sys/kernel/btf/vmlinux" in text
     assert "CAP_BPF" in text and "CAP_PERFMON" in text
     assert "tracefs: /sys/kernel/tracing" in text and "bpffs: /sys/fs/bpf" in text

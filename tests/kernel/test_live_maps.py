@@ -109,8 +109,12 @@ def test_per_cpu_values_are_a_list_per_cpu(map_type: MapType) -> None:
         assert m[2] == [b"\x07" * 12] * ncpu
         items = dict(m.items())
         assert items[struct.pack("<I", 1)] == values
-        batch = dict(m.lookup_batch())
-        assert batch == items
+        try:
+            batch = dict(m.lookup_batch())
+        except NotSupportedError:  # a kernel without batch lookup for the type (5.10: per-CPU arrays)
+            assert features.map_batch_ops()  # hash maps do have it: this map type is the gap
+        else:
+            assert batch == items
         with pytest.raises(BpfError, match="possible CPUs"):
             m[3] = values[:1] + values
         slow = {k: m[k] for k in m.keys()}

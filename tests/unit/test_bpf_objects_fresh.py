@@ -89,3 +89,21 @@ def test_cli_check_exit_codes(tmp_path: Path, monkeypatch, capsys) -> None:
     err = capsys.readouterr().err
     assert "stale: bpfobj/bpf/prog.bpf.o" in err
     assert manifest.main(["bogus"]) == 2
+
+
+def test_a_source_reading_registers_gives_one_object_per_architecture(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    (root / "bpfobj/bpf/include/bpf_regs.h").write_text("/* registers */\n")
+    (root / "bpfobj/bpf/include/other.h").write_text('#include "common.h"\n#include "bpf_regs.h"\n')
+    assert manifest.objects_of(root, "bpfobj/bpf/prog.bpf.c") == [
+        f"bpfobj/bpf/prog.{arch}.bpf.o" for arch in manifest.ARCHES]
+    assert manifest.objects_of(root, "tests/bpf/t.bpf.c") == ["tests/bpf/t.bpf.o"]
+    kinds = {(p.kind, p.path) for p in manifest.check(root)}
+    assert {("missing-object", f"bpfobj/bpf/prog.{arch}.bpf.o") for arch in manifest.ARCHES} <= kinds
+    for arch in manifest.ARCHES:
+        (root / f"bpfobj/bpf/prog.{arch}.bpf.o").write_bytes(arch.encode())
+    manifest.write(root)
+    assert manifest.check(root) == []
+    (root / "bpfobj/bpf/include/bpf_regs.h").write_text("/* changed */\n")
+    stale = sorted(p.path for p in manifest.check(root) if p.kind == "stale")
+    assert stale == sorted(f"bpfobj/bpf/prog.{arch}.bpf.o" for arch in manifest.ARCHES)
