@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := .make
 export PATH := /usr/sbin:/sbin:$(PATH)
 
-.PHONY: all run test test-unit test-kernel bpf bpf-objects check-bpf layout setup services bench dist clean
+.PHONY: all run test test-unit test-kernel test-kernels bpf bpf-objects check-bpf layout setup services bench dist clean
 
 all: test
 
@@ -28,11 +28,16 @@ $(STAMP)/apt-updated: | $(STAMP)
 	apt-get update -qq
 	touch $@
 
-$(STAMP)/services: $(STAMP)/apt-updated Makefile tests/apt-packages.txt
-	missing=""; for p in $(APT_PACKAGES); do \
+# $(call apt_install_missing,PACKAGE...)
+define apt_install_missing
+	missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+endef
+
+$(STAMP)/services: $(STAMP)/apt-updated Makefile tests/apt-packages.txt
+	$(call apt_install_missing,$(APT_PACKAGES))
 	touch $@
 
 services: $(STAMP)/services
@@ -45,6 +50,36 @@ test-unit: setup
 
 test-kernel: setup services
 	$(PY) -m pytest -q tests/kernel
+
+# --- Other kernels under qemu (not part of `make test`: see docs/kernels.md) ---
+# One Debian root filesystem image per architecture, built once into
+# QEMU_CACHE (git-ignored) and rebuilt when its recipe or the Python
+# dependencies change; every guest boots a throw-away overlay of it.
+# KERNELS_ARGS passes options to tests/qemu/run.py, e.g.
+#   make test-kernels QEMU_ARCHES=amd64 KERNELS_ARGS="--kernel stock --subset fast"
+QEMU_CACHE ?= .cache/qemu
+QEMU_ARCHES ?= amd64 arm64
+KERNELS_ARGS ?=
+QEMU_PACKAGES = $(shell grep -v '^\#' tests/qemu/apt-packages.txt)
+
+$(STAMP)/qemu-services: $(STAMP)/apt-updated tests/qemu/apt-packages.txt
+	$(call apt_install_missing,$(QEMU_PACKAGES))
+	touch $@
+
+# The guest's Python requirements: the project's and its tests' (rewritten
+# only when they change, so an unrelated pyproject.toml edit rebuilds nothing).
+$(QEMU_CACHE)/requirements.txt: pyproject.toml | $(STAMP)/venv
+	mkdir -p $(@D)
+	$(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+	  print("\n".join(p["dependencies"] + p["optional-dependencies"]["test"]))' > $@.new
+	if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
+
+$(QEMU_CACHE)/%/rootfs.img: tests/qemu/build-rootfs.sh tests/qemu/guest-init \
+    $(QEMU_CACHE)/requirements.txt | $(STAMP)/qemu-services
+	PIP="$(VENV)/bin/pip" nice -n 19 bash tests/qemu/build-rootfs.sh $* $(QEMU_CACHE)/$* $(QEMU_CACHE)/requirements.txt
+
+test-kernels: setup $(STAMP)/qemu-services $(foreach a,$(QEMU_ARCHES),$(QEMU_CACHE)/$(a)/rootfs.img)
+	$(PY) tests/qemu/run.py --cache $(QEMU_CACHE) $(foreach a,$(QEMU_ARCHES),--arch $(a)) $(KERNELS_ARGS)
 
 run: setup
 	$(VENV)/bin/sidetrace run $(ARGS)

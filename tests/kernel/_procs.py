@@ -14,6 +14,10 @@ from pathlib import Path
 
 APPS = Path(__file__).parent / "apps"
 REPO = Path(__file__).resolve().parents[2]
+# How much slower than this machine the tests run: the waits below stretch by
+# it.  `make test-kernels` sets it for guests under software emulation, where
+# starting the agent alone takes tens of seconds.
+SLOWDOWN = float(os.environ.get("SIDETRACE_TEST_SLOWDOWN", "1"))
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
@@ -21,7 +25,7 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10)
     if proc.poll() is None:
         os.kill(proc.pid, sig)
         try:
-            proc.wait(timeout)
+            proc.wait(timeout * SLOWDOWN)
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -92,6 +96,7 @@ AGENT_START_LIMIT = 120
 
 
 def wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = AGENT_START_LIMIT) -> None:
+    timeout *= SLOWDOWN
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None:
@@ -112,7 +117,8 @@ def collect_spans(sub, want: int, *, settle: float = 1.5, limit: float = 30,
     ``stats`` if given.
     """
     spans = []
-    deadline = time.monotonic() + limit
+    settle *= SLOWDOWN
+    deadline = time.monotonic() + limit * SLOWDOWN
     quiet_until = None
     while time.monotonic() < deadline:
         if len(spans) >= want:

@@ -5,7 +5,8 @@ because somebody installed it by hand makes a green run here and a red one
 there.  So every program named by a test or bench (``shutil.which("x")``,
 ``need_binary("x")``, or the first word of an argv list literal) must come
 from the venv (tests/requirements.txt, pyproject.toml), from a Debian package
-listed in tests/apt-packages.txt or pulled in by one of them, or from a
+listed in tests/apt-packages.txt (tests/qemu/apt-packages.txt for the qemu
+runs) or pulled in by one of them, or from a
 package every Debian system has (priority required or important).
 
 And kernel tests wait on the condition they assert: a fixed ``time.sleep``
@@ -88,9 +89,13 @@ def test_the_scanner_finds_programs_in_every_form() -> None:
     assert {"nginx", "bpftool"} <= maybe and "GET" not in maybe
 
 
+# make test installs the first list; make test-kernels the second (qemu, debootstrap).
+APT_LISTS = ("tests/apt-packages.txt", "tests/qemu/apt-packages.txt")
+
+
 @functools.cache
 def _listed_packages() -> frozenset[str]:
-    text = (REPO / "tests" / "apt-packages.txt").read_text()
+    text = "\n".join((REPO / name).read_text() for name in APT_LISTS)
     return frozenset(line.split("#")[0].strip() for line in text.splitlines()
                      if line.split("#")[0].strip())
 
@@ -137,8 +142,8 @@ def _why_not_provided(program: str, path: str) -> str | None:
         return f"{program} ({path}) belongs to no Debian package: the project cannot install it"
     if package in _provided_packages() or _priority(package) in BASE_PRIORITIES:
         return None
-    return (f"{program} comes from the Debian package {package}, which tests/apt-packages.txt "
-            "neither lists nor pulls in")
+    return (f"{program} comes from the Debian package {package}, which {' and '.join(APT_LISTS)} "
+            "neither list nor pull in")
 
 
 @pytest.mark.skipif(shutil.which("dpkg") is None or shutil.which("apt-cache") is None,
