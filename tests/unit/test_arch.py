@@ -60,11 +60,12 @@ def test_arch_object_names_the_machine_when_not_built_for_it(tmp_path, monkeypat
         arch_object(root / "missing.bpf.o")
 
 
-def _pt_regs_reads(obj: Path) -> set[str]:
-    """Registers of struct pt_regs the object reads, by CO-RE access: 'di', 'regs[1]', ..."""
+def _pt_regs_reads(obj: Path) -> dict[str, set[str]]:
+    """Registers of struct pt_regs each kind of program reads, by CO-RE access:
+    {"tracepoint": {"di", ...}, "uprobe": {"regs[1]", ...}, ...}."""
     spec = load_object_spec(obj)
     btf = spec.btf_types
-    seen = set()
+    seen: dict[str, set[str]] = {}
     for prog in spec.programs.values():
         for relo in prog.core_relocations:
             root = btf.resolved(relo.type_id)
@@ -75,7 +76,7 @@ def _pt_regs_reads(obj: Path) -> set[str]:
             name = member.name
             if len(steps) > 1 and btf.resolved(member.type).kind == Kind.ARRAY:
                 name += f"[{steps[1]}]"
-            seen.add(name)
+            seen.setdefault(prog.section.split("/")[0], set()).add(name)
     return seen
 
 
@@ -83,12 +84,22 @@ def arch_object_for(path: Path, arch: str) -> Path:
     return path.with_name(path.name.replace(".bpf.o", f".{arch}.bpf.o"))
 
 
-def test_each_build_reads_syscall_arguments_from_its_own_registers() -> None:
-    # fd, buffer, length, flags, address: arguments 1..5 of the data syscalls.
-    assert _pt_regs_reads(arch_object_for(TRACER, "x86")) == {"di", "si", "dx", "r10", "r8"}
-    # arm64: x0 holds the return value by sys_exit; the first argument is orig_x0.
+def test_each_build_reads_arguments_from_its_own_registers() -> None:
+    # Syscall tracepoints: fd, buffer, length, flags, address (syscall arguments 1..5);
+    # uprobes: SSL_read/SSL_write(ssl, buf, num) and SSL_*_ex's fourth (function
+    # arguments); uretprobes: the return value.
+    assert _pt_regs_reads(arch_object_for(TRACER, "x86")) == {
+        "tracepoint": {"di", "si", "dx", "r10", "r8"},
+        "uprobe": {"di", "si", "cx"},
+        "uretprobe": {"ax"},
+    }
+    # arm64: x0 holds the return value by sys_exit, so the first syscall
+    # argument is orig_x0; function arguments are x0..x7.
     assert _pt_regs_reads(arch_object_for(TRACER, "arm64")) == {
-        "orig_x0", "regs[1]", "regs[2]", "regs[3]", "regs[4]"}
+        "tracepoint": {"orig_x0", "regs[1]", "regs[2]", "regs[3]", "regs[4]"},
+        "uprobe": {"regs[0]", "regs[1]", "regs[3]"},
+        "uretprobe": {"regs[0]"},
+    }
 
 
 def test_a_helper_the_kernel_predates_is_named_with_its_minimum_kernel() -> None:
