@@ -142,6 +142,7 @@ def collect_spans(sub, want: int, *, settle: float = 1.5, limit: float = 30,
 def wait_for_stats(sub, accept, what: str = "what was expected", limit: float = 30) -> dict:
     """The first stats message from ``sub`` that ``accept`` takes; fails after ``limit``
     seconds, showing the last stats message seen."""
+    limit *= SLOWDOWN
     deadline = time.monotonic() + limit
     last = None
     while time.monotonic() < deadline:

@@ -27,7 +27,7 @@ pip=${PIP:-python3 -m pip}
 here=$(cd "$(dirname "$0")" && pwd)
 
 # The programs the tests run inside the guest, and what the guest init needs.
-packages=python3,python3-venv,bpftool,iproute2,procps,kmod,ca-certificates,curl
+packages=python3,python3-venv,bpftool,iproute2,procps,kmod,ca-certificates,curl,openssl
 
 case $arch in
   amd64) qemu_user=x86_64; wheel_machine=x86_64; old_suite=bullseye ;;

@@ -35,7 +35,9 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
 # The chosen subset: what the kernel must offer (check), the loader on real
-# objects, the tracer's programs, and the HTTP acceptance test end to end.
+# objects, the tracer's programs, what bpfobj says of missing features, the
+# HTTP acceptance test end to end, and TLS through uprobes (those TLS tests
+# whose programs the image has: Python's ssl and openssl).
 SUBSETS = {
     "full": [
         "tests/kernel/test_live_check.py",
@@ -45,6 +47,9 @@ SUBSETS = {
         "tests/kernel/test_tracer_kernel.py",
         "tests/kernel/test_kernel_features.py",
         "tests/kernel/test_http_pipeline.py",
+        # TLS plaintext through uprobes: function arguments through bpf_regs.h
+        "tests/kernel/test_tls.py::test_python_http_server_and_client_thread_per_connection",
+        "tests/kernel/test_tls.py::test_process_loading_openssl_after_start_is_seen",
     ],
     "fast": [
         "tests/kernel/test_live_check.py",
