@@ -220,10 +220,15 @@ static __always_inline struct mon_host *host_counters(void)
 	return bpf_map_lookup_elem(&host, &zero);
 }
 
-static __always_inline __u32 log2_bucket(__u64 ns)
+/* A histogram index, bounded where the verifier can see it: older
+ * verifiers (Debian 12's 6.1 among them) know nothing of the result of an
+ * OR with a variable (the steps below), and a 32-bit comparison then
+ * bounds only the lower half of the register; so the clamp is a 64-bit
+ * comparison of a value the compiler cannot narrow. */
+static __always_inline __u64 log2_bucket(__u64 ns)
 {
 	__u64 v = ns / 1000;
-	__u32 r = 0, s;
+	__u64 r = 0, s;
 
 	s = (v > 0xFFFFFFFFULL) << 5; v >>= s; r |= s;
 	s = (v > 0xFFFF) << 4; v >>= s; r |= s;
@@ -231,6 +236,7 @@ static __always_inline __u32 log2_bucket(__u64 ns)
 	s = (v > 0xF) << 2; v >>= s; r |= s;
 	s = (v > 0x3) << 1; v >>= s; r |= s;
 	r |= (v >> 1);
+	barrier_var(r);
 	return r < MON_HIST_BUCKETS ? r : MON_HIST_BUCKETS - 1;
 }
 
@@ -315,7 +321,7 @@ static __always_inline void settle(struct mon_task *s, struct mon_proc *p, __u64
 	case MON_WAITING:
 		s->wait_ns += d;
 		if (p) {
-			__u32 b = log2_bucket(d);
+			__u64 b = log2_bucket(d);
 
 			p->wait_ns += d;
 			if (b < MON_HIST_BUCKETS)
@@ -658,7 +664,7 @@ int on_block_rq_complete(__u64 *ctx)
 		d->ops += 1;
 		if (r && r->issue_ns) {
 			__u64 lat = now - r->issue_ns;
-			__u32 b = log2_bucket(lat);
+			__u64 b = log2_bucket(lat);
 
 			d->time_ns += lat;
 			if (b < MON_HIST_BUCKETS)
@@ -868,9 +874,13 @@ int on_tcp_state(__u64 *ctx)
 	bpf_core_read(&proto, sizeof(proto), &sk->sk_protocol);
 	if (proto != IPPROTO_TCP)
 		return 0;
-	if (h)
-		h->tcp_transitions[((old & (MON_TCP_STATES - 1)) * MON_TCP_STATES +
-				    (new & (MON_TCP_STATES - 1))) & (MON_TCP_STATES * MON_TCP_STATES - 1)] += 1;
+	if (h) {
+		/* masked after the barrier: see log2_bucket */
+		__u64 i = (old & (MON_TCP_STATES - 1)) * MON_TCP_STATES + (new & (MON_TCP_STATES - 1));
+
+		barrier_var(i);
+		h->tcp_transitions[i & (MON_TCP_STATES * MON_TCP_STATES - 1)] += 1;
+	}
 	if (new == TCP_SYN_SENT) {
 		/* connect(): the calling thread owns the socket. */
 		struct task_struct *t = bpf_get_current_task_btf();

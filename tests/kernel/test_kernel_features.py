@@ -3,22 +3,28 @@
 Every test here holds on every kernel: where the running kernel has the
 feature it is used, where it predates it the typed error must name it.
 Debian 12's 6.1 (booted by `make test-kernels`) predates cgroup storage
-(6.2); Debian 11's 5.10 predates the helpers the tracer calls (5.11, 5.15)
-and charges map memory to the locked-memory limit (a fallback lifts it).
+(6.2) and some tracepoints the monitor hooks; Debian 11's 5.10 predates the
+helpers the tracer calls (5.11, 5.15) and charges map memory to the
+locked-memory limit (a fallback lifts it).
 """
 
 from __future__ import annotations
 
+import glob
 import io
+import os
+import re
 import resource
 from pathlib import Path
 
 import pytest
 
+from agent._monitor import GROUPS, MONITOR_OBJECT, Monitor
 from agent.check import main as check_main
 from bpfobj import Collection, Map, NotSupportedError, VerifierError, _sys, arch_object, features
 from bpfobj import load_object_spec
 from bpfobj._consts import MapFlags, MapType, ProgType
+from bpfobj._fs import tracefs_path
 from bpfobj._features import RETURN_ZERO, _tiny_btf
 from bpfobj._insn import CALL, encode
 
@@ -99,3 +105,32 @@ def test_the_tracer_loads_or_names_the_helper_the_kernel_lacks() -> None:
     assert verdict == 1
     assert "the kernel lacks BPF helpers the tracer calls" in out.getvalue()
     assert all(f"{name} (Linux {since})" in out.getvalue() for name, since in lacking)
+
+
+
+def test_what_the_monitor_cannot_run_here_is_what_this_kernel_lacks() -> None:
+    """Every monitor program runs, or is off for a hook or feature this kernel predates.
+
+    The hook is a tracepoint absent from tracefs (say, block_io_start before
+    6.5); the feature is named with a kernel newer than this one.  Never a
+    program the verifier or a relocation refused.
+    """
+    spec = load_object_spec(MONITOR_OBJECT)
+    try:
+        with Monitor(GROUPS) as mon:
+            mon.attach(log_off=False)
+            off, running = mon.off(), mon.running
+    except NotSupportedError as exc:  # a map type the kernel predates: nothing loads
+        assert exc.min_kernel and not _has(exc.min_kernel), exc
+        return
+    events = os.path.join(tracefs_path() or "/sys/kernel/tracing", "events")
+    for name, why in off.items():
+        needs = re.search(r"needs Linux (\S+) or newer", why)
+        if needs:
+            assert not _has(needs.group(1)), (name, why)
+            continue
+        hook = spec.programs[name].attach_target
+        assert f"btf_trace_{hook}" in why, (name, why)
+        assert not glob.glob(os.path.join(events, "*", hook)), (name, why)
+    if _has("5.15"):
+        assert running == frozenset(GROUPS), off
