@@ -74,8 +74,13 @@ $(QEMU_CACHE)/requirements.txt: pyproject.toml | $(STAMP)/venv
 	  print("\n".join(p["dependencies"] + p["optional-dependencies"]["test"]))' > $@.new
 	if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
 
-$(QEMU_CACHE)/%/rootfs.img: tests/qemu/build-rootfs.sh tests/qemu/guest-init \
-    $(QEMU_CACHE)/requirements.txt | $(STAMP)/qemu-services
+# What an image is built from, by content: a checkout or rebase that only
+# touches the recipe's files rebuilds nothing.
+$(QEMU_CACHE)/recipe.sha256: tests/qemu/build-rootfs.sh tests/qemu/guest-init $(QEMU_CACHE)/requirements.txt
+	sha256sum $^ > $@.new
+	if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
+
+$(QEMU_CACHE)/%/rootfs.img: $(QEMU_CACHE)/recipe.sha256 | $(STAMP)/qemu-services
 	PIP="$(VENV)/bin/pip" nice -n 19 bash tests/qemu/build-rootfs.sh $* $(QEMU_CACHE)/$* $(QEMU_CACHE)/requirements.txt
 
 test-kernels: setup $(STAMP)/qemu-services $(foreach a,$(QEMU_ARCHES),$(QEMU_CACHE)/$(a)/rootfs.img)
