@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from agent._monitor import Monitor
 
-from ._procs import started
+from ._procs import SLOWDOWN, started
 
 T = TypeVar("T")
 
@@ -42,7 +42,7 @@ def python(code: str, *, cpu: int | None = None, **kwargs):
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 20.0, every: float = 0.05) -> T:
     """Poll ``check`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * SLOWDOWN
     while True:
         value = check()
         if value:

@@ -93,6 +93,12 @@ def test_http_requests_become_exactly_one_server_and_one_client_span_each(tmp_pa
         seq = span["attributes"].get("sidetrace.tcp.request_seq")
         assert seq is not None and seq == server_seq[span["attributes"]["url.path"]]
 
+    # Linked exactly: each server span is the child of its request's client span, in its trace.
+    client_of = {s["attributes"]["url.path"]: s for s in clients}
+    for span in servers:
+        client = client_of[span["attributes"]["url.path"]]
+        assert (span["trace_id"], span["parent_span_id"]) == (client["trace_id"], client["span_id"]), span
+
     assert stats, "no stats message arrived"
     last = stats[-1]
     assert sum(last["lost_events"]) == 0

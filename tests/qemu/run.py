@@ -35,9 +35,11 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
 # The chosen subset: what the kernel must offer (check), the loader on real
-# objects, the tracer's programs, what bpfobj says of missing features, the
-# HTTP acceptance test end to end, and TLS through uprobes (those TLS tests
-# whose programs the image has: Python's ssl and openssl).
+# objects, the tracer's programs, what bpfobj says of missing features (and
+# which monitor programs may be off), the HTTP acceptance test end to end,
+# TLS through uprobes (those TLS tests whose programs the image has: Python's
+# ssl and openssl), and the monitor measuring (scheduler and page-fault
+# programs).
 SUBSETS = {
     "full": [
         "tests/kernel/test_live_check.py",
@@ -50,6 +52,8 @@ SUBSETS = {
         # TLS plaintext through uprobes: function arguments through bpf_regs.h
         "tests/kernel/test_tls.py::test_python_http_server_and_client_thread_per_connection",
         "tests/kernel/test_tls.py::test_process_loading_openssl_after_start_is_seen",
+        "tests/kernel/test_monitor_cpu.py::test_on_cpu_time_of_two_busy_processes_on_one_cpu_matches_proc_stat",
+        "tests/kernel/test_monitor_memory.py::test_a_process_touching_n_pages_shows_about_n_minor_faults",
     ],
     "fast": [
         "tests/kernel/test_live_check.py",
