@@ -476,18 +476,22 @@ class Handler:
             self._held = None
             self._respond(held[0], held[1])
 
-    def _may_resync(self, carries_requests: bool, data: bytes, ts: int) -> bool:
-        """A lost reader's next syscall: start over at these bytes?"""
-        if carries_requests:
-            return self.looks_like_request(data)
-        # Requests already waiting when the replies were lost: their replies
-        # were (likely) in the bytes we could not follow.
+    def _replies_found(self) -> None:
+        """The replies' reader may start over: requests already waiting when it lost
+        its place had their replies (likely) in the bytes it could not follow."""
         pending = self._pending
         lost_at = self._replies_lost_at
         while pending and pending[0].start_ns < lost_at:
             request = pending.popleft()
             if not request.gap:
                 self._unanswered(request, None)
+
+    def _may_resync(self, carries_requests: bool, data: bytes, ts: int) -> bool:
+        """A lost reader's next syscall: start over at these bytes?"""
+        if carries_requests:
+            return self.looks_like_request(data)
+        self._replies_found()
+        pending = self._pending
         if pending and self.looks_like_reply(data):
             self._release_held()
             return True

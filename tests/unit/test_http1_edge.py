@@ -255,6 +255,21 @@ def test_a_start_line_at_a_syscall_start_wins_over_an_unfinished_garbage_head():
         ("HGET", 200, 0), ("GET", 200, 5)]
 
 
+def test_a_response_found_after_unreadable_ones_is_not_paired_with_their_requests():
+    # Garbage glued to HEAD makes "AHEAD", whose 200 is framed with a body:
+    # that body eats the next response's first byte, and the rest of that
+    # response is unreadable.  The response after it answers the third GET,
+    # not the second, whose answer was in the bytes skipped.
+    ok1 = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n"
+    ok0 = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    head = b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n"
+    get = b"GET /third HTTP/1.1\r\nHost: h\r\n\r\n"
+    exchanges = run("server", [(IN, b"A"), (OUT, b"A"), (IN, head), (OUT, ok1), (IN, GET), (OUT, ok0),
+                               (IN, get), (OUT, ok0)])
+    assert [(e.path, e.status_code) for e in exchanges][-2:] == [("/index.html", None), ("/third", 200)]
+    assert exchanges[-2].flags == F.RESPONSE_MISSING
+
+
 def test_garbage_request_line_is_not_taken_for_a_request():
     exchanges = run("server", [(IN, b"NOT HTTP AT ALL\r\n\r\n"), (IN, GET), (OUT, OK5)])
     assert [(e.path, e.flags) for e in exchanges] == [("/index.html", F.NONE)]
