@@ -360,6 +360,7 @@ class Agent:
             # lost), and the requests then in flight, dropped without a span
             "stream_gaps": {"gaps": self.pipeline.stream_gaps,
                             "requests_dropped": self.pipeline.gap_dropped},
+            "protocol_input": self.pipeline.input_stats(),
             "connections_evicted": self.pipeline.connections.evicted,
             "linker": self.linker.stats(),
             "tls": {**self.tls.stats(), "connections": self.pipeline.tls_connections},

@@ -204,6 +204,15 @@ class Pipeline:
         """Parser bugs caught (each gave its connection up)."""
         return self.context.internal_errors
 
+    def input_stats(self) -> dict[str, int]:
+        """What the handlers refused of the traffic (see ``protocols._base``: trust, spans)."""
+        context = self.context
+        return {
+            "rejected_exchanges": context.rejected,     # not the protocol, or never confirmed by a reply
+            "given_up_connections": context.given_up,   # not (or no longer) their protocol
+            "spans_over_limit": context.over_limit,     # past the per-event or per-second bound
+        }
+
     def handle(self, ev: Event) -> None:
         self.events += 1
         kind = ev.kind

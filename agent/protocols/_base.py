@@ -37,7 +37,23 @@ A handler is read the same way whatever its protocol:
   ``close`` catch any exception here, count it (``internal_errors`` and the
   shared ``Context``) and give the connection up: nothing else in the agent
   catches exceptions from protocol code.
-* **spans**: ``_emit`` is the one way a span leaves a handler.
+* **trust**: a handler decides when a connection is not (or no longer) its
+  protocol.  Detection is a guess from a request's first bytes; a reply the
+  protocol's reader accepts *confirms* it (``_confirm``: each protocol calls
+  it where its own rules accept a reply, the one thing only it knows), and
+  until then the connection's spans are held.  A connection whose replies
+  never confirm it (the peer answered, but not in this protocol) is given
+  up and what it held dropped; so is one whose bytes the protocol cannot
+  have sent (an implausible command, ``_not_this_protocol``).  A message
+  that is not the protocol's but need not end the connection (a frame
+  whose body does not parse) is skipped with ``_reject``.  A connection
+  that got no reply at all keeps its spans.  Counted in ``Context``:
+  exchanges and messages rejected, connections given up.
+* **spans**: ``_emit`` is the one way a span leaves a handler.  Text in the
+  name, status message and attributes is made safe (``span_text``: control
+  and other invisible characters escaped), and two bounds keep one
+  connection from flooding the agent: spans per event (one syscall's bytes)
+  and spans per connection per second (counted as over the limit).
 * **shedding and loss**: when the kernel leaves whole exchanges of a
   connection out (overload), or the connection's stream offsets show bytes
   that never arrived (lost events), the pipeline calls ``restart`` where
@@ -103,16 +119,38 @@ class SpanFacts:
     response_start_ns: int | None = None
 
 
+# One event is one syscall's bytes, at most 4 KiB captured: the smallest
+# replies ("+OK\r\n") make about 820 spans of one read, and a full FIFO
+# flushed at close 1024.
+MAX_SPANS_PER_EVENT = 1024
+# Above what the agent can describe per second in all on these machines: one
+# connection never takes it all.
+MAX_SPANS_PER_SECOND = 20_000
+# Spans a connection may hold before a reply confirms its protocol.
+MAX_UNCONFIRMED = 64
+
+
 class Context:
     """What every handler of one pipeline shares: the options it was given, counters it adds to."""
 
-    __slots__ = ("keep_query_values", "internal_errors")
+    __slots__ = ("keep_query_values", "max_spans_per_event", "max_spans_per_second",
+                 "internal_errors", "rejected", "given_up", "over_limit")
 
-    def __init__(self, *, keep_query_values: bool = False) -> None:
+    def __init__(self, *, keep_query_values: bool = False, max_spans_per_event: int = MAX_SPANS_PER_EVENT,
+                 max_spans_per_second: int = MAX_SPANS_PER_SECOND) -> None:
         # Query values (``?password=...``) leave the host only when asked for.
         self.keep_query_values = keep_query_values
+        self.max_spans_per_event = max_spans_per_event
+        self.max_spans_per_second = max_spans_per_second
         # Exceptions caught from protocol code: always a bug, the connection given up.
         self.internal_errors = 0
+        # Exchanges that made no span: implausible input, or a connection its
+        # replies never confirmed.
+        self.rejected = 0
+        # Connections given up as not (or no longer) their protocol.
+        self.given_up = 0
+        # Spans dropped by the per-event and per-connection-per-second bounds.
+        self.over_limit = 0
 
 
 _QUERY_VALUE = re.compile(r"=[^&]*")
@@ -125,6 +163,32 @@ def query_text(query: str, keep_values: bool) -> str:
     Every request target or query a span carries goes through here.
     """
     return query if keep_values else _QUERY_VALUE.sub("=?", query)
+
+
+def span_text(text: str) -> str:
+    """Text as a span carries it: valid UTF-8, nothing a terminal would act on.
+
+    Printable characters stay; control characters (C0, DEL, C1), format
+    characters such as bidi overrides, separators other than the space,
+    unassigned code points and lone surrogates (bytes that were not UTF-8,
+    decoded with ``surrogateescape``) become ``\\xNN``/``\\uNNNN`` escapes.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        code -= 0xDC00
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+class _GivenUp(Exception):
+    """Raised by ``_not_this_protocol`` to leave the reader's loops; feed and close catch it."""
 
 
 class Request:
@@ -173,8 +237,9 @@ class Handler:
     MAX_PENDING: ClassVar[int] = 1024           # requests waiting for replies (FIFO or by id)
 
     __slots__ = ("role", "request_direction", "context", "internal_errors", "orphan_replies",
-                 "absorbed_replies", "_readers", "_out", "_closed", "_stopped", "_pending",
-                 "_open", "_held", "_skip_replies", "_replies_lost_at", "_restarted")
+                 "absorbed_replies", "rejected", "_readers", "_out", "_closed", "_stopped", "_pending",
+                 "_open", "_held", "_skip_replies", "_replies_lost_at", "_confirmed", "_unconfirmed",
+                 "_replied", "_now", "_second_start", "_second_spans", "_restarted")
 
     def __init__(self, role: str = "unknown", context: Context | None = None) -> None:
         if role not in ("server", "client", "unknown"):
@@ -185,6 +250,7 @@ class Handler:
         self.internal_errors = 0       # exceptions caught in feed/close: parser bugs
         self.orphan_replies = 0        # replies with no request (joined mid-stream)
         self.absorbed_replies = 0      # replies to requests that went uncaptured
+        self.rejected = 0              # messages refused as not this protocol (``_reject``)
         self._readers: dict[str, Any] = {}
         self._out: list[SpanFacts] = []
         self._closed = False
@@ -198,6 +264,12 @@ class Handler:
         # Since ``restart``, until the next request: a reply with no request is
         # one whose request was left out, not a span to describe.
         self._restarted = False
+        self._confirmed = False        # a reply proved the connection speaks this protocol
+        self._unconfirmed: list[SpanFacts] = []  # spans held until then
+        self._replied = False          # the other side sent something meanwhile
+        self._now = 0                  # the timestamp of the bytes being parsed
+        self._second_start = 0         # spans per connection per second: this second's start
+        self._second_spans = 0
 
     # --- what a protocol provides ---------------------------------------------------
 
@@ -256,7 +328,12 @@ class Handler:
                 reader = self._begin(direction, data)
                 if reader is None:
                     return []
+            if not self._confirmed and direction != self.request_direction is not None:
+                self._replied = True  # the peer speaks: whatever it says must confirm the protocol
+            self._now = ts_ns
             reader.feed(data, total, ts_ns, tcp_seq)
+        except _GivenUp:
+            pass  # not this protocol: counted already
         except Exception:  # noqa: BLE001 - the guard (see the module doc)
             self._bug()
         out = self._out
@@ -270,6 +347,8 @@ class Handler:
         if self._closed:
             return []
         self._closed = True
+        if ts_ns is not None:
+            self._now = ts_ns
         try:
             if not self._stopped:
                 self._end(ts_ns)
@@ -282,6 +361,13 @@ class Handler:
             opened = self._open
             while opened:
                 self._unanswered(opened.pop(next(iter(opened))), ts_ns)
+            if not self._confirmed:
+                if self._replied:
+                    self._not_this_protocol()  # answered, but never in this protocol
+                else:
+                    self._confirm()  # no answer at all: the requests stand on their own
+        except _GivenUp:
+            pass  # not this protocol: counted already
         except Exception:  # noqa: BLE001 - the guard (see the module doc)
             self._bug()
         self._stopped = True
@@ -324,9 +410,32 @@ class Handler:
         self.internal_errors += 1
         self.context.internal_errors += 1
         # The parser's state can no longer be trusted: nothing more from this connection.
+        self._abandon()
+
+    def _not_this_protocol(self) -> None:
+        """Bytes this protocol cannot have sent, or replies that never confirmed it.
+
+        The connection is given up: nothing more is parsed, and nothing it
+        held (spans waiting for confirmation, requests waiting for replies)
+        becomes a span.
+        """
+        context = self.context
+        context.given_up += 1
+        context.rejected += len(self._unconfirmed) + len(self._pending) + len(self._open)
+        self._abandon()
+        raise _GivenUp
+
+    def _reject(self) -> None:
+        """A message this protocol cannot have sent, skipped (it makes no span): counted."""
+        self.rejected += 1
+        self.context.rejected += 1
+
+    def _abandon(self) -> None:
         self._stopped = self._closed = True
+        self._readers = {}
         self._pending = self._open = _NONE
         self._held = None
+        self._unconfirmed = []
 
     def _stop(self) -> None:
         """Nothing more to parse on this connection (encrypted, compressed, not this protocol)."""
@@ -504,8 +613,57 @@ class Handler:
     # --- spans ------------------------------------------------------------------------------
 
     def _emit(self, facts: SpanFacts) -> None:
-        """A span leaves the handler (the pipeline builds on these types without checking)."""
+        """A span leaves the handler: checked, its text made safe, held until confirmed, bounded."""
+        # The pipeline builds on these types without checking.
         if (type(facts.start_ns) is not int or type(facts.end_ns) is not int
                 or type(facts.attributes) is not dict):
             raise TypeError(f"malformed span facts from {self.name}: {facts!r}")
-        self._out.append(facts)
+        if not facts.name.isprintable():
+            facts.name = span_text(facts.name)
+        message = facts.status_message
+        if message is not None and not message.isprintable():
+            facts.status_message = span_text(message)
+        attrs = facts.attributes
+        for key, value in attrs.items():
+            if value.__class__ is str and not value.isprintable():
+                attrs[key] = span_text(value)
+        self._release(facts)
+
+    def _release(self, item: Any) -> None:
+        """Out, or held while the peer has spoken but not yet in this protocol."""
+        if not self._confirmed and self._replied:
+            held = self._unconfirmed
+            held.append(item)
+            if len(held) > MAX_UNCONFIRMED:
+                self._not_this_protocol()  # so many exchanges and never a reply of this protocol
+            return
+        self._admit(item)
+
+    def _admit(self, item: Any) -> None:
+        """Out, within the bounds: spans per event and per connection per second."""
+        now = self._now
+        if now - self._second_start >= 1_000_000_000:
+            self._second_start = now
+            self._second_spans = 0
+        self._second_spans += 1
+        context = self.context
+        if (self._second_spans > context.max_spans_per_second
+                or len(self._out) >= context.max_spans_per_event):
+            context.over_limit += 1
+            return
+        self._out.append(item)
+
+    def _confirm(self) -> None:
+        """A reply of this protocol came: the connection is trusted, what it held goes out.
+
+        Each protocol calls it where its reader has accepted a reply by the
+        protocol's own rules (the one thing only the protocol knows).
+        """
+        if self._confirmed:
+            return
+        self._confirmed = True
+        held = self._unconfirmed
+        if held:
+            self._unconfirmed = []
+            for facts in held:
+                self._admit(facts)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
-from ._base import Context, Handler
+from ._base import Handler
 
 __all__ = ["Frame", "FrameReader", "FramedHandler", "messaging_kind"]
 
@@ -197,11 +197,7 @@ class FramedHandler(Handler):
 
     KEEP: ClassVar[int] = 16 * 1024     # bytes kept of each message
 
-    __slots__ = ("rejected",)
-
-    def __init__(self, role: str = "unknown", context: Context | None = None) -> None:
-        super().__init__(role, context)
-        self.rejected = 0               # measured messages whose body was not this protocol
+    __slots__ = ()
 
     def _measure(self, head: bytes) -> int:
         raise NotImplementedError

@@ -138,7 +138,7 @@ class AmqpHandler(FramedHandler):
         if data[:1] == b"A":
             return                                   # the protocol header
         if frame.size >= 8 and len(data) == frame.size and data[-1] != 0xCE:
-            self.rejected += 1                       # a frame must end with 0xCE
+            self._reject()                           # a frame must end with 0xCE
             return
         kind, number = data[0], data[1] << 8 | data[2]
         channel = self._channel(number)
@@ -148,11 +148,12 @@ class AmqpHandler(FramedHandler):
             try:
                 method = parse_method(memoryview(data)[7:], frame.size - 8)
             except AmqpWireError:
-                self.rejected += 1
+                self._reject()
                 return
             if from_client:
                 self._client_method(channel, method, frame)
             else:
+                self._confirm()                      # a method the broker sends, parsed
                 self._broker_method(channel, method, frame)
         elif kind == FRAME_HEADER:
             exchange = channel.content[from_client]

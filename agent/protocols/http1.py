@@ -74,15 +74,18 @@ _F = types.SimpleNamespace(**{flag.name: int(flag) for flag in ExchangeFlags})
 
 # A method is a token; in practice upper case.  This stays loose enough for
 # WebDAV and SSDP methods while rejecting most binary noise.
-_REQUEST_LINE = re.compile(rb"([A-Z][A-Z0-9_-]{0,31}) ([^ \t\r\n]+) HTTP/(1\.[01])\r?\n")
+# A target is visible ASCII or (checked apart, see _request_match) UTF-8: no
+# control characters, nothing a browser or an HTTP library would send raw.
+_TARGET = rb"[!-~\x80-\xff]"
+_REQUEST_LINE = re.compile(rb"([A-Z][A-Z0-9_-]{0,31}) (" + _TARGET + rb"+) HTTP/(1\.[01])\r?\n")
 _STATUS_LINE = re.compile(rb"HTTP/(1\.[01]) ([0-9]{3})(?: ([^\r\n]*))?\r?\n")
 # Could still become a start line once more bytes arrive (no newline seen yet).
 _VERSION_PREFIX = rb"(?:H(?:T(?:T(?:P(?:/(?:1(?:\.(?:[01]\r?)?)?)?)?)?)?)?)?"
-_REQUEST_PREFIX = re.compile(rb"[A-Z][A-Z0-9_-]{0,31}(?: [^\s]*(?: " + _VERSION_PREFIX + rb")?)?\Z")
+_REQUEST_PREFIX = re.compile(rb"[A-Z][A-Z0-9_-]{0,31}(?: " + _TARGET + rb"*(?: " + _VERSION_PREFIX + rb")?)?\Z")
 _STATUS_PREFIX = re.compile(
     rb"H(?:T(?:T(?:P(?:/(?:1(?:\.(?:[01](?: (?:[0-9]{1,3}(?: [^\r\n]*)?\r?)?)?)?)?)?)?)?)?)?\Z")
 # Resynchronising inside arbitrary bytes: only a whole start line right after a newline counts.
-_REQUEST_LINE_AFTER_NL = re.compile(rb"\n(?=[A-Z][A-Z0-9_-]{0,31} [^\s]{1,8192} HTTP/1\.[01]\r?\n)")
+_REQUEST_LINE_AFTER_NL = re.compile(rb"\n(?=[A-Z][A-Z0-9_-]{0,31} " + _TARGET + rb"{1,8192} HTTP/1\.[01]\r?\n)")
 _STATUS_LINE_AFTER_NL = re.compile(rb"\n(?=HTTP/1\.[01] [0-9]{3}[ \r\n])")
 # The fast path's scan of a head, from the start line's "\n", for the first
 # thing that decides its framing (RFC 9112, 6.3).  lastindex tells which:
@@ -95,7 +98,7 @@ _FRAMING_FIELDS = re.compile(
     rb"|(?i:content-length):" + _WS + rb"([0-9]{1,18})" + _WS + rb"(?=\n)"
     rb"|\r\n|\n|(?i:content-length|transfer-encoding):)")
 _CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n")
-_KNOWN_METHOD = re.compile(rb"(?:GET|HEAD|POST|PUT|DELETE|CONNECT|OPTIONS|TRACE|PATCH) [^\s]")
+_KNOWN_METHOD = re.compile(rb"(?:GET|HEAD|POST|PUT|DELETE|CONNECT|OPTIONS|TRACE|PATCH) " + _TARGET)
 _STATUS_START = re.compile(rb"HTTP/1\.[01] [1-5][0-9][0-9](?:[ \r\n]|\Z)")
 
 # Parser states.
@@ -109,8 +112,7 @@ def looks_like_http1_request(data: bytes) -> bool:
     end = data.find(b"\n", 0, 8200)
     if end < 0:
         return True  # the line goes on past what was captured
-    line = data[:end].rstrip(b"\r")
-    return line.endswith((b" HTTP/1.1", b" HTTP/1.0"))
+    return _request_match(data, 0, end + 1) is not None
 
 
 def looks_like_http1_response(data: bytes) -> bool:
@@ -241,7 +243,7 @@ def _line_text(method: bytes | None, target: bytes | None,
     version_text = version.decode("ascii") if version else None
     if not target:
         return (method_text, None, None, None, version_text)
-    text = target.decode("latin-1")
+    text = target.decode("utf-8")  # see _request_match
     path, question, query = text.partition("?")
     if "://" in path:  # absolute form, as sent to proxies
         rest = path.partition("://")[2]
@@ -250,9 +252,20 @@ def _line_text(method: bytes | None, target: bytes | None,
     return (method_text, text, path, query if question else None, version_text)
 
 
+def _request_match(data: bytes, pos: int, end: int) -> re.Match[bytes] | None:
+    """The request line at data[pos:end], if it is one: a target with high bytes must be UTF-8."""
+    m = _REQUEST_LINE.match(data, pos, end)
+    if m is not None and not m.group(2).isascii():
+        try:
+            m.group(2).decode("utf-8")
+        except UnicodeDecodeError:
+            return None  # raw bytes, not a URL
+    return m
+
+
 def _request_line(line: bytes) -> tuple[bytes, bytes, bytes, tuple] | None:
     """A request line (through its "\n") parsed and described; None if it is not one."""
-    m = _REQUEST_LINE.match(line)
+    m = _request_match(line, 0, len(line))
     if m is None:
         return None
     method, target, version = m.groups()
@@ -791,7 +804,7 @@ class _Parser:
         # The usual case, a whole head in one syscall: _parse_head inlined.
         msg = _Message(ts, None if seq is None else (seq + pos) & _SEQ_MASK, self.offset + pos)
         if self.is_request:
-            m = _REQUEST_LINE.match(data, pos, head_end)
+            m = _request_match(data, pos, head_end)
             if m is None:
                 return self._lose(data, pos, end, ts)
             msg.method, msg.target, msg.version = m.groups()
@@ -836,15 +849,16 @@ class _Parser:
     def _plausible_start(self, prefix: bytes) -> bool:
         if b"\n" in prefix:
             # A whole start line is here: it has to be right.
-            pattern = _REQUEST_LINE if self.is_request else _STATUS_LINE
-            return pattern.match(prefix) is not None
+            if self.is_request:
+                return _request_match(prefix, 0, len(prefix)) is not None
+            return _STATUS_LINE.match(prefix) is not None
         partial = _REQUEST_PREFIX if self.is_request else _STATUS_PREFIX
         return partial.match(prefix) is not None
 
     def _parse_head(self, msg: _Message, data: bytes, pos: int, head_end: int) -> bool:
         """Fill in ``msg`` from the head at data[pos:head_end]; False if it is not one."""
         if self.is_request:
-            m = _REQUEST_LINE.match(data, pos, head_end)
+            m = _request_match(data, pos, head_end)
             if m is None:
                 return False
             msg.method, msg.target, msg.version = m.groups()
@@ -1234,6 +1248,7 @@ class Http1Handler(Handler):
 
     def _response_head(self, msg: _Message) -> bytes | None:
         """Pair a response with its request; the request's method decides its framing."""
+        self._confirm()  # a status line
         if msg.status < 200 and msg.status != 101:
             return self._answered_method()
         owed = self._skip_replies
@@ -1286,7 +1301,7 @@ class Http1Connection(Http1Handler):
     __slots__ = ()
 
     def _respond(self, request: _Message | None, response: _Message | None, flags: int = 0) -> None:
-        self._out.append(Exchange(request, response, flags))
+        self._release(Exchange(request, response, flags))
 
 
 # A response owed to a request given up because too many were waiting: no span.

@@ -517,8 +517,11 @@ class _Reader:
         if self.first_frame:
             self.first_frame = False
             # Followed from the start: the client's preface, or the server's first SETTINGS.
-            if self.preface_at != len(PREFACE) and not (kind == SETTINGS and not flags and not stream):
-                self.decoder.complete = False
+            if self.preface_at != len(PREFACE):
+                if kind == SETTINGS and not flags and not stream:
+                    self.handler._confirm()  # the server's preface: the peer speaks HTTP/2
+                else:
+                    self.decoder.complete = False
         self.kind = kind
         self.flags = flags
         self.stream = stream
@@ -776,6 +779,7 @@ class Http2Handler(Handler):
                     elif name not in kept or name in (b"grpc-status", b"grpc-message"):
                         kept[name] = value  # trailers override; first block wins otherwise
             if status is not None and status.isdigit():
+                self._confirm()  # a response header block
                 code = int(status)
                 if code >= 200 or half.status is None:
                     half.status = code

@@ -143,7 +143,7 @@ class KafkaHandler(FramedHandler):
             except KafkaWireError:
                 header = None
             if header is None:
-                self.rejected += 1
+                self._reject()
                 return
             request = _Request(header, frame)
             self._read_request(request, data, 4 + header.size, frame.complete)
@@ -154,12 +154,13 @@ class KafkaHandler(FramedHandler):
                 self._open_request(header.correlation_id, request)
             return
         if len(data) < 8:
-            self.rejected += 1
+            self._reject()
             return
         request = self._answer(struct.unpack_from(">i", data, 4)[0])
         if request is None:
             self.orphan_replies += 1
             return
+        self._confirm()  # a response naming a request waiting by its correlation id
         self._describe(request, frame, data)
 
     def _read_request(self, request: _Request, data: bytes, at: int, complete: bool) -> None:
@@ -175,7 +176,7 @@ class KafkaHandler(FramedHandler):
             else:
                 topics = []
         except KafkaWireError:
-            self.rejected += 1
+            self._reject()
             topics = []
         for topic in topics:
             request.topics.append((topic.name, topic.topic_id))

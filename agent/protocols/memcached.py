@@ -63,6 +63,7 @@ _NO_KEY: Final = frozenset({b"stats", b"version", b"flush_all", b"verbosity", b"
 _META: Final = frozenset({b"mg", b"ms", b"md", b"ma", b"me", b"mn"})
 # Commands whose first argument is a key (gat/gats: the second).
 _KEYED: Final = _STORAGE | _RETRIEVAL | _META - {b"mn"} | {b"delete", b"incr", b"decr", b"touch"}
+
 # The reply codes each meta command can get (errors aside); quiet mode ("q")
 # leaves out the success code: EN (a miss) for mg, HD for the others.
 _META_REPLIES: Final = {
@@ -520,6 +521,10 @@ class MemcachedHandler(Handler):
         if not tokens:
             return -1  # memcached ignores empty lines
         cmd = tokens[0]
+        if _OP_NAME.fullmatch(cmd) is None:
+            # Not a word memcached could take for a command (it answers one it does not
+            # know with ERROR, which makes a span): a line of something else.
+            self._not_this_protocol()
         req = _Request(_op_name(cmd), query_text(tokens), start_ns, seq)
         req.cmd = cmd
         req.end_ns = ts
@@ -576,8 +581,12 @@ class MemcachedHandler(Handler):
         reply = self._reply
         if reply is None:
             head = self._next_request()
-            if word not in _REPLY_WORDS and not word.isdigit() and not (head is not None and head.multi):
+            known = word in _REPLY_WORDS or word.isdigit()
+            # Lines inside stats and dumps may start with anything; a retrieval's are VALUE and END.
+            if not known and (head is None or not head.multi or head.cmd in _RETRIEVAL):
                 return None  # not a reply: we are out of step
+            if known:
+                self._confirm()  # a reply line memcached sends
             reply = self._reply = _Reply(start_ns, seq)
             owner = self._owner_text(word, rest)
             self._reply_owner = owner
@@ -664,6 +673,7 @@ class MemcachedHandler(Handler):
             return
         reply = self._reply
         if reply is None:
+            self._confirm()  # a response header with a known opcode and status
             reply = _Reply(start_ns, seq)
             owner = self._owner_binary(opcode, opaque, start_ns)
         else:

@@ -212,14 +212,14 @@ class MongoHandler(FramedHandler):
         try:
             msg = parse_message(frame.data, None if carries_requests else _REPLY_KEYS)
         except MongoWireError:
-            self.rejected += 1
+            self._reject()
             return
         if not frame.complete:
             msg.complete = False
         header = msg.header
         if carries_requests:
             if header.opcode == OP_REPLY or header.response_to:
-                self.rejected += 1
+                self._reject()
                 return
             cmd = _Command(frame)
             _describe_command(cmd, msg)
@@ -234,6 +234,7 @@ class MongoHandler(FramedHandler):
         if cmd is None:
             self.orphan_replies += 1
             return
+        self._confirm()  # a reply, parsed, naming a command waiting
         cmd.replies += 1
         if cmd.reply_seq is None:
             cmd.reply_seq = frame.seq

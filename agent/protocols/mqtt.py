@@ -150,15 +150,17 @@ class MqttHandler(FramedHandler):
         try:
             packet = parse_packet(frame.data, self._level)
         except MqttWireError:
-            self.rejected += 1
+            self._reject()
             return
         kind = packet.kind
         if not frame.complete:
             packet.complete = False
-        if kind == CONNECT:
-            if not from_client:
-                self.rejected += 1
+        if not from_client:
+            if kind in _CLIENT_FIRST:
+                self._reject()                           # only a client sends these
                 return
+            self._confirm()                              # a packet a broker sends, parsed
+        if kind == CONNECT:
             self._level = packet.level or 4
             self._client_id = packet.client_id
             self._open_request(("connect",), _Flow(packet, None, frame, True))
@@ -246,7 +248,8 @@ class MqttHandler(FramedHandler):
         elif kind == CONNECT:
             name = "connect"
             attrs["messaging.operation.name"] = "connect"
-            attrs["sidetrace.mqtt.protocol_level"] = packet.level
+            if packet.level is not None:                 # None: the CONNECT was cut before it
+                attrs["sidetrace.mqtt.protocol_level"] = packet.level
         elif kind in (SUBSCRIBE, UNSUBSCRIBE):
             operation = "subscribe" if kind == SUBSCRIBE else "unsubscribe"
             attrs["messaging.operation.name"] = operation

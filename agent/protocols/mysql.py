@@ -202,7 +202,22 @@ class _Stream:
                 if stop <= end:
                     if (not request and length < MAX_PACKET
                             and handler._row(data[pos + 3], data[pos + 4] if length else -1, ts)):
-                        pos = stop  # the hottest path: one more row of a result set
+                        # The hottest path: rows of a result set.  Those that follow in
+                        # this syscall, whole and in sequence, are counted together.
+                        expect = (data[pos + 3] + 1) & 0xFF
+                        pos = run = stop
+                        count = 0
+                        while end - pos >= 5:
+                            length = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
+                            stop = pos + 4 + length
+                            if (stop > end or not length or length >= MAX_PACKET
+                                    or data[pos + 4] >= 0xFE or data[pos + 3] != expect):
+                                break
+                            count += 1
+                            expect = (expect + 1) & 0xFF
+                            pos = stop
+                        if count and not handler._row(data[run + 3], data[run + 4], ts, count):
+                            pos = run
                         continue
                     self.continued = length == MAX_PACKET
                     kept = pos + 4 + keep
@@ -452,6 +467,7 @@ class MysqlHandler(Handler):
                 self._answer(seq_id, length, buf, start, stop, msg_seq, end_ns)
         elif phase == _HANDSHAKE:
             if not request and seq_id == 0 and stop > start and buf[start] == 10:
+                self._confirm()  # the server's greeting
                 self._greeting(buf, start, stop)
                 self._phase = _AUTH
             elif request and seq_id == 1:
@@ -597,6 +613,7 @@ class MysqlHandler(Handler):
         if seq_id != self._next_seq:
             self._responses.lose()  # out of step: a packet went by unseen
             return
+        self._confirm()  # the answer's packets follow the command's sequence
         self._next_seq = (seq_id + 1) & 0xFF
         command.end_ns = end_ns
         state = command.state
@@ -639,17 +656,18 @@ class MysqlHandler(Handler):
             self._prepared_step(command, first, length)
         # _INFILE: the client is sending; _LOST: ignored until the next command.
 
-    def _row(self, seq_id: int, first: int, end_ns: int) -> bool:
-        """A row of the result set being read (the commonest packet), counted; False if not one.
+    def _row(self, seq_id: int, first: int, end_ns: int, count: int = 1) -> bool:
+        """Rows of the result set being read (the commonest packet), counted; False if not rows.
 
-        ``first`` is the packet's first byte (-1: an empty packet).
+        ``seq_id`` and ``first`` are the first row's sequence id and first byte
+        (-1: an empty packet); the ``count`` rows are in sequence from it.
         """
         command = self._command
         if command is None or command.state != _ROWS or first >= 0xFE or seq_id != self._next_seq:
             return False
-        self._next_seq = (seq_id + 1) & 0xFF
+        self._next_seq = (seq_id + count) & 0xFF
         command.end_ns = end_ns
-        command.rows += 1
+        command.rows += count
         return True
 
     def _answer_again(self, command: _Command, seq_id: int, length: int, buf: bytes, start: int,

@@ -358,32 +358,50 @@ class _Stream:
         handler = self.handler
         frontend = self.frontend
         unpack = _U32.unpack_from
+        # DataRows in a row (the commonest messages by far) are counted here and
+        # handed over together, with the first one's sequence number, before
+        # anything else is: what one _progress call per row would do.
+        rows = 0
+        rows_seq: int | None = None
         while pos < end:
-            if self.remaining:
-                pos = self._body(data, pos, end, ts)
-            elif self.lost:
-                pos = self._resync(data, pos, end, ts, seq)
-            elif (end - pos >= 5 and not self.head and not self.answer_byte
-                  and (data[pos] or not self.untyped_ok)):
+            if (not self.remaining and not self.lost and end - pos >= 5 and not self.head
+                    and not self.answer_byte and (data[pos] or not self.untyped_ok)):
                 # Fast path: a typed message wholly inside this syscall, parsed in place.
                 t = data[pos]
                 length = unpack(data, pos + 1)[0]
                 stop = pos + 1 + length
-                if stop > end or t not in types or length < 4:
-                    pos = self._header(data, pos, end, ts, seq)
+                if stop <= end and t in types and length >= 4:
+                    msg_seq = None if seq is None else (seq + pos) & _SEQ_MASK
+                    if t == 0x44 and not frontend:
+                        if not rows:
+                            rows_seq = msg_seq
+                        rows += 1
+                        pos = stop
+                        continue
+                    if rows:
+                        handler._progress(rows_seq, ts, rows)
+                        rows = 0
+                    keep = pos + 5 + keep_table.get(t, 0)
+                    if frontend:
+                        self.untyped_ok = False
+                        handler._frontend_message(t, data, pos + 5, keep if keep < stop else stop,
+                                                  ts, msg_seq, ts)
+                    else:
+                        handler._backend_message(t, data, pos + 5, keep if keep < stop else stop,
+                                                 ts, msg_seq, ts)
+                    pos = stop
                     continue
-                msg_seq = None if seq is None else (seq + pos) & _SEQ_MASK
-                keep = pos + 5 + keep_table.get(t, 0)
-                if frontend:
-                    self.untyped_ok = False
-                    handler._frontend_message(t, data, pos + 5, keep if keep < stop else stop, ts,
-                                              msg_seq, ts)
-                else:
-                    handler._backend_message(t, data, pos + 5, keep if keep < stop else stop,
-                                             ts, msg_seq, ts)
-                pos = stop
+            if rows:
+                handler._progress(rows_seq, ts, rows)
+                rows = 0
+            if self.remaining:
+                pos = self._body(data, pos, end, ts)
+            elif self.lost:
+                pos = self._resync(data, pos, end, ts, seq)
             else:
                 pos = self._header(data, pos, end, ts, seq)
+        if rows:
+            handler._progress(rows_seq, ts, rows)
         if total > end:
             self._skip(total - end, ts)
         if self.lost and not frontend:
@@ -741,23 +759,31 @@ class PostgresHandler(Handler):
 
     # --- backend messages ------------------------------------------------------------------
 
-    def _backend_message(self, t: int, buf: bytes, start: int, stop: int, msg_ns: int,
-                         msg_seq: int | None, end_ns: int) -> None:
+    def _progress(self, msg_seq: int | None, end_ns: int, rows: int = 0) -> _Item | None:
+        """A backend message answering the oldest request (``rows`` DataRows): its end so far."""
+        self._confirm()  # a backend message, framed and typed as the server sends them
         pending = self._pending
         if not pending:
-            head = None
-        else:
-            head = pending[0]
-            if t != 0x41:  # a NotificationResponse can come at any time
-                # Part of the answer to the oldest request: its end, its first response byte.
-                head.end_ns = end_ns
-                group = head.group
-                if group is not None and group.response_seq is None:
-                    group.response_seq = msg_seq
+            return None
+        head = pending[0]
+        head.rows += rows
+        head.end_ns = end_ns
+        group = head.group
+        if group is not None and group.response_seq is None:
+            group.response_seq = msg_seq
+        return head
+
+    def _backend_message(self, t: int, buf: bytes, start: int, stop: int, msg_ns: int,
+                         msg_seq: int | None, end_ns: int) -> None:
         if t == 0x44:  # DataRow: the commonest message
-            if head is not None:
-                head.rows += 1
-        elif t == 0x31:
+            self._progress(msg_seq, end_ns, 1)
+            return
+        if t == 0x41:  # NotificationResponse: comes at any time, answers nothing
+            self._confirm()
+            return
+        pending = self._pending
+        head = self._progress(msg_seq, end_ns)
+        if t == 0x31:
             self._pop_until(_PARSE)
         elif t == 0x32:
             self._pop_until(_BIND)

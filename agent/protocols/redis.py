@@ -136,15 +136,17 @@ _STAR, _PUSH, _ERROR, _BULK_ERROR, _SIMPLE, _ATTRIBUTE = b"*>-!+|"
 
 
 def looks_like_command(data: bytes) -> bool:
-    """``data`` starts with a redis command: a RESP array led by a known name, or an inline one."""
+    """``data`` starts with a redis command: a RESP array led by a name, or a known inline one.
+
+    The RESP framing is distinctive enough for a name redis may not know
+    (``NOSUCHCMD``): its reply (an error) confirms the protocol.  An inline
+    command is a bare line of text, so only well-known names count.
+    """
     if not data:
         return False
     if data[0] == 42:  # "*"
         m = _RESP_COMMAND.match(data)
-        if m is None or int(m.group(2)) != len(m.group(3)):
-            return False
-        name = m.group(3)
-        return name.upper().decode("ascii") in KNOWN_COMMANDS or _MODULE_COMMAND.fullmatch(name) is not None
+        return m is not None and int(m.group(2)) == len(m.group(3))
     m = _INLINE_COMMAND.match(data)
     if m is None or m.group(1).decode("ascii") not in _INLINE_COMMANDS:
         return False
@@ -815,17 +817,28 @@ class RedisHandler(Handler):
     def _value_done(self, is_request: bool, value: _Value) -> None:
         if is_request:
             self._command_done(value)
-        elif not self._monitoring:
+            return
+        self._confirm()  # a whole RESP value
+        if not self._monitoring:
             self._reply_done(value)
 
     def _command_done(self, value: _Value) -> None:
         if self._monitoring:
             return
         parts = value.parts
-        if value.kind == _INLINE or value.kind == _STAR:
-            name = _command_name(parts[0] if parts else None)
+        first = parts[0] if parts else None
+        name = _command_name(first)
+        # Which bytes redis cannot have been sent as a command: anything but an
+        # array or an inline line, an array not led by a name (one cut short by
+        # the capture is fine), an inline line not led by a command redis has.
+        if value.kind == _STAR:
+            plausible = first is None or name != "UNKNOWN"  # an unknown name is redis's to refuse
+        elif value.kind == _INLINE:
+            plausible = name in KNOWN_COMMANDS or _MODULE_COMMAND.fullmatch(first) is not None
         else:
-            name = "UNKNOWN"
+            plausible = False
+        if not plausible:
+            self._not_this_protocol()
         argc = value.count if value.count > 0 else len(parts)
         cmd = _Command(name, query_text(name, parts, argc), value.start_ns, value.end_ns, value.seq)
         if value.truncated:
@@ -918,7 +931,11 @@ class RedisHandler(Handler):
         if carries_requests and value is not None and value.kind in (_STAR, _INLINE) and value.parts:
             self._command_done(value)  # its name and key were seen: it still gets its span
         super()._lost(carries_requests, ts)
-        if not carries_requests and value is not None and value.kind != _PUSH and not self._monitoring:
+        if carries_requests or value is None:
+            return
+        if value.kind >= 0:
+            self._confirm()  # its first header was RESP: a reply cut short by the capture
+        if value.kind != _PUSH and not self._monitoring:
             cmd = self._take(value.start_ns)
             if cmd is not None:
                 self._hold(cmd, value)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from agent.protocols.http1 import ExchangeFlags, Http1Connection
 from tests._recording import RecordingProxy
 
+from ._pipeline_fuzz import FUZZ, answered_in_another_protocol, check_garbage, check_mutated, conversations_of
 from ._replay import cut_lists, resplit
 
 F = ExchangeFlags
@@ -235,3 +236,24 @@ def test_any_resplit_of_the_syscalls_gives_the_same_exchanges(recorded, kept_ali
     steps = keep_alive if kept_alive else one_shot
     # Pieces of one syscall keep its timestamp; sequence numbers follow.
     assert [e.as_dict() for e in parse(resplit(steps, cuts))] == [e.as_dict() for e in parse(steps)]
+
+
+# --- through the pipeline (see _pipeline_fuzz) ---------------------------------------------
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_captures_through_the_pipeline(recorded, data):
+    check_mutated("http", conversations_of(recorded), data)
+
+
+@FUZZ
+@given(data=st.data())
+def test_random_bytes_through_the_pipeline(data):
+    check_garbage("http", data)
+
+
+def test_replies_in_another_protocol_make_no_span(recorded):
+    for conversation in conversations_of(recorded):
+        spans, _ = answered_in_another_protocol("http", conversation)
+        assert spans == []

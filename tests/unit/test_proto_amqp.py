@@ -16,6 +16,7 @@ from agent.protocols.amqp import AmqpHandler
 from tests._recording import RecordingProxy
 from tests._servers import rabbitmq, unavailable
 
+from ._pipeline_fuzz import FUZZ, answered_in_another_protocol, check_garbage, check_mutated, conversations_of
 from ._replay import IN, OUT, cut_lists, cut_short, keep_shares, per_message, replay, resplit, timing
 
 try:
@@ -195,3 +196,24 @@ def test_method_arguments_raise_only_wire_errors(data):
         parse_method(data, len(data))
     except AmqpWireError:
         pass
+
+
+# --- through the pipeline (see _pipeline_fuzz) ---------------------------------------------
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_captures_through_the_pipeline(recorded, data):
+    check_mutated("amqp", conversations_of(recorded), data)
+
+
+@FUZZ
+@given(data=st.data())
+def test_random_bytes_through_the_pipeline(data):
+    check_garbage("amqp", data)
+
+
+def test_replies_in_another_protocol_make_no_span(recorded):
+    for conversation in conversations_of(recorded):
+        spans, _ = answered_in_another_protocol("amqp", conversation)
+        assert spans == []

@@ -26,6 +26,7 @@ from tests._recording import RecordingProxy
 from tests._servers import wait_for_dns
 from tests.conftest import IN_CI
 from tests.kernel._procs import APPS, stop
+from ._pipeline_fuzz import FUZZ, answered_in_another_protocol, check_garbage, check_mutated
 
 try:
     import dns.edns
@@ -434,3 +435,24 @@ def test_mutated_messages_never_raise(data, at, value):
     looks_like_dns(bytes(query), udp_hints())
     assert msg is None or msg.qdcount >= 0
     replay([(IN, bytes(query), 1), (OUT, bytes(query), 2)])
+
+
+# --- through the pipeline (see _pipeline_fuzz) ---------------------------------------------
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_captures_through_the_pipeline(tcp_recording, data):
+    check_mutated("dns", [tcp_recording[0]], data)
+
+
+@FUZZ
+@given(data=st.data())
+def test_random_bytes_through_the_pipeline(data):
+    check_garbage("dns", data)
+
+
+def test_replies_in_another_protocol_make_no_span(tcp_recording):
+    for conversation in [tcp_recording[0]]:
+        spans, _ = answered_in_another_protocol("dns", conversation)
+        assert spans == []

@@ -24,6 +24,7 @@ from agent.protocols.http2 import (MAX_OPEN_STREAMS, PREFACE, STATIC_TABLE, Head
 from tests._recording import RecordingProxy
 from tests.conftest import IN_CI
 from tests.kernel._procs import APPS, stop
+from ._pipeline_fuzz import FUZZ, answered_in_another_protocol, check_garbage, check_mutated
 
 try:
     import h2.config
@@ -713,3 +714,23 @@ def test_mutated_real_bytes_never_raise(grpc_recording, data):
     handler.close(None)
     assert handler.internal_errors == 0
 
+
+# --- through the pipeline (see _pipeline_fuzz) ---------------------------------------------
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_captures_through_the_pipeline(grpc_recording, plain_recording, data):
+    check_mutated("http2", [grpc_recording[0], plain_recording[0]], data)
+
+
+@FUZZ
+@given(data=st.data())
+def test_random_bytes_through_the_pipeline(data):
+    check_garbage("http2", data)
+
+
+def test_replies_in_another_protocol_make_no_span(grpc_recording, plain_recording):
+    for conversation in [grpc_recording[0], plain_recording[0]]:
+        spans, _ = answered_in_another_protocol("http2", conversation)
+        assert spans == []

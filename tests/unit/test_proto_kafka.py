@@ -25,6 +25,7 @@ from agent.protocols.kafka import KafkaHandler
 from tests._recording import RecordingProxy
 from tests._servers import free_port, kafka_broker_args, running, unavailable
 
+from ._pipeline_fuzz import FUZZ, answered_in_another_protocol, check_garbage, check_mutated, conversations_of
 from ._replay import IN, OUT, cut_lists, cut_short, keep_shares, per_message, pick, picks, replay, resplit, timing
 
 try:
@@ -248,3 +249,24 @@ def test_bodies_raise_only_wire_errors(api_key, version, body):
         parse_response_errors(api_key, version, body)
     except KafkaWireError:
         pass
+
+
+# --- through the pipeline (see _pipeline_fuzz) ---------------------------------------------
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_captures_through_the_pipeline(recorded, data):
+    check_mutated("kafka", conversations_of(recorded), data)
+
+
+@FUZZ
+@given(data=st.data())
+def test_random_bytes_through_the_pipeline(data):
+    check_garbage("kafka", data)
+
+
+def test_replies_in_another_protocol_make_no_span(recorded):
+    for conversation in conversations_of(recorded):
+        spans, _ = answered_in_another_protocol("kafka", conversation)
+        assert spans == []

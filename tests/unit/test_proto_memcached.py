@@ -26,6 +26,7 @@ from tests._servers import free_port, need_binary, running, unavailable
 
 from ._replay import cut_lists, cut_short, keep_shares, pick, picks, resplit
 from .test_proto_redis import Feeder, replay
+from ._pipeline_fuzz import FUZZ, answered_in_another_protocol, check_garbage, check_mutated, conversations_of
 
 try:
     from pymemcache.client.base import Client
@@ -445,3 +446,24 @@ def test_text_shaped_noise_never_raises(chunks):
         assert conn.pending_commands <= 1024
     conn.close(None)
     assert conn.internal_errors == 0
+
+
+# --- through the pipeline (see _pipeline_fuzz) ---------------------------------------------
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_captures_through_the_pipeline(recorded, data):
+    check_mutated("memcached", conversations_of(recorded), data)
+
+
+@FUZZ
+@given(data=st.data())
+def test_random_bytes_through_the_pipeline(data):
+    check_garbage("memcached", data)
+
+
+def test_replies_in_another_protocol_make_no_span(recorded):
+    for conversation in conversations_of(recorded):
+        spans, _ = answered_in_another_protocol("memcached", conversation)
+        assert spans == []

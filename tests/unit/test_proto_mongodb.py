@@ -24,6 +24,7 @@ from agent.protocols.mongodb import MongoHandler, query_shape, redact_message
 from tests._recording import RecordingProxy
 from tests._servers import free_port, mongodb_server_args, running, unavailable
 
+from ._pipeline_fuzz import FUZZ, answered_in_another_protocol, check_garbage, check_mutated, conversations_of
 from ._replay import IN, OUT, cut_lists, cut_short, keep_shares, per_message, replay, resplit
 
 try:
@@ -325,3 +326,24 @@ def test_message_bodies_raise_only_wire_errors(opcode, body, reply):
         parse_message(data, frozenset({"writeErrors"}) if reply else None)
     except MongoWireError:
         pass
+
+
+# --- through the pipeline (see _pipeline_fuzz) ---------------------------------------------
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_captures_through_the_pipeline(recorded, data):
+    check_mutated("mongodb", conversations_of(recorded), data)
+
+
+@FUZZ
+@given(data=st.data())
+def test_random_bytes_through_the_pipeline(data):
+    check_garbage("mongodb", data)
+
+
+def test_replies_in_another_protocol_make_no_span(recorded):
+    for conversation in conversations_of(recorded):
+        spans, _ = answered_in_another_protocol("mongodb", conversation)
+        assert spans == []

@@ -30,6 +30,7 @@ from tests._servers import free_port, unavailable
 
 from ._replay import cut_lists, cuts_in, pick
 from .test_proto_postgres import replay, stop_process, wait_ready
+from ._pipeline_fuzz import FUZZ, answered_in_another_protocol, check_garbage, check_mutated, conversations_of
 
 
 def mariadb_accepts(sock) -> bool:
@@ -655,3 +656,24 @@ def test_command_with_no_captured_byte_is_skipped():
     assert handler.feed(IN, b"\x01\x00\x00\x00", 5, 100, 100) == []
     handler.close(None)
     assert handler.internal_errors == 0
+
+
+# --- through the pipeline (see _pipeline_fuzz) ---------------------------------------------
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_captures_through_the_pipeline(recorded, data):
+    check_mutated("mysql", conversations_of(recorded), data)
+
+
+@FUZZ
+@given(data=st.data())
+def test_random_bytes_through_the_pipeline(data):
+    check_garbage("mysql", data)
+
+
+def test_replies_in_another_protocol_make_no_span(recorded):
+    for conversation in conversations_of(recorded):
+        spans, _ = answered_in_another_protocol("mysql", conversation)
+        assert spans == []

@@ -28,6 +28,7 @@ from agent.protocols import ConnectionHints
 from agent.protocols.postgres import PostgresHandler
 from tests._recording import IN, OUT, RecordingProxy
 from tests._servers import free_port, unavailable
+from ._pipeline_fuzz import FUZZ, answered_in_another_protocol, check_garbage, check_mutated, conversations_of
 
 from ._replay import cut_lists, cuts_in, pick
 
@@ -772,3 +773,24 @@ def test_random_bytes_never_raise(chunks, role):
 def test_detection_never_raises(data, direction):
     for role in ("server", "client", "unknown"):
         PostgresHandler.detect(data, direction, ConnectionHints("tcp", 1, 5432, role))
+
+
+# --- through the pipeline (see _pipeline_fuzz) ---------------------------------------------
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_captures_through_the_pipeline(recorded, data):
+    check_mutated("postgresql", conversations_of(recorded), data)
+
+
+@FUZZ
+@given(data=st.data())
+def test_random_bytes_through_the_pipeline(data):
+    check_garbage("postgresql", data)
+
+
+def test_replies_in_another_protocol_make_no_span(recorded):
+    for conversation in conversations_of(recorded):
+        spans, _ = answered_in_another_protocol("postgresql", conversation)
+        assert spans == []

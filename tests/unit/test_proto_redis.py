@@ -19,6 +19,7 @@ from agent.protocols import REGISTRY, ConnectionHints
 from agent.protocols.redis import RedisHandler, looks_like_command, query_text
 from tests._recording import RecordingProxy
 from tests._servers import free_port, need_binary, running, unavailable
+from ._pipeline_fuzz import FUZZ, answered_in_another_protocol, check_garbage, check_mutated, conversations_of
 
 from ._replay import cut_lists, cut_short, keep_shares, pick, picks, resplit
 
@@ -459,9 +460,11 @@ def test_inline_commands_and_detection():
     assert RedisHandler.detect(b"SET k v\r\n", IN, other)
     assert RedisHandler.detect(cmd(b"get", b"k"), IN, other)
     assert RedisHandler.detect(cmd(b"JSON.SET", b"k", b"$", b"{}"), IN, other)
+    # A name redis does not know, in RESP framing: redis until its reply says otherwise.
+    assert RedisHandler.detect(cmd(b"NOTACOMMAND", b"x"), IN, other)
     for noise in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /\r\n", b"QUIT\r\n", b"TYPE I\r\n",
                   b"AUTH LOGIN\r\n", b"PING :irc.example\r\n", b"get k\r\n", b"EHLO x\r\n",
-                  cmd(b"NOTACOMMAND", b"x"), b"\x16\x03\x01\x02\x00",
+                  b"\x16\x03\x01\x02\x00",
                   b"+OK\r\n", b"$5\r\nhello\r\n"):
         assert not RedisHandler.detect(noise, IN, other), noise
     # A reply first (joined mid-stream) only on a redis port.
@@ -600,3 +603,24 @@ def test_resp_shaped_noise_never_raises(chunks):
         conn.feed(IN if ingress else OUT, data, len(data), i, None)
     conn.close(None)
     assert conn.internal_errors == 0
+
+
+# --- through the pipeline (see _pipeline_fuzz) ---------------------------------------------
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_captures_through_the_pipeline(recorded, data):
+    check_mutated("redis", conversations_of(recorded), data)
+
+
+@FUZZ
+@given(data=st.data())
+def test_random_bytes_through_the_pipeline(data):
+    check_garbage("redis", data)
+
+
+def test_replies_in_another_protocol_make_no_span(recorded):
+    for conversation in conversations_of(recorded):
+        spans, _ = answered_in_another_protocol("redis", conversation)
+        assert spans == []
