@@ -239,7 +239,7 @@ class Handler:
     __slots__ = ("role", "request_direction", "context", "internal_errors", "orphan_replies",
                  "absorbed_replies", "rejected", "_readers", "_out", "_closed", "_stopped", "_pending",
                  "_open", "_held", "_skip_replies", "_replies_lost_at", "_confirmed", "_unconfirmed",
-                 "_replied", "_now", "_second_start", "_second_spans", "_restarted")
+                 "_replied", "_now", "_second_start", "_second_left", "_restarted")
 
     def __init__(self, role: str = "unknown", context: Context | None = None) -> None:
         if role not in ("server", "client", "unknown"):
@@ -268,8 +268,8 @@ class Handler:
         self._unconfirmed: list[SpanFacts] = []  # spans held until then
         self._replied = False          # the other side sent something meanwhile
         self._now = 0                  # the timestamp of the bytes being parsed
-        self._second_start = 0         # spans per connection per second: this second's start
-        self._second_spans = 0
+        self._second_start = -1_000_000_000  # spans per connection per second: this second's
+        self._second_left = 0                 # start, and spans it may still make
 
     # --- what a protocol provides ---------------------------------------------------
 
@@ -613,7 +613,7 @@ class Handler:
     # --- spans ------------------------------------------------------------------------------
 
     def _emit(self, facts: SpanFacts) -> None:
-        """A span leaves the handler: checked, its text made safe, held until confirmed, bounded."""
+        """A span leaves the handler: checked, its text made safe, then released."""
         # The pipeline builds on these types without checking.
         if (type(facts.start_ns) is not int or type(facts.end_ns) is not int
                 or type(facts.attributes) is not dict):
@@ -624,46 +624,48 @@ class Handler:
         if message is not None and not message.isprintable():
             facts.status_message = span_text(message)
         attrs = facts.attributes
-        for key, value in attrs.items():
+        for value in attrs.values():  # a look first: rewriting is rare
             if value.__class__ is str and not value.isprintable():
-                attrs[key] = span_text(value)
+                for key, value in attrs.items():
+                    if value.__class__ is str:
+                        attrs[key] = span_text(value)
+                break
         self._release(facts)
 
     def _release(self, item: Any) -> None:
-        """Out, or held while the peer has spoken but not yet in this protocol."""
+        """Out within the bounds (spans per event, per connection per second), or held
+        while the peer has spoken but not yet in this protocol."""
         if not self._confirmed and self._replied:
             held = self._unconfirmed
             held.append(item)
             if len(held) > MAX_UNCONFIRMED:
                 self._not_this_protocol()  # so many exchanges and never a reply of this protocol
             return
-        self._admit(item)
-
-    def _admit(self, item: Any) -> None:
-        """Out, within the bounds: spans per event and per connection per second."""
-        now = self._now
-        if now - self._second_start >= 1_000_000_000:
-            self._second_start = now
-            self._second_spans = 0
-        self._second_spans += 1
         context = self.context
-        if (self._second_spans > context.max_spans_per_second
-                or len(self._out) >= context.max_spans_per_event):
+        if self._second_left:
+            self._second_left -= 1
+        elif self._now - self._second_start >= 1_000_000_000:  # a second begins with this span
+            self._second_start = self._now
+            self._second_left = context.max_spans_per_second - 1
+        else:
             context.over_limit += 1
             return
-        self._out.append(item)
+        out = self._out
+        if len(out) >= context.max_spans_per_event:
+            context.over_limit += 1
+            return
+        out.append(item)
 
     def _confirm(self) -> None:
         """A reply of this protocol came: the connection is trusted, what it held goes out.
 
         Each protocol calls it where its reader has accepted a reply by the
-        protocol's own rules (the one thing only the protocol knows).
+        protocol's own rules (the one thing only the protocol knows), once:
+        ``if not self._confirmed: self._confirm()``.
         """
-        if self._confirmed:
-            return
         self._confirmed = True
         held = self._unconfirmed
         if held:
             self._unconfirmed = []
-            for facts in held:
-                self._admit(facts)
+            for item in held:
+                self._release(item)

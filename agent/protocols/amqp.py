@@ -153,7 +153,8 @@ class AmqpHandler(FramedHandler):
             if from_client:
                 self._client_method(channel, method, frame)
             else:
-                self._confirm()                      # a method the broker sends, parsed
+                if not self._confirmed:
+                    self._confirm()                      # a method the broker sends, parsed
                 self._broker_method(channel, method, frame)
         elif kind == FRAME_HEADER:
             exchange = channel.content[from_client]

@@ -376,7 +376,8 @@ class DnsHandler(Handler):
             if key not in self._open:  # a retransmission keeps the first send's time
                 self._open_request(key, seen)
             return
-        self._confirm()  # a response
+        if not self._confirmed:
+            self._confirm()  # a response
         query_direction = opposite(direction)
         query = self._answer((query_direction, msg.key))
         if query is None and msg.qdcount == 0:

@@ -74,7 +74,7 @@ _F = types.SimpleNamespace(**{flag.name: int(flag) for flag in ExchangeFlags})
 
 # A method is a token; in practice upper case.  This stays loose enough for
 # WebDAV and SSDP methods while rejecting most binary noise.
-# A target is visible ASCII or (checked apart, see _request_match) UTF-8: no
+# A target is visible ASCII or (checked apart, see _utf8) UTF-8: no
 # control characters, nothing a browser or an HTTP library would send raw.
 _TARGET = rb"[!-~\x80-\xff]"
 _REQUEST_LINE = re.compile(rb"([A-Z][A-Z0-9_-]{0,31}) (" + _TARGET + rb"+) HTTP/(1\.[01])\r?\n")
@@ -172,6 +172,10 @@ def _needle(name: str) -> bytes:
     return needle
 
 
+# (method, target, path, query, version, query with its values redacted) of a request line.
+_LineText = tuple[str | None, str | None, str | None, str | None, str | None, str | None]
+
+
 class _Message(Request):
     """One request or response as it goes by."""
 
@@ -195,10 +199,10 @@ class _Message(Request):
         self.flags = 0
         self.done = False
         # The request line as text (see _line_text), when the fast path had it cached.
-        self.text: tuple[str, str | None, str | None, str | None, str] | None = None
+        self.text: _LineText | None = None
 
-    def line_text(self) -> tuple[str | None, str | None, str | None, str | None, str | None]:
-        """(method, target, path, query, version) of a request, as text, made once."""
+    def line_text(self) -> _LineText:
+        """The request line as text (see _LineText), made once."""
         text = self.text
         if text is None:
             text = self.text = _line_text(self.method, self.target, self.version)
@@ -236,39 +240,49 @@ _CACHED_LINE_BYTES = 256
 _CACHED_HEAD_BYTES = 1024
 
 
-def _line_text(method: bytes | None, target: bytes | None,
-               version: bytes | None) -> tuple[str | None, str | None, str | None, str | None, str | None]:
-    """(method, target, path, query, version) as str, from a request line's parts."""
+def _line_text(method: bytes | None, target: bytes | None, version: bytes | None) -> _LineText:
+    """(method, target, path, query, version, query with its values redacted) as str, from a
+    request line's parts (remembered with a repeated line: the redaction too)."""
     method_text = method.decode("ascii") if method else None
     version_text = version.decode("ascii") if version else None
     if not target:
-        return (method_text, None, None, None, version_text)
-    text = target.decode("utf-8")  # see _request_match
+        return (method_text, None, None, None, version_text, None)
+    text = target.decode("utf-8")  # see _utf8
     path, question, query = text.partition("?")
     if "://" in path:  # absolute form, as sent to proxies
         rest = path.partition("://")[2]
         slash = rest.find("/")
         path = rest[slash:] if slash >= 0 else "/"
-    return (method_text, text, path, query if question else None, version_text)
+    if not question:
+        return (method_text, text, path, None, version_text, None)
+    return (method_text, text, path, query, version_text, query_text(query, False))
+
+
+def _utf8(target: bytes) -> bool:
+    """A target with high bytes is a URL only if they are UTF-8 (raw bytes are not)."""
+    try:
+        target.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _request_match(data: bytes, pos: int, end: int) -> re.Match[bytes] | None:
-    """The request line at data[pos:end], if it is one: a target with high bytes must be UTF-8."""
+    """The request line at data[pos:end], if it is one."""
     m = _REQUEST_LINE.match(data, pos, end)
-    if m is not None and not m.group(2).isascii():
-        try:
-            m.group(2).decode("utf-8")
-        except UnicodeDecodeError:
-            return None  # raw bytes, not a URL
+    if m is not None and not m.group(2).isascii() and not _utf8(m.group(2)):
+        return None
     return m
 
 
 def _request_line(line: bytes) -> tuple[bytes, bytes, bytes, tuple] | None:
     """A request line (through its "\n") parsed and described; None if it is not one."""
-    m = _request_match(line, 0, len(line))
+    m = _REQUEST_LINE.match(line)
     if m is None:
         return None
     method, target, version = m.groups()
+    if not target.isascii() and not _utf8(target):
+        return None
     return (method, target, version, _line_text(method, target, version))
 
 
@@ -296,7 +310,7 @@ class Exchange:
         self._response_headers: dict[str, str] | None = None
         # (method, target, path, query, version) as str, made on first use: a
         # request line never changes once parsed, and a span asks for all of it.
-        self._line: tuple[str | None, str | None, str | None, str | None, str | None] | None = None
+        self._line: _LineText | None = None
 
     @property
     def flags(self) -> ExchangeFlags:
@@ -325,9 +339,9 @@ class Exchange:
         return resp.header(_needle(name)) if resp is not None else None
 
     # Request side.
-    def _request_line(self) -> tuple[str | None, str | None, str | None, str | None, str | None]:
+    def _request_line(self) -> _LineText:
         req = self._req
-        line = self._line = req.line_text() if req is not None else (None, None, None, None, None)
+        line = self._line = req.line_text() if req is not None else (None,) * 6
         return line
 
     @property
@@ -483,7 +497,7 @@ def _describe(req: _Message | None, resp: _Message | None, flags: int, server_si
     method = path = None
     if req is not None:
         flags |= req.flags
-        method, _, path, query, version = req.text or req.line_text()
+        method, _, path, query, version, redacted = req.text or req.line_text()
         if method and path is not None:  # a request line was seen: always so but after a loss
             attrs: dict[str, Any] = {"network.protocol.name": "http",
                                      "network.protocol.version": version,
@@ -497,7 +511,7 @@ def _describe(req: _Message | None, resp: _Message | None, flags: int, server_si
             if path is not None:
                 attrs["url.path"] = path
         if query:
-            attrs["url.query"] = query_text(query, keep_query_values)
+            attrs["url.query"] = query if keep_query_values else redacted
     else:
         attrs = {"network.protocol.name": "http"}
     status = 0
@@ -1248,7 +1262,8 @@ class Http1Handler(Handler):
 
     def _response_head(self, msg: _Message) -> bytes | None:
         """Pair a response with its request; the request's method decides its framing."""
-        self._confirm()  # a status line
+        if not self._confirmed:
+            self._confirm()  # a status line
         if msg.status < 200 and msg.status != 101:
             return self._answered_method()
         owed = self._skip_replies

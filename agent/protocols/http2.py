@@ -779,7 +779,8 @@ class Http2Handler(Handler):
                     elif name not in kept or name in (b"grpc-status", b"grpc-message"):
                         kept[name] = value  # trailers override; first block wins otherwise
             if status is not None and status.isdigit():
-                self._confirm()  # a response header block
+                if not self._confirmed:
+                    self._confirm()  # a response header block
                 code = int(status)
                 if code >= 200 or half.status is None:
                     half.status = code

@@ -160,7 +160,8 @@ class KafkaHandler(FramedHandler):
         if request is None:
             self.orphan_replies += 1
             return
-        self._confirm()  # a response naming a request waiting by its correlation id
+        if not self._confirmed:
+            self._confirm()  # a response naming a request waiting by its correlation id
         self._describe(request, frame, data)
 
     def _read_request(self, request: _Request, data: bytes, at: int, complete: bool) -> None:

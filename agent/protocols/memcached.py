@@ -586,7 +586,8 @@ class MemcachedHandler(Handler):
             if not known and (head is None or not head.multi or head.cmd in _RETRIEVAL):
                 return None  # not a reply: we are out of step
             if known:
-                self._confirm()  # a reply line memcached sends
+                if not self._confirmed:
+                    self._confirm()  # a reply line memcached sends
             reply = self._reply = _Reply(start_ns, seq)
             owner = self._owner_text(word, rest)
             self._reply_owner = owner
@@ -673,7 +674,8 @@ class MemcachedHandler(Handler):
             return
         reply = self._reply
         if reply is None:
-            self._confirm()  # a response header with a known opcode and status
+            if not self._confirmed:
+                self._confirm()  # a response header with a known opcode and status
             reply = _Reply(start_ns, seq)
             owner = self._owner_binary(opcode, opaque, start_ns)
         else:

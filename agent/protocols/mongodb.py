@@ -234,7 +234,8 @@ class MongoHandler(FramedHandler):
         if cmd is None:
             self.orphan_replies += 1
             return
-        self._confirm()  # a reply, parsed, naming a command waiting
+        if not self._confirmed:
+            self._confirm()  # a reply, parsed, naming a command waiting
         cmd.replies += 1
         if cmd.reply_seq is None:
             cmd.reply_seq = frame.seq

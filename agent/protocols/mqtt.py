@@ -159,7 +159,8 @@ class MqttHandler(FramedHandler):
             if kind in _CLIENT_FIRST:
                 self._reject()                           # only a client sends these
                 return
-            self._confirm()                              # a packet a broker sends, parsed
+            if not self._confirmed:
+                self._confirm()                              # a packet a broker sends, parsed
         if kind == CONNECT:
             self._level = packet.level or 4
             self._client_id = packet.client_id

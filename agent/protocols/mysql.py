@@ -467,7 +467,8 @@ class MysqlHandler(Handler):
                 self._answer(seq_id, length, buf, start, stop, msg_seq, end_ns)
         elif phase == _HANDSHAKE:
             if not request and seq_id == 0 and stop > start and buf[start] == 10:
-                self._confirm()  # the server's greeting
+                if not self._confirmed:
+                    self._confirm()  # the server's greeting
                 self._greeting(buf, start, stop)
                 self._phase = _AUTH
             elif request and seq_id == 1:
@@ -613,7 +614,8 @@ class MysqlHandler(Handler):
         if seq_id != self._next_seq:
             self._responses.lose()  # out of step: a packet went by unseen
             return
-        self._confirm()  # the answer's packets follow the command's sequence
+        if not self._confirmed:
+            self._confirm()  # the answer's packets follow the command's sequence
         self._next_seq = (seq_id + 1) & 0xFF
         command.end_ns = end_ns
         state = command.state

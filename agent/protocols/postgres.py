@@ -761,7 +761,8 @@ class PostgresHandler(Handler):
 
     def _progress(self, msg_seq: int | None, end_ns: int, rows: int = 0) -> _Item | None:
         """A backend message answering the oldest request (``rows`` DataRows): its end so far."""
-        self._confirm()  # a backend message, framed and typed as the server sends them
+        if not self._confirmed:
+            self._confirm()  # a backend message, framed and typed as the server sends them
         pending = self._pending
         if not pending:
             return None
@@ -779,7 +780,8 @@ class PostgresHandler(Handler):
             self._progress(msg_seq, end_ns, 1)
             return
         if t == 0x41:  # NotificationResponse: comes at any time, answers nothing
-            self._confirm()
+            if not self._confirmed:
+                self._confirm()
             return
         pending = self._pending
         head = self._progress(msg_seq, end_ns)

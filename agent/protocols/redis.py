@@ -818,7 +818,8 @@ class RedisHandler(Handler):
         if is_request:
             self._command_done(value)
             return
-        self._confirm()  # a whole RESP value
+        if not self._confirmed:
+            self._confirm()  # a whole RESP value
         if not self._monitoring:
             self._reply_done(value)
 
@@ -934,7 +935,8 @@ class RedisHandler(Handler):
         if carries_requests or value is None:
             return
         if value.kind >= 0:
-            self._confirm()  # its first header was RESP: a reply cut short by the capture
+            if not self._confirmed:
+                self._confirm()  # its first header was RESP: a reply cut short by the capture
         if value.kind != _PUSH and not self._monitoring:
             cmd = self._take(value.start_ns)
             if cmd is not None:
