@@ -187,6 +187,18 @@ def _escape(char: str) -> str:
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
+def _make_safe(facts: SpanFacts) -> tuple:
+    """``span_text`` over a span's name, status message and string attributes; its texts after."""
+    facts.name = span_text(facts.name)
+    if facts.status_message is not None:
+        facts.status_message = span_text(facts.status_message)
+    attrs = facts.attributes
+    for key, value in attrs.items():
+        if value.__class__ is str:
+            attrs[key] = span_text(value)
+    return (facts.name, facts.status_message, *attrs.values())
+
+
 class _GivenUp(Exception):
     """Raised by ``_not_this_protocol`` to leave the reader's loops; feed and close catch it."""
 
@@ -239,7 +251,7 @@ class Handler:
     __slots__ = ("role", "request_direction", "context", "internal_errors", "orphan_replies",
                  "absorbed_replies", "rejected", "_readers", "_out", "_closed", "_stopped", "_pending",
                  "_open", "_held", "_skip_replies", "_replies_lost_at", "_confirmed", "_unconfirmed",
-                 "_replied", "_now", "_second_start", "_second_left", "_restarted")
+                 "_replied", "_now", "_second_start", "_second_left", "_last_texts", "_restarted")
 
     def __init__(self, role: str = "unknown", context: Context | None = None) -> None:
         if role not in ("server", "client", "unknown"):
@@ -270,6 +282,7 @@ class Handler:
         self._now = 0                  # the timestamp of the bytes being parsed
         self._second_start = -1_000_000_000  # spans per connection per second: this second's
         self._second_left = 0                 # start, and spans it may still make
+        self._last_texts: tuple = ()   # the last span's name, message and values, made safe
 
     # --- what a protocol provides ---------------------------------------------------
 
@@ -618,18 +631,13 @@ class Handler:
         if (type(facts.start_ns) is not int or type(facts.end_ns) is not int
                 or type(facts.attributes) is not dict):
             raise TypeError(f"malformed span facts from {self.name}: {facts!r}")
-        if not facts.name.isprintable():
-            facts.name = span_text(facts.name)
-        message = facts.status_message
-        if message is not None and not message.isprintable():
-            facts.status_message = span_text(message)
-        attrs = facts.attributes
-        for value in attrs.values():  # a look first: rewriting is rare
-            if value.__class__ is str and not value.isprintable():
-                for key, value in attrs.items():
-                    if value.__class__ is str:
-                        attrs[key] = span_text(value)
-                break
+        texts = (facts.name, facts.status_message, *facts.attributes.values())
+        if texts != self._last_texts:  # equal: made safe with the last span (keep-alive repeats)
+            for text in texts:
+                if text.__class__ is str and not text.isprintable():
+                    texts = _make_safe(facts)  # rare: only what a terminal would act on
+                    break
+            self._last_texts = texts
         self._release(facts)
 
     def _release(self, item: Any) -> None:
