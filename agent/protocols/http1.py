@@ -1117,9 +1117,10 @@ class _Parser:
         if self.msg is not None:
             self.msg.end_ns = ts  # the bytes before the next start belong to the lost message
         if m is None:
-            if self.msg is None and not self.is_request:
+            if not self.is_request:
                 # Bytes up to the end of this syscall belong to no response we
-                # follow: answers to the requests waiting (see _found).
+                # can read (the lost one's framing is unknown from here): the
+                # answers to the requests waiting may be among them (see _found).
                 self.handler._lost(False, ts)
             return end
         self._found(m.end())
@@ -1129,14 +1130,14 @@ class _Parser:
         lost = self.msg
         self.msg = None
         self.state = _HEAD
-        if lost is None and not self.is_request:
-            # Requests waiting since before the bytes we skipped were answered
-            # there: the response found is not theirs.
-            self.handler._replies_found()
-        elif lost is not None and not lost.done:
+        if lost is not None and not lost.done:
             lost.size = self.offset + pos - lost.start_off
             lost.done = True
             self.handler._message_done(self.is_request, lost)
+        if not self.is_request:
+            # Requests waiting since before the bytes we could not read were
+            # answered there: the response found is not theirs.
+            self.handler._replies_found()
 
     def abandon(self) -> None:
         """Give up on a lost message now instead of at the next start line."""

@@ -270,6 +270,20 @@ def test_a_response_found_after_unreadable_ones_is_not_paired_with_their_request
     assert exchanges[-2].flags == F.RESPONSE_MISSING
 
 
+def test_a_response_found_after_a_body_lost_midway_is_not_paired_with_the_requests_before():
+    # "AHEAD"'s 200 says chunked (a HEAD response carries no body), so the
+    # next response's status line is read as a chunk size: the reader loses
+    # its place inside a response, and that response's request was waiting.
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ok0 = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    head = b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n"
+    get = b"GET /third HTTP/1.1\r\nHost: h\r\n\r\n"
+    exchanges = run("server", [(IN, b"A"), (OUT, b"A"), (IN, head), (OUT, chunked), (IN, GET), (OUT, ok0),
+                               (IN, get), (OUT, ok0)])
+    assert [(e.path, e.status_code) for e in exchanges][-2:] == [("/index.html", None), ("/third", 200)]
+    assert exchanges[-2].flags == F.RESPONSE_MISSING
+
+
 def test_garbage_request_line_is_not_taken_for_a_request():
     exchanges = run("server", [(IN, b"NOT HTTP AT ALL\r\n\r\n"), (IN, GET), (OUT, OK5)])
     assert [(e.path, e.flags) for e in exchanges] == [("/index.html", F.NONE)]
