@@ -216,6 +216,7 @@ class Request:
     gap = False
     no_reply = False
     quiet = False
+    done = True        # all of it seen (a protocol that pushes a request at its head says when)
 
     def __init__(self, start_ns: int, end_ns: int | None, seq: int | None) -> None:
         self.start_ns = start_ns
@@ -600,10 +601,11 @@ class Handler:
 
     def _replies_found(self) -> None:
         """The replies' reader may start over: requests already waiting when it lost
-        its place had their replies (likely) in the bytes it could not follow."""
+        its place had their replies (likely) in the bytes it could not follow.  (A
+        request still coming in is not waiting yet: it stays.)"""
         pending = self._pending
         lost_at = self._replies_lost_at
-        while pending and pending[0].start_ns < lost_at:
+        while pending and pending[0].start_ns < lost_at and pending[0].done:
             request = pending.popleft()
             if not request.gap:
                 self._unanswered(request, None)

@@ -9,7 +9,7 @@ SpanFacts must be equal, feed by feed.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agent.protocols import SpanFacts, http1
@@ -75,6 +75,9 @@ def test_generated_conversations_describe_the_same(conversation, pipelined, role
 @given(st.lists(st.tuples(st.sampled_from([IN, OUT]), st.lists(messages(), min_size=1, max_size=3),
                           st.sampled_from([0, 0, 0, 1, 100_000])), min_size=1, max_size=8),
        st.sampled_from(["server", "client", "unknown"]))
+# A request whose body never comes, while the replies' reader is lost.
+@example([(IN, [b"GET / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\nContent-Length: 3\r\n\r\n"], 0),
+          (OUT, [b"GET / HTTP/1.1\r\n\r\n"], 0), (OUT, [b"HTTP/1.1 200 OK\n\r\n"], 0)], "server")
 def test_odd_heads_describe_the_same(syscalls, role):
     both_ways(as_steps([(d, b"".join(msgs), extra) for d, msgs, extra in syscalls]), role)
 
