@@ -12,6 +12,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+from agent._options import MAX_CPU_DEFAULT
+
 APPS = Path(__file__).parent / "apps"
 REPO = Path(__file__).resolve().parents[2]
 # How much slower than this machine the tests run: the waits below stretch by
@@ -81,10 +83,18 @@ def app(name: str, *args: str, **kwargs):
                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **kwargs)
 
 
+# The agent's CPU budget (--max-cpu) is a share of a core of this machine:
+# where everything runs SLOWDOWN times slower each span costs that much more
+# CPU, and the default budget would shed whole exchanges the tests expect.
+EMULATED_MAX_CPU = ("--max-cpu", str(MAX_CPU_DEFAULT * SLOWDOWN)) if SLOWDOWN > 1 else ()
+
+
 def agent(socket_path: Path, *extra: str):
-    """Start ``sidetrace run`` on ``socket_path``; stderr is kept for failures."""
+    """Start ``sidetrace run`` on ``socket_path``; stderr is kept for failures.
+
+    ``extra`` may set ``--max-cpu`` itself (the last one given counts)."""
     return started([sys.executable, "-m", "agent.cli", "run", "--socket", str(socket_path),
-                    "--stats-interval", "0.5", *extra],
+                    "--stats-interval", "0.5", *EMULATED_MAX_CPU, *extra],
                    cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
