@@ -742,19 +742,22 @@ static __always_inline bool dns_header(const __u8 *b)
 }
 
 /* The protocol of a connection from the first `got` captured bytes of one
- * payload (`total` bytes moved by the syscall), or ST_PROTO_UNKNOWN.  Only
- * fixed-offset loads of the first 16 bytes: bytes past `got` are stale
- * scratch and are masked off before any comparison.  Deliberately generous:
- * a wrong guess only costs the agent a failed confirmation, a missed
- * protocol would end as OPAQUE. */
-static __always_inline __u16 classify(const __u8 *payload, __u32 got, __u64 total, const struct st_conn *c)
+ * payload (`w0`, `w1`: its first 16 bytes; `total` bytes moved by the
+ * syscall), or ST_PROTO_UNKNOWN.  Bytes past `got` are stale scratch and
+ * are masked off before any comparison.  Deliberately generous: a wrong
+ * guess only costs the agent a failed confirmation, a missed protocol would
+ * end as OPAQUE.  A global function: the verifier checks it once per
+ * program; inlined, each of its tests of `got` split the caller's states,
+ * and the rest of the data programs was verified again for every range of
+ * `got` the tests left. */
+__noinline int classify(__u64 w0, __u64 w1, __u32 got, __u64 total, const struct st_conn *c)
 {
-	__u64 w0 = *(const __u64 *)&payload[0];
-	__u64 w1 = *(const __u64 *)&payload[8];
 	__u8 b[16];
 	__u32 h, len;
 	int i;
 
+	if (!c)
+		return ST_PROTO_UNKNOWN;
 	if (got < 16) {
 		w1 = got > 8 ? LO(w1, got - 8) : 0;
 		if (got < 8)
@@ -1008,7 +1011,8 @@ static __always_inline void shed_unit(struct st_conn *c, __u32 tgid, __u8 how)
 /* Sticky per-connection protocol from one payload (see the header). */
 static __always_inline void infer_proto(struct st_event *e, struct st_conn *c, __u32 got, __u64 total)
 {
-	__u16 proto = classify((const __u8 *)(e + 1), got, total, c);
+	const __u64 *w = (const __u64 *)(e + 1);
+	__u16 proto = classify(w[0], w[1], got, total, c);
 
 	if (proto == ST_PROTO_UNKNOWN) {
 		if (c->proto_tries + 1 < ST_PROTO_TRIES) {
