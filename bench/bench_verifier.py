@@ -97,7 +97,8 @@ def load_once(path: str) -> dict[str, dict[str, float]]:
 
 def object_at(rev: str, path: str, tmp: str) -> str:
     """The object committed at ``rev`` (the one-for-all object before per-architecture builds)."""
-    for rel in (os.path.relpath(path, ROOT), OBJECT):
+    this_arch = os.path.relpath(bpfobj.arch_object(os.path.join(ROOT, OBJECT)), ROOT)
+    for rel in (os.path.relpath(path, ROOT), this_arch, OBJECT):
         got = subprocess.run(["git", "-C", ROOT, "show", f"{rev}:{rel}"], capture_output=True)
         if got.returncode == 0:
             break

@@ -631,42 +631,68 @@ static __always_inline __u32 capture_buf(__u8 *payload, __u64 ubuf, __u64 lim)
 	return n;
 }
 
+/* One iovec of capture_iov: the first bytes of b->iov[i], at most
+ * `lim` - `off`, appended at `off` to the payload of the event at
+ * batch_slot(b); the payload's new length, or -1 when the read failed.  A
+ * global function, like capture_iov: the verifier checks the copy once, and
+ * the loop around it sees only a length it knows nothing of, so each
+ * iteration is one state instead of one per range the copy's bounds left. */
+__noinline int capture_iov_one(struct st_batch *b, __u32 i, __u32 off, __u32 lim)
+{
+	const struct st_iovec *iov;
+	__u8 *payload;
+	__u64 n;
+
+	if (!b || off >= lim)
+		return -1;
+	iov = &b->iov[i & (ST_MAX_IOV - 1)];
+	n = iov->len;
+	if (n > lim - off)
+		n = lim - off;
+	barrier_var(n);
+	if (n > ST_MAX_PAYLOAD)
+		n = ST_MAX_PAYLOAD;
+	barrier_var(off);
+	off &= ST_MAX_PAYLOAD - 1;
+	if (!n)
+		return off;
+	payload = (__u8 *)(batch_slot(b) + 1);
+	if (bpf_probe_read_user(&payload[off], n, (const void *)iov->base)) {
+		count(ST_CNT_UREAD_FAIL);
+		return -1;
+	}
+	return off + n;
+}
+
 /* Gather up to `lim` (<= ST_MAX_PAYLOAD) bytes across the first ST_MAX_IOV
- * iovecs of a user iovec array. */
-static __always_inline __u32 capture_iov(struct st_iovec *iov, __u8 *payload, __u64 uiov, __u64 iovcnt,
-					 __u32 lim)
+ * iovecs of a user iovec array into the payload of the event at
+ * batch_slot(b), copying the array to b->iov first.  A global function: the
+ * verifier checks it once per program; inlined, every length its loop could
+ * stop at left a state of its own for the rest of the program. */
+__noinline int capture_iov(struct st_batch *b, __u64 uiov, __u64 iovcnt, __u32 lim)
 {
 	__u32 cnt = iovcnt < ST_MAX_IOV ? iovcnt : ST_MAX_IOV;
 	__u32 off = 0;
-	int i;
+	int i, next;
 
+	if (!b)
+		return 0;
 	barrier_var(cnt);
 	if (cnt > ST_MAX_IOV)
 		cnt = ST_MAX_IOV;
 	if (!cnt || !lim)
 		return 0;
-	if (bpf_probe_read_user(iov, cnt * sizeof(struct st_iovec), (const void *)uiov)) {
+	if (bpf_probe_read_user(b->iov, cnt * sizeof(struct st_iovec), (const void *)uiov)) {
 		count(ST_CNT_UREAD_FAIL);
 		return 0;
 	}
 	for (i = 0; i < ST_MAX_IOV; i++) {
-		__u64 n;
-
 		if (i >= cnt || off >= lim)
 			break;
-		n = iov[i].len;
-		if (n > lim - off)
-			n = lim - off;
-		barrier_var(n);
-		if (n > ST_MAX_PAYLOAD)
-			n = ST_MAX_PAYLOAD;
-		barrier_var(off);
-		off &= ST_MAX_PAYLOAD - 1;
-		if (n && bpf_probe_read_user(&payload[off], n, (const void *)iov[i].base)) {
-			count(ST_CNT_UREAD_FAIL);
+		next = capture_iov_one(b, i, off, lim);
+		if (next < 0)
 			break;
-		}
-		off += n;
+		off = next;
 	}
 	return off;
 }
@@ -1355,7 +1381,7 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 		break;
 	case ST_SYS_READV:
 	case ST_SYS_WRITEV:
-		got = capture_iov(b->iov, payload, PT_REGS_SYSCALL_ARG2(regs), PT_REGS_SYSCALL_ARG3(regs), lim);
+		got = capture_iov(b, PT_REGS_SYSCALL_ARG2(regs), PT_REGS_SYSCALL_ARG3(regs), lim);
 		break;
 	case ST_SYS_RECVFROM:
 	case ST_SYS_SENDTO:
@@ -1372,7 +1398,7 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 			count(ST_CNT_UREAD_FAIL);
 			break;
 		}
-		got = capture_iov(b->iov, payload, m.iov, m.iovlen, lim);
+		got = capture_iov(b, m.iov, m.iovlen, lim);
 		uaddr = m.name;
 		break;
 	}
@@ -1392,7 +1418,7 @@ static __always_inline int on_data_exit(struct st_sys_exit_ctx *ctx, const int s
 			e->flags |= ST_F_MULTI_MSG;
 		bytes = m.msg_len;
 		e->ret = bytes;
-		got = capture_iov(b->iov, payload, m.iov, m.iovlen, payload_limit(bytes));
+		got = capture_iov(b, m.iov, m.iovlen, payload_limit(bytes));
 		uaddr = m.name;
 		break;
 	}
