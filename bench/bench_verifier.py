@@ -43,7 +43,7 @@ class Loads:
     """Stands in for bpfobj's BPF_PROG_LOAD wrapper, recording per program."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, dict[str, float]] = {}
+        self.rows: list[dict[str, float]] = []  # in load order
 
     def prog_load(self, prog_type: int, insns: bytes, license: str, *, name: str = "",
                   expected_attach_type: int = 0, attach_btf_id: int = 0, attach_btf_obj_fd: int = 0,
@@ -75,9 +75,9 @@ class Loads:
         if fd < 0:
             raise SystemExit(f"{name}: BPF_PROG_LOAD failed (errno {ctypes.get_errno()}): {text[-2000:]}")
         stats, vtime = STATS.search(text), VTIME.search(text)
-        self.rows[name] = {"insns": len(insns) // 8, "processed": int(stats[1]) if stats else 0,
+        self.rows.append({"insns": len(insns) // 8, "processed": int(stats[1]) if stats else 0,
                            "states": int(stats[2]) if stats else 0, "peak": int(stats[3]) if stats else 0,
-                           "vtime": int(vtime[1]) / 1e6 if vtime else 0.0, "cpu": cpu}
+                           "vtime": int(vtime[1]) / 1e6 if vtime else 0.0, "cpu": cpu})
         return fd
 
 
@@ -88,11 +88,12 @@ def load_once(path: str) -> dict[str, dict[str, float]]:
     try:
         spec = bpfobj.load_object_spec(path).with_constants(
             trace_all=0, agent_tgid=os.getpid(), max_payload=4096, batching=1, batch_max_age_ns=2000000)
-        with bpfobj.Collection(spec):
-            pass
+        with bpfobj.Collection(spec) as coll:
+            # programs load in the spec's order; the kernel's names are cut to 15 characters
+            names = [name for name in spec.programs if name in coll.programs]
     finally:
         _sys.prog_load = real
-    return loads.rows
+    return dict(zip(names, loads.rows, strict=True))
 
 
 def object_at(rev: str, path: str, tmp: str) -> str:
@@ -133,13 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     table = {name: median_rows(r) for name, r in runs.items()}
     print(f"{os.path.relpath(path, ROOT)}: medians of {args.runs} loads each, interleaved; "
           f"load average {os.getloadavg()[0]:.1f}")
-    head = f"{'program':<24}" + "".join(f" | {name[:30]:>30}" for name in table)
+    head = f"{'program':<28}" + "".join(f" | {name[:30]:>30}" for name in table)
     print(head)
-    print(f"{'':<24}" + " | insns  processed states    CPU ms" * len(table))
-    progs = list(next(iter(table.values())))
+    print(f"{'':<28}" + " | insns  processed states    CPU ms" * len(table))
+    progs = list(table["this tree"])  # an older object may lack some of them
     totals = {name: dict.fromkeys(("insns", "processed", "states", "cpu"), 0.0) for name in table}
     for prog in progs:
-        line = f"{prog:<24}"
+        line = f"{prog:<28}"
         for name, rows in table.items():
             r = rows.get(prog)
             if r is None:
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 totals[name][k] += r[k]
             line += f" | {r['insns']:5.0f} {r['processed']:10.0f} {r['states']:6.0f} {r['cpu'] * 1000:9.1f}"
         print(line)
-    line = f"{'total':<24}"
+    line = f"{'total':<28}"
     for name in table:
         t = totals[name]
         line += f" | {t['insns']:5.0f} {t['processed']:10.0f} {t['states']:6.0f} {t['cpu'] * 1000:9.1f}"
