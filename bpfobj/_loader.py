@@ -24,8 +24,9 @@ import dataclasses
 import os
 import re
 import struct
+from collections.abc import Callable, Mapping
 from collections.abc import Collection as _Names
-from collections.abc import Mapping
+from functools import partial
 
 from . import _features, _sys
 from ._consts import MapType, PinType, ProgType, PseudoSrc
@@ -89,12 +90,15 @@ class Collection:
     ``optional_programs`` names programs whose load may fail (a hook this
     kernel lacks, a verifier refusal): they are left out of ``programs`` and
     the error is kept in ``skipped``; any other failure fails the load.
+    ``verifier_log`` gets each loaded program's name and its verifier log at
+    ``log_level`` (BPF_LOG_STATS, 4, gives the verifier's statistics).
     """
 
     def __init__(self, spec: ObjectSpec, *, pin_root: str = "/sys/fs/bpf",
                  kernel_btf=None, log_level: int = 0,
                  reuse_maps: Mapping[str, Map] | None = None,
-                 optional_programs: _Names[str] = ()) -> None:
+                 optional_programs: _Names[str] = (),
+                 verifier_log: Callable[[str, str], None] | None = None) -> None:
         self.spec = spec
         self.name = spec.name
         self.pin_root = pin_root
@@ -107,6 +111,7 @@ class Collection:
         self.skipped: dict[str, BpfError] = {}  # optional programs that did not load
         self._kernel_btf = kernel_btf
         self._log_level = log_level
+        self._verifier_log = verifier_log
         self._core_code: dict[str, bytes] = {}
         try:
             self._load_btf()
@@ -340,7 +345,8 @@ class Collection:
             name=_kernel_name(spec.name), expected_attach_type=spec.expected_attach_type,
             attach_btf_id=attach_btf_id, kern_version=spec.kernel_version, btf_fd=btf_fd,
             func_info=func_info, line_info=line_info, log_level=self._log_level,
-            type_supported=_features.prog_type_supported)
+            type_supported=_features.prog_type_supported,
+            log_sink=None if self._verifier_log is None else partial(self._verifier_log, spec.name))
         return Program(fd, name=spec.name, type=spec.type,
                        expected_attach_type=spec.expected_attach_type,
                        attach_target=spec.attach_target, section=spec.section)

@@ -885,10 +885,13 @@ def prog_load(prog_type: int, insns: bytes, license: str, *, name: str = "",
               btf_fd: int = 0, func_info: bytes = b"", func_info_rec_size: int = 8,
               line_info: bytes = b"", line_info_rec_size: int = 16,
               log_level: int = 0, log_size: int = 0,
-              type_supported: Callable[[int], bool] | None = None) -> int:
+              type_supported: Callable[[int], bool] | None = None,
+              log_sink: Callable[[str], None] | None = None) -> int:
     """BPF_PROG_LOAD; returns the program fd.
 
-    The first attempt runs with ``log_level`` (0 by default: no log, fastest).
+    The first attempt runs with ``log_level`` (0 by default: no log, fastest);
+    ``log_sink``, if given, gets the log of a load that succeeds (e.g. the
+    verifier's statistics at BPF_LOG_STATS).
     On failure the load is repeated with a verifier log (level >= 1), growing
     the buffer while the kernel answers ENOSPC, and a :class:`VerifierError`
     naming the program carries the log.  EPERM is a
@@ -927,7 +930,8 @@ def prog_load(prog_type: int, insns: bytes, license: str, *, name: str = "",
             ret = _syscall(NR_BPF, ctypes.c_long(int(Cmd.PROG_LOAD)), ctypes.byref(attr),
                            ctypes.c_long(ctypes.sizeof(attr)))
             if ret >= 0:
-                return ret, 0, "", 0
+                log = log_buf.value.decode("utf-8", "replace") if log_buf is not None else ""
+                return ret, 0, log, 0
             err = ctypes.get_errno()
             if err == _errno.EINTR:
                 continue
@@ -943,6 +947,8 @@ def prog_load(prog_type: int, insns: bytes, license: str, *, name: str = "",
     if fd < 0 and err == _errno.EPERM and lift_memlock_limit():
         fd, err, log, true_size = attempt(level, size)
     if fd >= 0:
+        if log_sink is not None:
+            log_sink(log)
         return fd
     if err == _errno.EPERM:
         if has_bpf_capabilities():

@@ -317,3 +317,19 @@ def test_tracer_object_loads_and_attaches_with_one_core_pass() -> None:
                 assert coll._core_code[prog.name] == apply_core_relocations(
                     prog, spec.btf_types, target), prog.name
     assert all(link.closed for link in links)
+
+
+def test_verifier_log_of_loaded_programs() -> None:
+    spec = _attach_spec()
+    wanted = ("live_raw_enter", "live_btf_enter")
+    logs: dict[str, str] = {}
+    with Collection(_only(spec, *wanted), log_level=4,  # BPF_LOG_STATS
+                    verifier_log=lambda name, text: logs.setdefault(name, text)):
+        pass
+    assert set(logs) == set(wanted)
+    for name, text in logs.items():
+        assert "processed" in text and "insns" in text, (name, text)
+    quiet: dict[str, str] = {}
+    with Collection(_only(spec, *wanted), verifier_log=lambda name, text: quiet.setdefault(name, text)):
+        pass
+    assert quiet == dict.fromkeys(wanted, "")  # log level 0: the kernel writes no log
