@@ -15,7 +15,7 @@ import pytest
 from wire import BlockingSubscriber, validate
 
 from .._servers import free_port, need_binary, wait_for_port
-from ._procs import agent, app, collect_spans, started, stop, wait_for_socket, wait_for_stats
+from ._procs import agent, app, collect_spans, run_to_done, started, stop, wait_for_socket, wait_for_stats
 
 pytestmark = pytest.mark.kernel
 
@@ -101,9 +101,7 @@ def test_a_server_answering_ack_to_everything_makes_no_spans(tmp_path):
             with agent(sock, "--pid", str(server.pid), "--pid", str(client.pid)) as agent_proc:
                 wait_for_socket(sock, agent_proc)
                 with BlockingSubscriber(sock, timeout=0.5) as sub:
-                    client.stdin.write("go\n")
-                    client.stdin.flush()
-                    assert client.stdout.readline().strip() == "done"
+                    assert run_to_done(client) == []
                     # Spans wait a little in the linker for their other end: give any time to come.
                     spans = collect_spans(sub, 0, settle=3.0, keep=_on_port(port))
                     # Four connections, each seen from both ends: every one given up.
@@ -147,9 +145,7 @@ def test_header_lines_after_a_ping_end_the_redis_connection(tmp_path):
             with agent(sock, "--pid", str(server.pid), "--pid", str(client.pid)) as agent_proc:
                 wait_for_socket(sock, agent_proc)
                 with BlockingSubscriber(sock, timeout=0.5) as sub:
-                    client.stdin.write("go\n")
-                    client.stdin.flush()
-                    assert client.stdout.readline().strip() == "done"
+                    assert run_to_done(client) == []
                     spans = collect_spans(sub, 2, settle=3.0, keep=_on_port(port))
                     stats = wait_for_stats(sub, _given_up(2), "both ends of the connection given up")
                 assert stop(agent_proc) == 0, agent_proc.stderr.read()
