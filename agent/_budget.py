@@ -8,7 +8,11 @@ agent sets that rate here, every CONTROL_PERIOD, from:
 
 * its own CPU time (every thread) against ``--max-cpu`` (a fraction of one
   core), through the CPU each span costs it: the rate it can afford is
-  HEADROOM * max_cpu / cost per span;
+  HEADROOM * max_cpu / cost per span.  Only while it builds spans (at least
+  MIN_SPANS_FOR_COST in the period): CPU spent on anything else (start-up,
+  the monitor's polls, scans of new processes) is not relieved by shedding
+  spans, and a budget set then would cut the next burst of requests to
+  MIN_RATE;
 * the fullest ring: past FILL_HIGH the agent is behind whatever the CPU
   says (another process may be taking the CPU), and so when the kernel
   could not write events at all; a reader that finds its ring that full
@@ -156,7 +160,8 @@ class BudgetController:
         target = HEADROOM * self.max_cpu
         memory_high = self.max_memory is not None and sample.rss > MEMORY_HIGH * self.max_memory
         pressure = []
-        if cpu > target:
+        building = spans >= MIN_SPANS_FOR_COST
+        if cpu > target and building:
             pressure.append("cpu")
         if sample.fill > FILL_HIGH:
             pressure.append("rings")
@@ -179,7 +184,7 @@ class BudgetController:
             if "rings" in pressure or "lost" in pressure or "subscribers" in pressure or memory_high:
                 rate = min(rate, max(self.span_rate, MIN_RATE) * 0.5)
             level = Level.NEW if budget.level == Level.OFF else budget.level
-            if budget.level != Level.OFF and cpu > self.max_cpu:
+            if budget.level != Level.OFF and cpu > self.max_cpu and building:
                 self._over += 1
                 if self._over >= HARD_AFTER:
                     level = Level.HARD

@@ -46,6 +46,18 @@ def test_no_budget_while_the_agent_keeps_under_its_limits():
         assert budget == OFF
 
 
+def test_cpu_spent_while_building_few_spans_is_no_reason_to_shed():
+    # A monitor poll or a scan of new processes takes the agent over its CPU
+    # share while hardly any span is built: shedding spans would not relieve
+    # it, and the next burst of requests would meet a budget of MIN_RATE.
+    load = Load(BudgetController(max_cpu=0.5))
+    load.period(cpu=0.1, rate=4000)
+    for _ in range(3):
+        budget, _ = load.period(cpu=0.9, rate=40)
+        assert budget == OFF
+    assert "cpu" not in load.c.pressure
+
+
 def test_over_the_cpu_limit_the_budget_is_what_the_agent_can_afford():
     load = Load(BudgetController(max_cpu=0.5))
     load.period(cpu=0.2, rate=4000)
