@@ -188,7 +188,7 @@ class Agent:
         self.probes = probes
         self.linker = SpanLinker(server.publish, peer_traced=endpoints.traced,
                                  contexts=probes.contexts if probes is not None else None,
-                                 clock=self.event_time_unix_ns)
+                                 clock=self.event_time_unix_ns, read_until=self.read_until_unix_ns)
         self.resources = resources if resources is not None else ProcessResources()
         self.pipeline = Pipeline(self.resources.attaching(self.linker.add), clock=self.clock,
                                  max_connections=max_connections, endpoints=endpoints,
@@ -225,25 +225,32 @@ class Agent:
     def _counter_total(counters: bpfobj.Map, name: str) -> int:
         return sum(_U64.unpack(v)[0] for v in counters.lookup(KERNEL_COUNTER_NAMES.index(name)) or [])
 
-    def event_time_unix_ns(self) -> int:
+    def read_until_unix_ns(self) -> int:
         """Wall-clock time up to which the kernel's events, and the runtime-context
-        records, have all been read.
+        records, have all been read: now at most, 0 until every ring has been
+        read once (the first drain's events, delivered before that, are not
+        all there is about their time)."""
+        complete = self.intake.complete_until_ns()
+        if self.probes is not None:
+            complete = min(complete, self.probes.horizon())
+        if complete <= 0:
+            return 0
+        return min(time.time_ns(), self.clock.to_unix_ns(complete))
+
+    def event_time_unix_ns(self) -> int:
+        """``read_until_unix_ns``, but never more than LINKER_MAX_LAG_NS behind the wall clock.
 
         The linker's waits (for a span's other end, for the spans around a
         client call) run on this clock, not on the wall clock: an agent that
         falls behind on a loaded machine must not give up on a span's other
         end, nor decide a call, before it has read the events (and the loop
         waits, task steps, async ids) that make them.  Keeping up, it is a
-        few milliseconds behind now; it is never more than LINKER_MAX_LAG_NS
-        behind (a ring that stops being read must not hold every span).
+        few milliseconds behind now.  The cap keeps a ring that stops being
+        read from holding every span; a call that comes due on the capped
+        clock before what surrounds it is read is left an ambiguous root (the
+        linker is given ``read_until_unix_ns`` too).
         """
-        now = time.time_ns()
-        complete = self.intake.complete_until_ns()
-        if self.probes is not None:
-            complete = min(complete, self.probes.horizon())
-        if complete <= 0:
-            return now
-        return max(min(now, self.clock.to_unix_ns(complete)), now - LINKER_MAX_LAG_NS)
+        return max(self.read_until_unix_ns(), time.time_ns() - LINKER_MAX_LAG_NS)
 
     def traced_pids(self) -> list[int]:
         """Every process traced now: the kernel's `pids` map (children and

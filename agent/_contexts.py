@@ -134,6 +134,11 @@ class RuntimeContexts:
         # full): what happened then is not known, and no question about it is answered.
         self.gaps: list[tuple[int, int]] = []
         self.lost_records = 0
+        # Every record stamped before this has been fed (None: every record
+        # there will be has been fed).  The rings of several CPUs are read in
+        # turns, each behind the kernel: nothing later is answered, since a
+        # wait, a step or an async id of that time may still be unread.
+        self.read_until: int | None = None
         self._last_stamp: dict[int, int] = {}    # cpu -> stamp of the last record read
 
     # -- input ----------------------------------------------------------------
@@ -222,6 +227,10 @@ class RuntimeContexts:
                 times.insert(i, ts)
                 thread.task_ids.insert(i, task)
 
+    def _unread(self, ts: int) -> bool:
+        """Whether records stamped at ``ts`` may not have been fed yet."""
+        return self.read_until is not None and ts > self.read_until
+
     def _unknown(self, start: int, end: int) -> bool:
         """Whether records were lost between ``start`` and ``end``."""
         for since, until in self.gaps:
@@ -271,7 +280,7 @@ class RuntimeContexts:
         """
         proc = self._procs.get(pid)
         thread = proc.threads.get(tid) if proc is not None else None
-        if thread is None or not thread.waits or start < thread.since:
+        if thread is None or not thread.waits or start < thread.since or self._unread(end):
             return None
         if self.gaps and self._unknown(start, end):
             return None
@@ -283,7 +292,7 @@ class RuntimeContexts:
         """The asyncio task whose step ran on ``tid`` at ``ts``, or None."""
         proc = self._procs.get(pid)
         thread = proc.threads.get(tid) if proc is not None else None
-        if thread is None or not thread.task_ts or ts < thread.since:
+        if thread is None or not thread.task_ts or ts < thread.since or self._unread(ts):
             return None
         i = bisect_right(thread.task_ts, ts) - 1
         if self.gaps and self._unknown(thread.task_ts[i] if i >= 0 else thread.since, ts):
@@ -326,7 +335,7 @@ class RuntimeContexts:
     def async_ids_between(self, pid: int, tid: int, start: int, end: int) -> list[int]:
         """Node.js: the async ids given on ``tid`` after ``start`` and by ``end``."""
         thread = self._async_thread(pid, tid, start)
-        if thread is None or (self.gaps and self._unknown(start, end)):
+        if thread is None or self._unread(end) or (self.gaps and self._unknown(start, end)):
             return []
         times = thread.reset_ts
         return thread.reset_ids[bisect_right(times, start):bisect_right(times, end)]
@@ -338,10 +347,14 @@ class RuntimeContexts:
             return []
         i = bisect_right(thread.reset_ts, start)
         found = thread.reset_ids[i:i + count]
-        if self.gaps:
-            end = thread.reset_ts[i + count - 1] if len(found) == count else self.latest
-            if self._unknown(start, end):
-                return []
+        if len(found) == count:
+            end = thread.reset_ts[i + count - 1]
+        elif self.read_until is not None:
+            return []     # the next ones may be stamped after what has been read
+        else:
+            end = self.latest
+        if self._unread(end) or (self.gaps and self._unknown(start, end)):
+            return []
         return found
 
     def async_chain(self, pid: int, async_id: int) -> list[int]:
@@ -455,6 +468,7 @@ class ContextProbes:
                         log.info("loop waits: %s not attached: %s", name, exc)
             self.rings = bpfobj.PerfEventArray(self.collection.maps["ctx_events"], pages=pages)
             self._drained = {ring.cpu: 0 for ring in self.rings}
+            self.contexts.read_until = self.horizon()
         except BaseException:
             self.close()
             raise
@@ -483,6 +497,7 @@ class ContextProbes:
             self._dropped_seen[cpu] = dropped
         if started > self._drained.get(cpu, 0):
             self._drained[cpu] = started
+        self.contexts.read_until = self.horizon()
         return len(result.samples)
 
     def _dropped(self, cpu: int) -> int:

@@ -87,7 +87,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from ._due import DueQueue
-from ._around import WAIT, choose_by_evidence, forget_evidence, index_evidence
+from ._around import WAIT, choose_by_evidence, forget_evidence, index_evidence, open_in_process
 from ._local import CALL_RATIO_WINDOW, _Process, _Thread, choose_local_parent, servers_elsewhere
 from ._node import (ADDRESS_TIME, AMBIGUOUS, CANDIDATES_ATTR, CONFIDENCE_ATTR, CONFIDENCES, EXACT,
                     HEURISTIC, MEMORY_BOUND, NO_CLIENT_SPAN, NO_SERVER_SPAN, NONE, ONLY_CONTAINER,
@@ -124,7 +124,8 @@ class SpanLinker:
                  local_inference: bool = True,
                  peer_traced: Callable[[str, int], bool] | None = None,
                  contexts: Any = None,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], int] = time.time_ns,
+                 read_until: Callable[[], int] | None = None) -> None:
         self.publish = publish
         self.hold_ns = hold_ns
         self.settle_ns = settle_ns
@@ -142,6 +143,11 @@ class SpanLinker:
         # RuntimeContexts), or None: the loop-order and task rules need it.
         self.contexts = contexts
         self._clock = clock
+        # Where the clock may run ahead of what has been read (the agent caps
+        # how far behind the wall clock it falls): the time up to which the
+        # spans, and the context the rules read, are all in.  A call whose
+        # surroundings are not all in by its deadline is left ambiguous.
+        self._read_until = read_until
         self._order = itertools.count()
         self._held: deque[_Node] = deque()    # in arrival order, released ones dropped lazily
         self._held_count = 0
@@ -229,11 +235,16 @@ class SpanLinker:
         self._next_advance = now_unix_ns + ADVANCE_EVERY_NS
         pending = self._pending
         retry = []
+        read_until = self._read_until() if self._read_until is not None else None
         for client in pending.take_due(now_unix_ns):
             if client.decided:
                 continue
             final = client.deadline <= now_unix_ns
-            if not self._decide_client(client, final) and not final:
+            if read_until is not None and client.end + self.settle_ns > read_until:
+                decided = self._unread_around(client, final)
+            else:
+                decided = self._decide_client(client, final)
+            if not decided and not final:
                 retry.append(client)
         for client in retry:
             # A process with no server span yet: look again at the deadline only.
@@ -420,6 +431,16 @@ class SpanLinker:
         if proc.requests_seen + proc.calls_seen > CALL_RATIO_WINDOW:
             proc.requests_seen //= 2
             proc.calls_seen //= 2
+
+    def _unread_around(self, client: _Node, final: bool) -> bool:
+        """``client`` is due, but what happened around it is not all read: the
+        requests that contain it and the runtime context of its thread may be
+        missing, and any rule could name the wrong one.  Wait, and at the
+        deadline leave it an ambiguous root."""
+        if not final:
+            return False
+        self._settle_as_root(client, AMBIGUOUS, len(open_in_process(client, client.thread.proc)))
+        return True
 
     def _decide_client(self, client: _Node, final: bool) -> bool:
         """Find ``client``'s parent in its own process; True once decided."""

@@ -66,6 +66,32 @@ def test_nothing_is_answered_about_a_time_when_records_were_lost():
     assert c.gaps == []
 
 
+def test_nothing_is_answered_about_a_time_not_read_yet():
+    """The rings of several CPUs are read in turns, each behind the kernel: a
+    step's end, a wait or an async id stamped after what has been read may
+    still come.  The step read last is not what runs then."""
+    c = RuntimeContexts()
+    c.async_probes_placed(PID, 0)
+    c.feed(LOOP_WAIT, PID, TID, 0, 100, 0, 0, 0)
+    c.feed(TASK_RUN, PID, TID, 0, 110, 0xA, 0, 0)
+    reset(c, 120, 10, 1)
+    c.read_until = 130        # 0xA's step ended at 140, 0xB ran at 150: not read yet
+    assert c.task_at(PID, TID, 125) == (0xA, 0)
+    assert c.task_at(PID, TID, 155) is None
+    assert c.task_chain(PID, TID, 155) == ()
+    assert c.waited_between(PID, TID, 105, 125) is False
+    assert c.waited_between(PID, TID, 105, 135) is None
+    assert c.async_ids_between(PID, TID, 105, 125) == [10]
+    assert c.async_ids_between(PID, TID, 105, 135) == []
+    assert c.async_ids_after(PID, TID, 105, 2) == []     # the second may be unread
+    c.feed(TASK_DONE, PID, TID, 0, 140, 0xA, 0, 0)
+    c.feed(TASK_RUN, PID, TID, 0, 150, 0xB, 0, 0)
+    reset(c, 152, 11, 10)
+    c.read_until = 160
+    assert c.task_at(PID, TID, 155) == (0xB, 0)
+    assert c.async_ids_after(PID, TID, 105, 2) == [10, 11]
+
+
 def test_what_is_older_than_the_history_is_forgotten():
     c = RuntimeContexts(history_ns=100)
     c.feed(LOOP_WAIT, PID, TID, 0, 10, 0, 0, 0)

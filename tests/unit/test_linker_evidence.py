@@ -14,7 +14,7 @@ from agent.linker import (AFTER_REPLY, AFTER_REQUEST, AMBIGUOUS, ASYNCIO_TASK, B
                           CANDIDATES_ATTR, HANDOFF, NODE_ASYNC_ID, NONE, ORDER, REASON_ATTR,
                           RESPONSE_WRITER, RUNTIME, THREAD)
 
-from .test_linker import MS, T0, Harness, conf, span
+from .test_linker import MS, S, T0, Harness, conf, span
 
 PID = 7
 LOOP = 70        # an event-loop thread
@@ -169,6 +169,37 @@ def test_a_task_address_used_again_is_another_task():
     assert contexts.task_at(PID, LOOP, mono(1.05)) == (0x1000, mono(0.0))
     assert contexts.task_at(PID, LOOP, mono(6.05)) == (0x1000, mono(5.0))
     assert contexts.task_at(PID, LOOP, mono(3.0)) is None       # between steps
+
+
+# -- what has been read ----------------------------------------------------------------------
+
+
+def test_a_call_due_before_the_requests_around_it_are_read_is_left_ambiguous():
+    """The linker's clock ran ahead of what the agent had read (starved past its
+    lag cap, or before every ring had been read once).  The request that made
+    the call was not in; the only one that was contains the call too, and the
+    thread rule would have taken it."""
+    h = Harness(read_until=lambda: h.clock.now - 6 * S)     # read 6 s behind its clock
+    other = server(11, 0.0, 12, answered_at=11.5)
+    c = call(21, 2.0, 10)
+    decided(h, other, c)
+    assert c["parent_span_id"] is None and (conf(c), reason(c)) == (NONE, AMBIGUOUS)
+    own = server(12, 1.0, 15, answered_at=14.5)    # read at last
+    decided(h, own)
+    assert c["parent_span_id"] is None and len(h.out) == 3
+
+
+def test_a_call_whose_surroundings_are_read_by_its_deadline_is_decided():
+    lag = {"ns": 1 * S}
+    h = Harness(read_until=lambda: h.clock.now - lag["ns"])
+    own = server(11, 0.0, 12, answered_at=11.5)
+    c = call(21, 2.0, 10)
+    h.add(own, c)
+    h.run_for(1)
+    assert h.out == []             # due, not read around it yet: it waits
+    lag["ns"] = 0
+    h.run_for(2)
+    assert c["parent_span_id"] == own["span_id"] and conf(c) == THREAD
 
 
 # -- worker pools ----------------------------------------------------------------------------
