@@ -180,7 +180,8 @@ def test_random_capture_losses_never_break_the_handler(recorded, keeps):
         out += handler.feed(direction, captured, moved, ts, None)
     out += handler.close(None)
     assert handler.internal_errors == 0
-    assert len(out) <= sum(1 for d, _, _ in recorded if d == IN)
+    # At most a span per request (a read of the recording proxy may hold two).
+    assert len(out) <= sum(1 for d, _, _ in per_message(recorded, _size) if d == IN)
 
 
 @settings(max_examples=300, deadline=None)
