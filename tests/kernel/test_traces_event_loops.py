@@ -51,24 +51,42 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
-def test_calls_inside_a_service_are_linked_to_their_request(name):
-    app_type, options, goals = VARIANTS[name]
+def _pid_args(app) -> list[str]:
+    return [arg for pid in app.all_pids for arg in ("--pid", str(pid))]
+
+
+def _starved_agent(sock: Path, *extra: str):
+    """The agent on CPU 0 at the lowest priority: it reads events and context late."""
+    command = ["taskset", "-c", "0", "nice", "-n", "19", sys.executable, "-m", "agent.cli",
+               "run", "--socket", str(sock), "--stats-interval", "0.5", *extra]
+    return started(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def traced_rig(app_type, *, settle: float = 2.5, limit: float = 60, launch=agent, **options):
+    """Run ``app_type``'s load under an agent started by ``launch``; the app, the spans
+    and stats messages collected, and the app's score of the spans."""
     workdir = Path(tempfile.mkdtemp(prefix="st-loop-", dir="/tmp"))  # short Unix socket paths
     stats: list[dict] = []
     try:
-        with app_type(workdir, clients=8, requests=30, **options) as app:
+        with app_type(workdir, clients=8, **options) as app:
             sock = workdir / "agent.sock"
-            with agent(sock, *[arg for pid in app.all_pids for arg in ("--pid", str(pid))]) as proc:
+            with launch(sock, *_pid_args(app)) as proc:
                 wait_for_socket(sock, proc)
                 with subscribe(sock) as sub:
                     app.run_load()
-                    spans = collect_spans(sub, app.expected_spans, settle=2.5, limit=60,
+                    spans = collect_spans(sub, app.expected_spans, settle=settle, limit=limit,
                                           stats=stats)
                 assert stop(proc) == 0, proc.stderr.read()
             result = app.score(spans)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    return app, spans, stats, result
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_calls_inside_a_service_are_linked_to_their_request(name):
+    app_type, options, goals = VARIANTS[name]
+    app, spans, stats, result = traced_rig(app_type, requests=30, **options)
 
     for span in spans:
         validate(span)
@@ -95,21 +113,7 @@ def test_a_runtime_without_the_symbols_the_probes_need_is_reported_and_nothing_i
     """Debian's CPython keeps no symbol table in its _asyncio module: no task
     probes, a stats entry saying why, the agent goes on, and the service's
     calls stay ambiguous roots rather than wrong links."""
-    workdir = Path(tempfile.mkdtemp(prefix="st-loop-", dir="/tmp"))
-    stats: list[dict] = []
-    try:
-        with EventLoopTier(workdir, clients=8, requests=10, runtime="asyncio-debian") as app:
-            sock = workdir / "agent.sock"
-            with agent(sock, *[arg for pid in app.all_pids for arg in ("--pid", str(pid))]) as proc:
-                wait_for_socket(sock, proc)
-                with subscribe(sock) as sub:
-                    app.run_load()
-                    spans = collect_spans(sub, app.expected_spans, settle=2.5, limit=60,
-                                          stats=stats)
-                assert stop(proc) == 0, proc.stderr.read()
-            result = app.score(spans)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    app, spans, stats, result = traced_rig(EventLoopTier, requests=10, runtime="asyncio-debian")
 
     report = "\n".join(result.lines())
     files = [f for f in stats[-1]["runtime_context"]["files"] if f["runtime"] == "asyncio"]
@@ -131,25 +135,8 @@ def test_an_agent_running_behind_links_nothing_wrong():
     the latter.  Calls are decided by where the agent is in the events, and
     nothing is said about a time whose context was lost: ambiguous roots,
     never wrong links."""
-    workdir = Path(tempfile.mkdtemp(prefix="st-loop-", dir="/tmp"))
-    stats: list[dict] = []
-    try:
-        with EventLoopTier(workdir, clients=8, requests=60, runtime="asyncio") as app:
-            sock = workdir / "agent.sock"
-            command = ["taskset", "-c", "0", "nice", "-n", "19", sys.executable, "-m", "agent.cli",
-                       "run", "--socket", str(sock), "--stats-interval", "0.5",
-                       *[arg for pid in app.all_pids for arg in ("--pid", str(pid))]]
-            with started(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True) as proc:
-                wait_for_socket(sock, proc)
-                with subscribe(sock) as sub:
-                    app.run_load()
-                    spans = collect_spans(sub, app.expected_spans, settle=3, limit=90,
-                                          stats=stats)
-                assert stop(proc) == 0, proc.stderr.read()
-            result = app.score(spans)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    app, spans, stats, result = traced_rig(EventLoopTier, settle=3, limit=90, launch=_starved_agent,
+                                           requests=60, runtime="asyncio")
 
     context = stats[-1]["runtime_context"]
     report = "\n".join(result.lines() + [
